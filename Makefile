@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/deploy-tokens: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(BIN)/deploy-tokens
+	$(BIN)/deploy-tokens serve --host 127.0.0.1 --port 8080
+
+test: $(BIN)/deploy-tokens
+	.ci/services
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/deploy-tokens
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: $(BIN)/deploy-tokens
+	.ci/services
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) var

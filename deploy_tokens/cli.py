@@ -1,0 +1,314 @@
+"""The ``deploy-tokens`` console script (SPEC §9.1).
+
+Administrative commands act directly on the store that the ``DEPLOY_TOKENS_*`` settings select, as the
+operator: they are recorded with a system actor named after the command (``cli:<os user>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+from deploy_tokens.runtime import Runtime
+from deploy_tokens.settings import ConfigurationError, Settings
+from domain.actors import Actor
+from domain.clock import FixedClock, as_utc
+from domain.deploy_token import HolderKind
+from domain.errors import DomainError
+from projections.credentials import TokenRecord
+
+
+def _operator() -> Actor:
+    return Actor.system(f"cli:{getpass.getuser()}")
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=_json_default))
+
+
+def token_fields(record: TokenRecord, now: datetime) -> dict[str, Any]:
+    """GitLab's deploy-token fields, exactly: id, name, username, expires_at, scopes, revoked, expired."""
+    return {
+        "id": record.token_id,
+        "name": record.name,
+        "username": record.username,
+        "expires_at": record.expires_at.isoformat().replace("+00:00", "Z") if record.expires_at else None,
+        "scopes": list(record.scopes),
+        "revoked": record.revoked,
+        "expired": record.is_expired(now),
+    }
+
+
+def _parse_expiry(text: str | None) -> date | datetime | None:
+    if not text:
+        return None
+    try:
+        if "T" in text or " " in text:
+            return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+        return date.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"error: --expires-at must be an ISO 8601 date or datetime, got {text!r}") from None
+
+
+def _holder(args: argparse.Namespace, runtime: Runtime) -> tuple[HolderKind, int]:
+    if args.project is not None:
+        return "project", _resolve(runtime, "project", args.project)
+    return "group", _resolve(runtime, "group", args.group)
+
+
+def _resolve(runtime: Runtime, kind: str, reference: str) -> int:
+    """Projects and groups are named by id or by full path, as in the API."""
+    if reference.isdigit():
+        return int(reference)
+    if kind == "project":
+        project = runtime.read.project_by_path(reference)
+        if project is None:
+            raise SystemExit(f"error: project {reference!r} not found")
+        return project.project_id
+    namespace = runtime.read.namespace_by_path(reference)
+    if namespace is None or namespace.kind != "group":
+        raise SystemExit(f"error: group {reference!r} not found")
+    return namespace.namespace_id
+
+
+# Commands ------------------------------------------------------------------------------------------------
+
+
+def cmd_bootstrap(runtime: Runtime, args: argparse.Namespace) -> int:
+    user, issued = runtime.service.bootstrap_admin(username=args.username, email=args.email)
+    print(f"Created administrator {user.username} (id {user.user_id}).", file=sys.stderr)
+    print("Its personal access token follows; it is shown only now.", file=sys.stderr)
+    print(issued.value)
+    return 0
+
+
+def cmd_token_create(runtime: Runtime, args: argparse.Namespace) -> int:
+    holder_kind, holder_id = _holder(args, runtime)
+    scopes = [scope for part in args.scopes for scope in part.split(",") if scope]
+    issued = runtime.service.create_token(
+        _operator(), holder_kind, holder_id, name=args.name, scopes=scopes,
+        expires_at=_parse_expiry(args.expires_at), username=args.username,
+    )
+    fields = token_fields(issued.token, runtime.clock.now())
+    print(json.dumps(fields), file=sys.stderr)
+    print("Record the token now: it cannot be shown again.", file=sys.stderr)
+    print(issued.value)
+    return 0
+
+
+def cmd_token_list(runtime: Runtime, args: argparse.Namespace) -> int:
+    now = runtime.clock.now()
+    if args.project is None and args.group is None:
+        page = runtime.read.tokens(
+            holder_kind=None, holder_id=None, active_only=args.active, now=now, per_page=args.limit
+        )
+    else:
+        holder_kind, holder_id = _holder(args, runtime)
+        page = runtime.read.tokens(
+            holder_kind=holder_kind, holder_id=holder_id, active_only=args.active, now=now, per_page=args.limit
+        )
+    _print_json([token_fields(record, now) for record in page.items])
+    return 0
+
+
+def cmd_token_revoke(runtime: Runtime, args: argparse.Namespace) -> int:
+    holder_kind, holder_id = _holder(args, runtime)
+    record = runtime.service.revoke_token(_operator(), holder_kind, holder_id, args.token_id)
+    _print_json(token_fields(record, runtime.clock.now()))
+    return 0
+
+
+def cmd_token_delete(runtime: Runtime, args: argparse.Namespace) -> int:
+    holder_kind, holder_id = _holder(args, runtime)
+    runtime.service.delete_token(_operator(), holder_kind, holder_id, args.token_id)
+    print(f"Deleted deploy token {args.token_id}.", file=sys.stderr)
+    return 0
+
+
+def cmd_history(runtime: Runtime, args: argparse.Namespace) -> int:
+    _print_json(runtime.service.history(args.token_id))
+    return 0
+
+
+def cmd_group_create(runtime: Runtime, args: argparse.Namespace) -> int:
+    parent = _resolve(runtime, "group", args.parent) if args.parent else None
+    group_id = runtime.service.create_group(_operator(), name=args.name, path=args.path, parent_id=parent)
+    print(group_id)
+    return 0
+
+
+def cmd_project_create(runtime: Runtime, args: argparse.Namespace) -> int:
+    namespace = _resolve(runtime, "group", args.namespace)
+    project_id = runtime.service.create_project(
+        _operator(), name=args.name, path=args.path, namespace_id=namespace
+    )
+    print(project_id)
+    return 0
+
+
+def cmd_projections_status(runtime: Runtime, args: argparse.Namespace) -> int:
+    rows = runtime.projector.status()
+    for row in rows:
+        print(f"{row.name:<20} position {row.position:>10}  head {row.head:>10}  lag {row.lag}")
+    return 0
+
+
+def cmd_projections_rebuild(runtime: Runtime, args: argparse.Namespace) -> int:
+    names = [args.name] if args.name else list(runtime.projector.projections)
+    for name in names:
+        if name not in runtime.projector.projections:
+            raise SystemExit(f"error: unknown projection {name!r}; known: {', '.join(runtime.projector.projections)}")
+
+        def progress(position: int, head: int, name: str = name) -> None:
+            width = 40
+            done = int(width * position / head) if head else width
+            sys.stderr.write(f"\r{name:<20} [{'#' * done}{'.' * (width - done)}] {position}/{head}")
+            sys.stderr.flush()
+
+        applied = runtime.projector.rebuild(name, progress)
+        sys.stderr.write("\n")
+        print(f"{name}: rebuilt from {applied} events")
+    return 0
+
+
+def cmd_projector(runtime: Runtime, args: argparse.Namespace) -> int:
+    """The projector process of the production shape: follows the log until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    print("projector: following the event log", file=sys.stderr)
+    runtime.projector.run_forever(stop)
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Runs without an opened runtime here: the serving process opens its own after forking."""
+    from api.server import serve
+
+    serve(settings, host=args.host, port=args.port)
+    return 0
+
+
+# Parser --------------------------------------------------------------------------------------------------
+
+
+def _holder_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--project", help="project id or full path")
+    group.add_argument("--group", help="group id or full path")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deploy-tokens", description=__doc__.splitlines()[0])
+    parser.add_argument("--now", help="act as if the time were this ISO 8601 instant (UTC)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service (embedded default when nothing is configured)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(handler=cmd_serve)
+
+    projector = commands.add_parser("projector", help="follow the event log and keep the read models current")
+    projector.set_defaults(handler=cmd_projector)
+
+    bootstrap = commands.add_parser("bootstrap", help="create the first admin; prints its access token last")
+    bootstrap.add_argument("--username", required=True)
+    bootstrap.add_argument("--email", required=True)
+    bootstrap.set_defaults(handler=cmd_bootstrap)
+
+    tokens = commands.add_parser("tokens", help="create, list, revoke and delete deploy tokens")
+    token_commands = tokens.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="issue a token; prints its value last, once")
+    _holder_options(create)
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", required=True, action="append", help="comma-separated; may repeat")
+    create.add_argument("--expires-at", help="ISO 8601 date (expires 00:00 UTC) or datetime")
+    create.add_argument("--username", help="custom username (default gitlab+deploy-token-{id})")
+    create.set_defaults(handler=cmd_token_create)
+    listing = token_commands.add_parser("list", help="list tokens of a project, a group, or all")
+    _holder_options(listing, required=False)
+    listing.add_argument("--active", action="store_true", help="only tokens neither revoked nor expired")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(handler=cmd_token_list)
+    for name, handler, help_text in (
+        ("revoke", cmd_token_revoke, "revoke a token (idempotent)"),
+        ("delete", cmd_token_delete, "delete a token (its history stays)"),
+    ):
+        sub = token_commands.add_parser(name, help=help_text)
+        _holder_options(sub)
+        sub.add_argument("token_id", type=int)
+        sub.set_defaults(handler=handler)
+
+    history = commands.add_parser("history", help="a token's full event history, as JSON")
+    history.add_argument("token_id", type=int)
+    history.set_defaults(handler=cmd_history)
+
+    groups = commands.add_parser("groups", help="directory: groups")
+    group_commands = groups.add_subparsers(dest="group_command", required=True)
+    group_create = group_commands.add_parser("create")
+    group_create.add_argument("--name", required=True)
+    group_create.add_argument("--path", required=True)
+    group_create.add_argument("--parent", help="parent group id or full path")
+    group_create.set_defaults(handler=cmd_group_create)
+
+    projects = commands.add_parser("projects", help="directory: projects")
+    project_commands = projects.add_subparsers(dest="project_command", required=True)
+    project_create = project_commands.add_parser("create")
+    project_create.add_argument("--name", required=True)
+    project_create.add_argument("--path")
+    project_create.add_argument("--namespace", required=True, help="group id or full path")
+    project_create.set_defaults(handler=cmd_project_create)
+
+    projections = commands.add_parser("projections", help="read-model status and rebuilds")
+    projection_commands = projections.add_subparsers(dest="projection_command", required=True)
+    projection_commands.add_parser("status", help="each projection's position against the log head").set_defaults(
+        handler=cmd_projections_status
+    )
+    rebuild = projection_commands.add_parser("rebuild", help="rebuild from event 0, in batches")
+    rebuild.add_argument("name", nargs="?")
+    rebuild.set_defaults(handler=cmd_projections_rebuild)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigurationError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    if args.handler is cmd_serve:
+        return cmd_serve(settings, args)
+    clock = None
+    if args.now:
+        try:
+            clock = FixedClock(datetime.fromisoformat(args.now.replace("Z", "+00:00")))
+        except ValueError:
+            print(f"error: --now must be an ISO 8601 instant, got {args.now!r}", file=sys.stderr)
+            return 2
+    runtime = Runtime.open(settings, clock=clock)
+    try:
+        return int(args.handler(runtime, args))
+    except DomainError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

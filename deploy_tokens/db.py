@@ -1,0 +1,174 @@
+"""One small SQL layer over SQLite (sqlite3) and PostgreSQL (psycopg 3) for the read models.
+
+SQL is written once with ``?`` placeholders and portable types; ``TIMESTAMPTZ`` and ``BLOB`` are mapped to
+SQLite's TEXT and PostgreSQL's BYTEA here. Timestamps are stored in SQLite as fixed-width UTC ISO strings so
+that they sort and compare like instants. Write transactions serialise writers: ``BEGIN IMMEDIATE`` on SQLite;
+on PostgreSQL callers lock the rows they depend on (``FOR UPDATE``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, Literal, Protocol
+
+from psycopg_pool import ConnectionPool
+
+from deploy_tokens.settings import DatabaseLocation
+
+Dialect = Literal["sqlite", "postgresql"]
+
+
+def _adapt_datetime(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+sqlite3.register_adapter(datetime, _adapt_datetime)
+
+
+def to_datetime(value: Any) -> datetime | None:
+    """Read a timestamp column the same way on both backends."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return datetime.fromisoformat(str(value)).astimezone(UTC)
+
+
+def as_utc_text(moment: datetime) -> str:
+    return _adapt_datetime(moment)
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None: ...
+    def fetchone(self) -> tuple[Any, ...] | None: ...
+    def fetchall(self) -> list[tuple[Any, ...]]: ...
+    @property
+    def rowcount(self) -> int: ...
+
+
+@lru_cache(maxsize=1024)
+def _postgres_sql(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s").replace("BLOB", "BYTEA")
+
+
+@lru_cache(maxsize=1024)
+def _sqlite_sql(sql: str) -> str:
+    return sql.replace("TIMESTAMPTZ", "TEXT").replace(" FOR UPDATE", "")
+
+
+class _PortableCursor:
+    """Presents one cursor API; translates placeholders and types for the dialect."""
+
+    def __init__(self, raw: Any, dialect: Dialect) -> None:
+        self._raw = raw
+        self._translate = _postgres_sql if dialect == "postgresql" else _sqlite_sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _PortableCursor:
+        self._raw.execute(self._translate(sql), tuple(params))
+        return self
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        if params:
+            self._raw.executemany(self._translate(sql), [tuple(row) for row in params])
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        row = self._raw.fetchone()
+        return None if row is None else tuple(row)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self._raw.fetchall()]
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._raw.rowcount)
+
+
+class Database:
+    """Connections to the service's database; the event store lives in the same database."""
+
+    def __init__(self, location: DatabaseLocation, *, pool_size: int = 4) -> None:
+        self.location = location
+        self.dialect: Dialect = "sqlite" if location.dialect == "sqlite" else "postgresql"
+        self._local = threading.local()
+        self._sqlite_connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool | None = None
+        if self.dialect == "postgresql":
+            self._pool = ConnectionPool(
+                conninfo=self.conninfo(),
+                min_size=1,
+                max_size=pool_size,
+                kwargs={"autocommit": True},
+                open=True,
+                configure=self._configure_postgres,
+                name="deploy-tokens-read-models",
+            )
+
+    def conninfo(self) -> str:
+        return self.location.conninfo()
+
+    def _configure_postgres(self, connection: Any) -> None:
+        schema = self.location.schema
+        connection.execute(f'SET search_path TO "{schema}"')
+
+    def _sqlite_connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            assert self.location.sqlite_path is not None
+            connection = sqlite3.connect(
+                self.location.sqlite_path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA busy_timeout=30000")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.connection = connection
+            with self._lock:
+                self._sqlite_connections.append(connection)
+        return connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        """A write transaction; commits on success, rolls back on any exception."""
+        if self._pool is not None:
+            with self._pool.connection() as connection, connection.transaction():
+                yield _PortableCursor(connection.cursor(), "postgresql")
+            return
+        connection = self._sqlite_connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield _PortableCursor(connection.cursor(), "sqlite")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]:
+        """A consistent read (one snapshot) of the read models."""
+        if self._pool is not None:
+            with self._pool.connection() as connection:
+                with connection.transaction():
+                    connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    yield _PortableCursor(connection.cursor(), "postgresql")
+            return
+        connection = self._sqlite_connection()
+        connection.execute("BEGIN")
+        try:
+            yield _PortableCursor(connection.cursor(), "sqlite")
+        finally:
+            connection.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        with self._lock:
+            for connection in self._sqlite_connections:
+                connection.close()
+            self._sqlite_connections.clear()
+        self._local = threading.local()

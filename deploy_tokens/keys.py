@@ -1,0 +1,38 @@
+"""Keys derived from the one server secret: the token digest key, the CI-token vault key, the signing seed.
+
+Separate HKDF sub-keys mean that no two purposes ever share key material, and every process that shares
+``DEPLOY_TOKENS_SECRET_KEY`` derives the same keys with nothing to store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+
+def _subkey(secret: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"deploy-tokens/v1", info=purpose).derive(secret)
+
+
+class Keyring:
+    def __init__(self, secret: bytes) -> None:
+        self._digest_key = _subkey(secret, b"token-digest")
+        self.vault_key = _subkey(secret, b"ci-token-vault")
+        self.registry_seed = _subkey(secret, b"registry-signing")
+
+    def digest(self, value: str) -> str:
+        """HMAC-SHA256 of a token value: what events and read models hold instead of the value (R7).
+
+        Tokens carry 144 random bits, so a fast keyed hash is enough; a slow KDF would only slow the hot path.
+        """
+        return hmac.new(self._digest_key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def __repr__(self) -> str:
+        return "Keyring(<derived keys hidden>)"
+
+
+def digests_match(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())

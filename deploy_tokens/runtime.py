@@ -1,0 +1,72 @@
+"""Wires settings to the components: database, event store, projections, keys, vault and the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+
+from deploy_tokens.db import Database
+from deploy_tokens.keys import Keyring
+from deploy_tokens.service import DeployTokenService
+from deploy_tokens.settings import DatabaseLocation, Settings
+from deploy_tokens.store import EventStore
+from deploy_tokens.vault import CiTokenVault
+from domain.clock import Clock, SystemClock
+from projections.base import Projection, Projector
+from projections.credentials import CredentialLookup
+from projections.directory import Directory
+from projections.views import ReadModel
+
+
+def all_projections() -> list[Projection]:
+    return [CredentialLookup(), Directory()]
+
+
+def ensure_schema(location: DatabaseLocation) -> None:
+    """The event store creates its tables, but not the PostgreSQL schema they live in."""
+    if location.dialect != "postgresql" or location.schema == "public":
+        return
+    with psycopg.connect(location.conninfo(), autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"')
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock
+    db: Database
+    store: EventStore
+    projector: Projector
+    read: ReadModel
+    keys: Keyring
+    vault: CiTokenVault
+    service: DeployTokenService
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
+        clock = clock or SystemClock()
+        ensure_schema(settings.database)
+        db = Database(settings.database)
+        store = EventStore(settings.database)
+        projector = Projector(store, db, all_projections())
+        projector.setup()
+        keys = Keyring(settings.secret_key)
+        vault = CiTokenVault(db, keys.vault_key)
+        with db.transaction() as cursor:
+            vault.create_table(cursor)
+        read = ReadModel(db)
+        service = DeployTokenService(store, read, projector, keys, vault, clock)
+        projector.catch_up()
+        return cls(settings, clock, db, store, projector, read, keys, vault, service)
+
+    def close(self) -> None:
+        self.store.close()
+        self.db.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,388 @@
+"""The DeployToken aggregate: a token's whole life is the list of its events.
+
+Topics are pinned (``TOPIC``) so that moving or renaming this module never breaks replay of stored events.
+Every event carries the actor (who, and from which address) because auditors replay this history (R21).
+Event bodies only assign values passed in: ids, times and secrets are decided before an event is triggered.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Final, Literal
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from domain.actors import Actor
+from domain.clock import as_utc, start_of_day
+from domain.errors import ErrorCollector, TokenDeleted, ValidationError
+from domain.scopes import canonical_scopes
+
+HolderKind = Literal["project", "group"]
+
+NAME_MAX_LENGTH: Final = 255
+USERNAME_MAX_LENGTH: Final = 255
+USERNAME_PATTERN: Final = re.compile(r"\A[a-zA-Z0-9.+_-]+\Z")
+CI_TOKEN_NAME: Final = "gitlab-deploy-token"
+
+# Notification intervals (R17), most distant first; the value is GitLab's ``days_to_expire``.
+INTERVALS: Final[tuple[int, ...]] = (60, 30, 7)
+INTERVAL_NAMES: Final[dict[int, str]] = {60: "sixty_days", 30: "thirty_days", 7: "seven_days"}
+
+_ID_NAMESPACE: Final = UUID("6f1d3c0e-5a4b-4f8e-9c61-2a7d8e9b0c11")
+
+
+def deploy_token_uuid(token_id: int) -> UUID:
+    """The stream id of token ``token_id``: deterministic, so integer ids are claimed by the event store."""
+    return uuid5(_ID_NAMESPACE, f"deploy-token:{token_id}")
+
+
+def default_username(token_id: int) -> str:
+    return f"gitlab+deploy-token-{token_id}"
+
+
+def validate_name(name: str | None) -> str:
+    if name is None or not name.strip():
+        raise ValidationError.single("name", "can't be blank")
+    if len(name) > NAME_MAX_LENGTH:
+        raise ValidationError.single("name", f"is too long (maximum is {NAME_MAX_LENGTH} characters)")
+    return name
+
+
+def validate_username(username: str | None) -> str | None:
+    """R2: an empty username means "use the default"; anything else must match GitLab's pattern."""
+    if username is None or username == "":
+        return None
+    if len(username) > USERNAME_MAX_LENGTH:
+        raise ValidationError.single(
+            "username", f"is too long (maximum is {USERNAME_MAX_LENGTH} characters)"
+        )
+    if not USERNAME_PATTERN.match(username):
+        raise ValidationError.single("username", "can contain only letters, digits, '_', '-', '+', and '.'")
+    return username
+
+
+def normalise_expiry(expires_at: date | datetime | None) -> datetime | None:
+    """R5: a date means 00:00 UTC of that date; a datetime is kept as that instant, in UTC."""
+    if expires_at is None:
+        return None
+    if isinstance(expires_at, datetime):
+        return as_utc(expires_at)
+    return start_of_day(expires_at)
+
+
+def days_left(expires_at: datetime, today: date) -> int:
+    """Whole days from the scan's UTC date to the expiry date, as GitLab's expiring worker counts them."""
+    return (expires_at.date() - today).days
+
+
+def due_interval(expires_at: datetime, today: date) -> int | None:
+    """GitLab's windows: 0-7 days left -> 7, 8-30 -> 30, 31-60 -> 60; otherwise none."""
+    left = days_left(expires_at, today)
+    if left < 0:
+        return None
+    for interval in reversed(INTERVALS):
+        if left <= interval:
+            return interval
+    return None
+
+
+@dataclass(frozen=True)
+class NotificationState:
+    interval: int
+    message_id: str
+    recipients: tuple[str, ...]
+    at: datetime
+
+
+class DeployToken(Aggregate):
+    TOPIC = "deploy_tokens:DeployToken"
+
+    class Event(Aggregate.Event):
+        TOPIC = "deploy_tokens:DeployToken.Event"
+
+    class Created(Aggregate.Created):
+        """A token was issued. Only the keyed digest of its value is recorded, never the value (R7)."""
+
+        TOPIC = "deploy_tokens:DeployToken.Created"
+        token_id: int
+        name: str
+        username: str | None
+        holder_kind: str
+        holder_id: int
+        expires_at: datetime | None
+        digest: str
+        actor: dict[str, Any]
+
+    class Scoped(Aggregate.Event):
+        """The scopes granted: at creation, and at any later narrowing."""
+
+        TOPIC = "deploy_tokens:DeployToken.Scoped"
+        scopes: list[str]
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, DeployToken)
+            aggregate.scopes = tuple(self.scopes)
+
+    class Revoked(Aggregate.Event):
+        TOPIC = "deploy_tokens:DeployToken.Revoked"
+        reason: str
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, DeployToken)
+            aggregate.revoked_at = self.timestamp
+            aggregate.previous_digest = None
+            aggregate.previous_valid_until = None
+
+    class Rotated(Aggregate.Event):
+        """A new secret replaced the old one; the old one may stay valid until ``previous_valid_until``."""
+
+        TOPIC = "deploy_tokens:DeployToken.Rotated"
+        digest: str
+        previous_valid_until: datetime | None
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, DeployToken)
+            aggregate.previous_digest = aggregate.digest if self.previous_valid_until else None
+            aggregate.previous_valid_until = self.previous_valid_until
+            aggregate.digest = self.digest
+
+    class Expired(Aggregate.Event):
+        """R19: the expiry instant has passed, and the service noticed."""
+
+        TOPIC = "deploy_tokens:DeployToken.Expired"
+        expires_at: datetime
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, DeployToken)
+            aggregate.expiry_recorded = True
+
+    class NotificationClaimed(Aggregate.Event):
+        """A sender took the right to send one interval's email until ``lease_until`` (R18)."""
+
+        TOPIC = "deploy_tokens:DeployToken.NotificationClaimed"
+        interval: int
+        message_id: str
+        lease_until: datetime
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, DeployToken)
+            aggregate.claims[self.interval] = self.lease_until
+
+    class Notified(Aggregate.Event):
+        """The SMTP server accepted one interval's expiry email (R17, R18)."""
+
+        TOPIC = "deploy_tokens:DeployToken.Notified"
+        interval: int
+        message_id: str
+        recipients: list[str]
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, DeployToken)
+            aggregate.notified[self.interval] = NotificationState(
+                self.interval, self.message_id, tuple(self.recipients), self.timestamp
+            )
+            aggregate.claims.pop(self.interval, None)
+
+    class Deleted(Aggregate.Event):
+        """GitLab's DELETE: the token disappears and stops working; its history stays for auditors."""
+
+        TOPIC = "deploy_tokens:DeployToken.Deleted"
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, DeployToken)
+            aggregate.deleted_at = self.timestamp
+
+    def __init__(
+        self,
+        token_id: int,
+        name: str,
+        username: str | None,
+        holder_kind: str,
+        holder_id: int,
+        expires_at: datetime | None,
+        digest: str,
+        actor: dict[str, Any],
+    ) -> None:
+        self.token_id = token_id
+        self.name = name
+        self.custom_username = username
+        self.holder_kind = holder_kind
+        self.holder_id = holder_id
+        self.expires_at = expires_at
+        self.digest = digest
+        self.creator = actor
+        self.scopes: tuple[str, ...] = ()
+        self.revoked_at: datetime | None = None
+        self.deleted_at: datetime | None = None
+        self.expiry_recorded = False
+        self.previous_digest: str | None = None
+        self.previous_valid_until: datetime | None = None
+        self.notified: dict[int, NotificationState] = {}
+        self.claims: dict[int, datetime] = {}
+
+    @classmethod
+    def issue(
+        cls,
+        *,
+        token_id: int,
+        name: str,
+        username: str | None,
+        holder_kind: HolderKind,
+        holder_id: int,
+        scopes: Iterable[str],
+        expires_at: date | datetime | None,
+        digest: str,
+        actor: Actor,
+        now: datetime,
+    ) -> DeployToken:
+        """Validate every field first (all errors at once), then record Created and Scoped together."""
+        errors = ErrorCollector()
+        checked_name = errors.check(validate_name, name)
+        checked_username = errors.check(validate_username, username)
+        checked_scopes = errors.check(canonical_scopes, scopes)
+        checked_expiry = errors.check(normalise_expiry, expires_at)
+        if checked_expiry is not None and checked_expiry <= now:
+            errors.add("expires_at", "must be in the future")
+        errors.raise_if_any()
+        assert checked_name is not None and checked_scopes is not None
+        token = cls._create(
+            cls.Created,
+            id=deploy_token_uuid(token_id),
+            timestamp=now,
+            token_id=token_id,
+            name=checked_name,
+            username=checked_username,
+            holder_kind=holder_kind,
+            holder_id=holder_id,
+            expires_at=checked_expiry,
+            digest=digest,
+            actor=actor.as_event_data(),
+        )
+        token.trigger_event(cls.Scoped, timestamp=now, scopes=list(checked_scopes), actor=actor.as_event_data())
+        return token
+
+    # Queries -------------------------------------------------------------------------------------------
+
+    @property
+    def username(self) -> str:
+        return self.custom_username or default_username(self.token_id)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    def is_expired(self, now: datetime) -> bool:
+        """R5, the one rule everywhere: expired iff ``now >= expires_at``."""
+        return self.expires_at is not None and now >= self.expires_at
+
+    def is_active(self, now: datetime) -> bool:
+        return not (self.revoked or self.deleted or self.is_expired(now))
+
+    def interval_due(self, now: datetime) -> int | None:
+        """The interval whose email is due now and not yet sent; no back-fill of larger intervals."""
+        if self.expires_at is None or not self.is_active(now):
+            return None
+        interval = due_interval(self.expires_at, now.date())
+        if interval is None or interval in self.notified:
+            return None
+        return interval
+
+    # Commands ------------------------------------------------------------------------------------------
+
+    def _ensure_not_deleted(self) -> None:
+        if self.deleted:
+            raise TokenDeleted(self.token_id)
+
+    def narrow_scopes(self, scopes: Iterable[str], *, actor: Actor, now: datetime) -> bool:
+        """Scopes may only shrink: widening a live credential would need a new token."""
+        self._ensure_not_deleted()
+        narrowed = canonical_scopes(scopes)
+        extra = sorted(set(narrowed) - set(self.scopes))
+        if extra:
+            raise ValidationError.single("scopes", f"can only be narrowed; not granted: {', '.join(extra)}")
+        if narrowed == self.scopes:
+            return False
+        self.trigger_event(self.Scoped, timestamp=now, scopes=list(narrowed), actor=actor.as_event_data())
+        return True
+
+    def revoke(self, *, actor: Actor, now: datetime, reason: str = "revoked") -> bool:
+        """Idempotent: revoking a revoked token records nothing (R15)."""
+        self._ensure_not_deleted()
+        if self.revoked:
+            return False
+        self.trigger_event(self.Revoked, timestamp=now, reason=reason, actor=actor.as_event_data())
+        return True
+
+    def rotate(self, *, digest: str, grace_until: datetime | None, actor: Actor, now: datetime) -> None:
+        self._ensure_not_deleted()
+        if not self.is_active(now):
+            raise ValidationError.single("base", "only an active token can be rotated")
+        if grace_until is not None and grace_until <= now:
+            grace_until = None
+        self.trigger_event(
+            self.Rotated, timestamp=now, digest=digest, previous_valid_until=grace_until,
+            actor=actor.as_event_data(),
+        )
+
+    def record_expiry(self, *, now: datetime) -> bool:
+        """R19, recorded once and only once the expiry has passed."""
+        self._ensure_not_deleted()
+        if self.expiry_recorded or self.expires_at is None or now < self.expires_at:
+            return False
+        self.trigger_event(
+            self.Expired, timestamp=now, expires_at=self.expires_at,
+            actor=Actor.system("expiry-scan").as_event_data(),
+        )
+        return True
+
+    def claim_notification(
+        self, interval: int, *, message_id: str, lease_until: datetime, actor: Actor, now: datetime
+    ) -> bool:
+        """Take the right to send ``interval``'s email. Refused while notified or while another lease runs."""
+        self._ensure_not_deleted()
+        if interval not in INTERVALS:
+            raise ValidationError.single("interval", f"must be one of {', '.join(map(str, INTERVALS))}")
+        if interval in self.notified:
+            return False
+        current = self.claims.get(interval)
+        if current is not None and now < current:
+            return False
+        self.trigger_event(
+            self.NotificationClaimed, timestamp=now, interval=interval, message_id=message_id,
+            lease_until=lease_until, actor=actor.as_event_data(),
+        )
+        return True
+
+    def record_notification(
+        self, interval: int, *, message_id: str, recipients: Iterable[str], actor: Actor, now: datetime
+    ) -> bool:
+        """At most once per interval: a second record of the same interval is a no-op."""
+        self._ensure_not_deleted()
+        if interval not in INTERVALS:
+            raise ValidationError.single("interval", f"must be one of {', '.join(map(str, INTERVALS))}")
+        if interval in self.notified:
+            return False
+        self.trigger_event(
+            self.Notified, timestamp=now, interval=interval, message_id=message_id,
+            recipients=sorted(recipients), actor=actor.as_event_data(),
+        )
+        return True
+
+    def delete(self, *, actor: Actor, now: datetime) -> None:
+        self._ensure_not_deleted()
+        self.trigger_event(self.Deleted, timestamp=now, actor=actor.as_event_data())

@@ -1,0 +1,324 @@
+"""The credential-lookup projection: tokens by keyed digest, the namespace tree, and instance settings.
+
+Everything an auth decision needs, and nothing else: auth checks answer from an in-memory replica of these
+rows (``projections.credential_index``). The token rows also serve the management API's token lists.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from eventsourcing.domain import DomainEventProtocol
+
+from deploy_tokens.db import Cursor, to_datetime
+from domain.deploy_token import DeployToken, default_username
+from domain.directory import KNOWN_FEATURES, Group, InstanceSettings, Project, UserNamespace
+from projections.base import Projection
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A deploy token as the read side sees it (never its value)."""
+
+    token_id: int
+    name: str
+    username: str
+    holder_kind: str
+    holder_id: int
+    scopes: tuple[str, ...]
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    deleted_at: datetime | None
+    digest: str
+    previous_digest: str | None
+    previous_valid_until: datetime | None
+    created_at: datetime
+    creator_id: int | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def is_active(self, now: datetime) -> bool:
+        return self.revoked_at is None and self.deleted_at is None and not self.is_expired(now)
+
+    @classmethod
+    def from_aggregate(cls, token: DeployToken) -> TokenRecord:
+        return cls(
+            token_id=token.token_id, name=token.name, username=token.username,
+            holder_kind=token.holder_kind, holder_id=token.holder_id, scopes=token.scopes,
+            expires_at=token.expires_at, revoked_at=token.revoked_at, deleted_at=token.deleted_at,
+            digest=token.digest, previous_digest=token.previous_digest,
+            previous_valid_until=token.previous_valid_until, created_at=token.created_on,
+            creator_id=token.creator.get("id"),
+        )
+
+
+TOKEN_COLUMNS = (
+    "token_id, name, username, holder_kind, holder_id, scopes, expires_at, revoked_at, deleted_at, digest, "
+    "previous_digest, previous_valid_until, created_at, creator_id"
+)
+
+
+def token_from_row(row: Sequence[Any]) -> TokenRecord:
+    created_at = to_datetime(row[12])
+    assert created_at is not None
+    return TokenRecord(
+        token_id=int(row[0]), name=row[1], username=row[2], holder_kind=row[3], holder_id=int(row[4]),
+        scopes=tuple(row[5].split(",")) if row[5] else (), expires_at=to_datetime(row[6]),
+        revoked_at=to_datetime(row[7]), deleted_at=to_datetime(row[8]), digest=row[9],
+        previous_digest=row[10], previous_valid_until=to_datetime(row[11]), created_at=created_at,
+        creator_id=None if row[13] is None else int(row[13]),
+    )
+
+
+@dataclass(frozen=True)
+class NamespaceRecord:
+    """A group or a user's personal namespace."""
+
+    namespace_id: int
+    kind: str  # "group" or "user"
+    name: str
+    path: str
+    full_path: str
+    parent_id: int | None
+    ancestor_ids: tuple[int, ...]
+    dependency_proxy_enabled: bool
+    created_at: datetime
+
+
+NAMESPACE_COLUMNS = (
+    "namespace_id, kind, name, path, full_path, parent_id, ancestor_ids, dependency_proxy_enabled, created_at"
+)
+
+
+def namespace_from_row(row: Sequence[Any]) -> NamespaceRecord:
+    created_at = to_datetime(row[8])
+    assert created_at is not None
+    return NamespaceRecord(
+        namespace_id=int(row[0]), kind=row[1], name=row[2], path=row[3], full_path=row[4],
+        parent_id=None if row[5] is None else int(row[5]), ancestor_ids=_ids(row[6]),
+        dependency_proxy_enabled=bool(row[7]), created_at=created_at,
+    )
+
+
+@dataclass(frozen=True)
+class ProjectRecord:
+    project_id: int
+    name: str
+    path: str
+    full_path: str
+    namespace_id: int
+    namespace_kind: str
+    group_ids: tuple[int, ...]  # the namespace group and its ancestors, root first; empty in a user namespace
+    repository_enabled: bool
+    container_registry_enabled: bool
+    created_at: datetime
+
+
+PROJECT_COLUMNS = (
+    "project_id, name, path, full_path, namespace_id, namespace_kind, group_ids, repository_enabled, "
+    "container_registry_enabled, created_at"
+)
+
+
+def project_from_row(row: Sequence[Any]) -> ProjectRecord:
+    created_at = to_datetime(row[9])
+    assert created_at is not None
+    return ProjectRecord(
+        project_id=int(row[0]), name=row[1], path=row[2], full_path=row[3], namespace_id=int(row[4]),
+        namespace_kind=row[5], group_ids=_ids(row[6]), repository_enabled=bool(row[7]),
+        container_registry_enabled=bool(row[8]), created_at=created_at,
+    )
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    external_authorization_enabled: bool
+    features: dict[str, bool]
+
+
+def _ids(text: str | None) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",")) if text else ()
+
+
+def _join_ids(ids: Sequence[int]) -> str:
+    return ",".join(str(number) for number in ids)
+
+
+class CredentialLookup(Projection):
+    name: ClassVar[str] = "credential_lookup"
+    tables: ClassVar[tuple[str, ...]] = ("cred_tokens", "cred_namespaces", "cred_projects", "cred_settings")
+
+    def schema(self) -> Sequence[str]:
+        return (
+            """CREATE TABLE IF NOT EXISTS cred_tokens (
+                token_id BIGINT PRIMARY KEY, stream_id TEXT NOT NULL, name TEXT NOT NULL,
+                username TEXT NOT NULL, holder_kind TEXT NOT NULL, holder_id BIGINT NOT NULL,
+                scopes TEXT NOT NULL, expires_at TIMESTAMPTZ, revoked_at TIMESTAMPTZ, deleted_at TIMESTAMPTZ,
+                digest TEXT NOT NULL, previous_digest TEXT, previous_valid_until TIMESTAMPTZ,
+                created_at TIMESTAMPTZ NOT NULL, creator_id BIGINT, position BIGINT NOT NULL)""",
+            "CREATE UNIQUE INDEX IF NOT EXISTS cred_tokens_stream ON cred_tokens (stream_id)",
+            "CREATE UNIQUE INDEX IF NOT EXISTS cred_tokens_digest ON cred_tokens (digest)",
+            "CREATE INDEX IF NOT EXISTS cred_tokens_previous_digest ON cred_tokens (previous_digest)",
+            "CREATE INDEX IF NOT EXISTS cred_tokens_holder ON cred_tokens (holder_kind, holder_id, token_id)",
+            "CREATE INDEX IF NOT EXISTS cred_tokens_position ON cred_tokens (position)",
+            """CREATE TABLE IF NOT EXISTS cred_namespaces (
+                namespace_id BIGINT PRIMARY KEY, stream_id TEXT NOT NULL, kind TEXT NOT NULL,
+                name TEXT NOT NULL, path TEXT NOT NULL, full_path TEXT NOT NULL, full_path_lower TEXT NOT NULL,
+                parent_id BIGINT, ancestor_ids TEXT NOT NULL, dependency_proxy_enabled BOOLEAN NOT NULL,
+                created_at TIMESTAMPTZ NOT NULL, position BIGINT NOT NULL)""",
+            "CREATE UNIQUE INDEX IF NOT EXISTS cred_namespaces_stream ON cred_namespaces (stream_id)",
+            "CREATE UNIQUE INDEX IF NOT EXISTS cred_namespaces_path ON cred_namespaces (full_path_lower)",
+            "CREATE INDEX IF NOT EXISTS cred_namespaces_parent ON cred_namespaces (parent_id)",
+            "CREATE INDEX IF NOT EXISTS cred_namespaces_position ON cred_namespaces (position)",
+            """CREATE TABLE IF NOT EXISTS cred_projects (
+                project_id BIGINT PRIMARY KEY, stream_id TEXT NOT NULL, name TEXT NOT NULL, path TEXT NOT NULL,
+                full_path TEXT NOT NULL, full_path_lower TEXT NOT NULL, namespace_id BIGINT NOT NULL,
+                namespace_kind TEXT NOT NULL, group_ids TEXT NOT NULL, repository_enabled BOOLEAN NOT NULL,
+                container_registry_enabled BOOLEAN NOT NULL, created_at TIMESTAMPTZ NOT NULL,
+                position BIGINT NOT NULL)""",
+            "CREATE UNIQUE INDEX IF NOT EXISTS cred_projects_stream ON cred_projects (stream_id)",
+            "CREATE UNIQUE INDEX IF NOT EXISTS cred_projects_path ON cred_projects (full_path_lower)",
+            "CREATE INDEX IF NOT EXISTS cred_projects_namespace ON cred_projects (namespace_id)",
+            "CREATE INDEX IF NOT EXISTS cred_projects_position ON cred_projects (position)",
+            """CREATE TABLE IF NOT EXISTS cred_settings (
+                id INTEGER PRIMARY KEY, external_authorization_enabled BOOLEAN NOT NULL,
+                features TEXT NOT NULL, position BIGINT NOT NULL)""",
+        )
+
+    def apply(self, cursor: Cursor, event: DomainEventProtocol[Any], position: int) -> None:
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(cursor, event, position)
+
+
+def _token_created(cursor: Cursor, event: Any, position: int) -> None:
+    cursor.execute(
+        "INSERT INTO cred_tokens (token_id, stream_id, name, username, holder_kind, holder_id, scopes, "
+        "expires_at, digest, created_at, creator_id, position) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?)",
+        (
+            event.token_id, str(event.originator_id), event.name,
+            event.username or default_username(event.token_id), event.holder_kind, event.holder_id,
+            event.expires_at, event.digest, event.timestamp, event.actor.get("id"), position,
+        ),
+    )
+
+
+def _token_rotated(cursor: Cursor, event: Any, position: int) -> None:
+    # Without a grace period the old digest stops working at once, so it is not kept.
+    keep_previous = "digest" if event.previous_valid_until is not None else "NULL"
+    cursor.execute(
+        f"UPDATE cred_tokens SET previous_digest = {keep_previous}, previous_valid_until = ?, digest = ?, "
+        "position = ? WHERE stream_id = ?",
+        (event.previous_valid_until, event.digest, position, str(event.originator_id)),
+    )
+
+
+def _update(table: str, assignments: str, values: Callable[[Any], tuple[Any, ...]]) -> Handler:
+    """A handler that sets columns of the row belonging to the event's stream."""
+
+    def handler(cursor: Cursor, event: Any, position: int) -> None:
+        cursor.execute(
+            f"UPDATE {table} SET {assignments}, position = ? WHERE stream_id = ?",
+            (*values(event), position, str(event.originator_id)),
+        )
+
+    return handler
+
+
+def _namespace_group(cursor: Cursor, event: Any, position: int) -> None:
+    cursor.execute(
+        f"INSERT INTO cred_namespaces ({NAMESPACE_COLUMNS}, stream_id, full_path_lower, position) "
+        "VALUES (?, 'group', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.group_id, event.name, event.path, event.full_path, event.parent_id,
+            _join_ids(event.ancestor_ids), True, event.timestamp, str(event.originator_id),
+            event.full_path.lower(), position,
+        ),
+    )
+
+
+def _namespace_user(cursor: Cursor, event: Any, position: int) -> None:
+    cursor.execute(
+        f"INSERT INTO cred_namespaces ({NAMESPACE_COLUMNS}, stream_id, full_path_lower, position) "
+        "VALUES (?, 'user', ?, ?, ?, NULL, '', ?, ?, ?, ?, ?)",
+        (
+            event.namespace_id, event.path, event.path, event.path, False, event.timestamp,
+            str(event.originator_id), event.path.lower(), position,
+        ),
+    )
+
+
+def _project_created(cursor: Cursor, event: Any, position: int) -> None:
+    cursor.execute(
+        f"INSERT INTO cred_projects ({PROJECT_COLUMNS}, stream_id, full_path_lower, position) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.project_id, event.name, event.path, event.full_path, event.namespace_id, event.namespace_kind,
+            _join_ids(event.group_ids), event.repository_enabled, event.container_registry_enabled,
+            event.timestamp, str(event.originator_id), event.full_path.lower(), position,
+        ),
+    )
+
+
+def _settings_row(cursor: Cursor) -> tuple[bool, dict[str, bool]]:
+    row = cursor.execute(
+        "SELECT external_authorization_enabled, features FROM cred_settings WHERE id = 1"
+    ).fetchone()
+    if row is None:
+        return False, dict(KNOWN_FEATURES)
+    return bool(row[0]), dict(json.loads(row[1]))
+
+
+def _write_settings(cursor: Cursor, external: bool, features: dict[str, bool], position: int) -> None:
+    cursor.execute(
+        "INSERT INTO cred_settings (id, external_authorization_enabled, features, position) VALUES (1, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET external_authorization_enabled = excluded.external_authorization_enabled, "
+        "features = excluded.features, position = excluded.position",
+        (external, json.dumps(features, sort_keys=True), position),
+    )
+
+
+def _external_authorization(cursor: Cursor, event: Any, position: int) -> None:
+    _, features = _settings_row(cursor)
+    _write_settings(cursor, event.enabled, features, position)
+
+
+def _feature(cursor: Cursor, event: Any, position: int) -> None:
+    external, features = _settings_row(cursor)
+    features[event.name] = event.enabled
+    _write_settings(cursor, external, features, position)
+
+
+Handler = Callable[[Cursor, Any, int], None]
+
+_HANDLERS: dict[type, Handler] = {
+    DeployToken.Created: _token_created,
+    DeployToken.Scoped: _update("cred_tokens", "scopes = ?", lambda e: (",".join(e.scopes),)),
+    DeployToken.Revoked: _update(
+        "cred_tokens", "revoked_at = ?, previous_digest = NULL, previous_valid_until = NULL",
+        lambda e: (e.timestamp,),
+    ),
+    DeployToken.Rotated: _token_rotated,
+    DeployToken.Deleted: _update("cred_tokens", "deleted_at = ?", lambda e: (e.timestamp,)),
+    Group.Created: _namespace_group,
+    Group.DependencyProxyChanged: _update(
+        "cred_namespaces", "dependency_proxy_enabled = ?", lambda e: (e.enabled,)
+    ),
+    UserNamespace.Created: _namespace_user,
+    Project.Created: _project_created,
+    Project.FeaturesChanged: _update(
+        "cred_projects", "repository_enabled = ?, container_registry_enabled = ?",
+        lambda e: (e.repository_enabled, e.container_registry_enabled),
+    ),
+    InstanceSettings.ExternalAuthorizationChanged: _external_authorization,
+    InstanceSettings.FeatureChanged: _feature,
+}

@@ -1,0 +1,618 @@
+"""Tests for workers.mail against a real aiosmtpd server on loopback (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email
+import email.policy
+import ipaddress
+import mailbox
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from workers.mail import (
+    ExpiryNotice,
+    MailDeliveryError,
+    MaildirMailer,
+    Recipient,
+    SmtpMailer,
+    compose,
+    mailer_from_url,
+    message_id,
+)
+
+UTC = dt.UTC
+NOW = dt.datetime(2025, 1, 30, 1, 0, tzinfo=UTC)
+SENDER = "Deploy tokens <noreply@example.com>"
+DOMAIN = "notify.example.com"
+SETTINGS_URL = "https://gitlab.example.com/acme/backend/api/-/settings/repository#js-deploy-tokens"
+
+
+def make_notice(**overrides: Any) -> ExpiryNotice:
+    fields: dict[str, Any] = {
+        "token_id": 42,
+        "token_name": "ci-pull",
+        "namespace_kind": "project",
+        "namespace_path": "acme/backend/api",
+        "expires_at": dt.datetime(2025, 3, 1, tzinfo=UTC),
+        "interval_days": 30,
+        "days_left": 30,
+        "settings_url": SETTINGS_URL,
+        "recipients": (Recipient("Ann Owner", "ann@example.com"), Recipient("Bob Maint", "bob@example.com")),
+    }
+    fields.update(overrides)
+    return ExpiryNotice(**fields)
+
+
+def make_message(**overrides: Any) -> EmailMessage:
+    return compose(make_notice(**overrides), sender=SENDER, domain=DOMAIN, now=NOW)
+
+
+def parts(message: EmailMessage) -> dict[str, str]:
+    return {part.get_content_type(): part.get_content() for part in message.iter_parts()}
+
+
+# --------------------------------------------------------------------------- SMTP sink
+
+
+def free_port() -> int:
+    # Controller(port=0) cannot probe its own readiness, so pick a free port up front.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+    tls: bool
+    authenticated: bool
+
+
+@dataclass
+class Sink:
+    data_reply: str = "250 OK"
+    refuse: frozenset[str] = frozenset()
+    data_delay: float = 0.0
+    quit_delay: float = 0.0
+    received: list[Received] = field(default_factory=list)
+    data_calls: int = 0
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.data_calls += 1
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        if self.data_reply.startswith("250"):
+            parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+            assert isinstance(parsed, EmailMessage)
+            self.received.append(
+                Received(
+                    mail_from=envelope.mail_from,
+                    rcpt_tos=list(envelope.rcpt_tos),
+                    message=parsed,
+                    tls=server.transport.get_extra_info("ssl_object") is not None,
+                    authenticated=bool(session.authenticated),
+                )
+            )
+        return self.data_reply
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.quit_delay:
+            await asyncio.sleep(self.quit_delay)
+        return "221 Bye"
+
+
+StartServer = Callable[..., tuple[Sink, int]]
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[StartServer]:
+    controllers: list[Controller] = []
+
+    def start(sink: Sink | None = None, **smtp_kwargs: Any) -> tuple[Sink, int]:
+        sink = sink or Sink()
+        port = free_port()
+        controller = Controller(sink, hostname="127.0.0.1", port=port, **smtp_kwargs)
+        controller.start()
+        controllers.append(controller)
+        return sink, port
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+@dataclass(frozen=True)
+class Cert:
+    certfile: Path
+    keyfile: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.certfile, self.keyfile)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.certfile))
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    certfile = directory / "cert.pem"
+    keyfile = directory / "key.pem"
+    certfile.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return Cert(certfile, keyfile)
+
+
+# --------------------------------------------------------------------------- message_id
+
+
+def test_message_id_is_identical_for_equal_notices() -> None:
+    assert message_id(make_notice(), DOMAIN) == message_id(make_notice(), DOMAIN)
+    assert message_id(make_notice(), DOMAIN) == "<deploy-token-expiry.42.20250301.30d@notify.example.com>"
+
+
+def test_message_id_differs_per_interval() -> None:
+    seven_day = make_notice(interval_days=7, days_left=7)
+    assert message_id(seven_day, DOMAIN) != message_id(make_notice(), DOMAIN)
+
+
+def test_message_id_changes_when_expiry_date_changes() -> None:
+    renewed = make_notice(expires_at=dt.datetime(2025, 3, 2, tzinfo=UTC))
+    assert message_id(renewed, DOMAIN) != message_id(make_notice(), DOMAIN)
+
+
+def test_message_id_uses_the_utc_date_of_expiry() -> None:
+    # 01:00 on 1 March at +02:00 is still 28 February in UTC.
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    notice = make_notice(expires_at=dt.datetime(2025, 3, 1, 1, 0, tzinfo=plus_two))
+    assert ".20250228.30d@" in message_id(notice, DOMAIN)
+
+
+@pytest.mark.parametrize("domain", ["", "notify example.com", "a>b", "user@example.com", "-bad.example"])
+def test_message_id_rejects_malformed_domain(domain: str) -> None:
+    with pytest.raises(ValueError, match="domain"):
+        message_id(make_notice(), domain)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"expires_at": dt.datetime(2025, 3, 1)}, "timezone-aware"),
+        ({"interval_days": 14, "days_left": 10}, "interval_days"),
+        ({"days_left": 31}, "days_left"),
+        ({"days_left": -1}, "days_left"),
+        ({"settings_url": "javascript:alert(1)"}, "settings_url"),
+        ({"recipients": ()}, "recipient"),
+        ({"token_id": 0}, "token_id"),
+    ],
+)
+def test_notice_rejects_invalid_fields(overrides: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make_notice(**overrides)
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def test_compose_builds_multipart_alternative_with_text_then_html() -> None:
+    message = make_message()
+    assert message.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+
+
+def test_compose_sets_the_expected_headers() -> None:
+    message = make_message()
+    expected_id = "<deploy-token-expiry.42.20250301.30d@notify.example.com>"
+    assert message["Subject"] == 'Your deploy token "ci-pull" for project acme/backend/api expires in 30 days'
+    assert message["From"] == SENDER
+    assert [a.addr_spec for a in message["To"].addresses] == ["ann@example.com", "bob@example.com"]
+    assert message["Date"] == "Thu, 30 Jan 2025 01:00:00 +0000"
+    assert message["Message-ID"] == expected_id
+    assert message["X-Idempotency-Key"] == expected_id
+    assert message["Auto-Submitted"] == "auto-generated"
+
+
+@pytest.mark.parametrize(("days_left", "phrase"), [(0, "expires today"), (1, "expires in 1 day")])
+def test_compose_subject_wording_for_the_last_days(days_left: int, phrase: str) -> None:
+    message = make_message(interval_days=7, days_left=days_left)
+    assert message["Subject"].endswith(phrase)
+
+
+def test_compose_body_names_token_namespace_expiry_days_and_link_in_both_parts() -> None:
+    notice = make_notice(
+        token_name="registry-reader",
+        namespace_kind="group",
+        namespace_path="acme/platform",
+        expires_at=dt.datetime(2025, 3, 1, 12, 30, 15, tzinfo=UTC),
+        interval_days=7,
+        days_left=5,
+    )
+    bodies = parts(compose(notice, sender=SENDER, domain=DOMAIN, now=NOW))
+    for body in bodies.values():
+        assert "registry-reader" in body
+        assert "group" in body
+        assert "acme/platform" in body
+        assert "2025-03-01" in body
+        assert "2025-03-01 12:30:15 UTC" in body
+        assert "expires in 5 days" in body
+        assert "ID 42" in body
+    assert SETTINGS_URL in bodies["text/plain"]
+    assert f'href="{SETTINGS_URL}"' in bodies["text/html"]
+
+
+def test_compose_escapes_user_input_in_html() -> None:
+    bodies = parts(make_message(token_name="<script>alert(1)</script>", namespace_path='a/"b"&c'))
+    assert "<script>" not in bodies["text/html"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in bodies["text/html"]
+    assert "a/&quot;b&quot;&amp;c" in bodies["text/html"]
+    # The text part is not HTML, so it shows the name as typed.
+    assert "<script>alert(1)</script>" in bodies["text/plain"]
+
+
+def test_compose_escapes_quotes_in_the_settings_link() -> None:
+    html_body = parts(make_message(settings_url='https://x.example/a"onmouseover="b'))["text/html"]
+    assert 'href="https://x.example/a&quot;onmouseover=&quot;b"' in html_body
+
+
+def test_compose_cannot_be_tricked_into_extra_headers_by_a_token_name() -> None:
+    message = make_message(token_name="evil\r\nBcc: attacker@example.net")
+    assert message["Bcc"] is None
+    assert "\n" not in message["Subject"]
+    assert b"\nBcc:" not in message.as_bytes()
+
+
+def test_compose_is_byte_identical_for_the_same_inputs() -> None:
+    # Same Message-ID, boundary and Date: a retry sends exactly the same bytes.
+    assert make_message().as_bytes() == make_message().as_bytes()
+
+
+def test_compose_lists_a_recipient_once_even_if_given_twice() -> None:
+    message = make_message(
+        recipients=(Recipient("Ann", "ann@example.com"), Recipient("Ann (owner)", "ANN@example.com"))
+    )
+    assert [a.addr_spec for a in message["To"].addresses] == ["ann@example.com"]
+
+
+def test_compose_keeps_non_ascii_token_names_intact_over_7bit() -> None:
+    message = make_message(token_name="déploiement-ü")
+    raw = message.as_bytes()
+    assert raw.isascii()
+    reparsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(reparsed, EmailMessage)
+    assert "déploiement-ü" in reparsed["Subject"]
+    assert all("déploiement-ü" in body for body in parts(reparsed).values())
+
+
+def test_compose_rejects_a_naive_now() -> None:
+    with pytest.raises(ValueError, match="now"):
+        compose(make_notice(), sender=SENDER, domain=DOMAIN, now=dt.datetime(2025, 1, 30))
+
+
+# --------------------------------------------------------------------------- SmtpMailer
+
+
+def test_smtp_mailer_delivers_to_every_recipient(smtp_server: StartServer) -> None:
+    sink, port = smtp_server()
+    message = make_message()
+    SmtpMailer(f"smtp://127.0.0.1:{port}").send(message)
+
+    assert len(sink.received) == 1
+    got = sink.received[0]
+    assert got.mail_from == "noreply@example.com"
+    assert got.rcpt_tos == ["ann@example.com", "bob@example.com"]
+    assert got.message["Message-ID"] == message_id(make_notice(), DOMAIN)
+    assert got.message["Subject"].strip() == message["Subject"]
+
+
+def test_smtp_mailer_sends_bcc_recipients_without_the_bcc_header(smtp_server: StartServer) -> None:
+    sink, port = smtp_server()
+    message = make_message()
+    message["Bcc"] = "audit@example.com"
+    SmtpMailer(f"smtp://127.0.0.1:{port}").send(message)
+    got = sink.received[0]
+    assert "audit@example.com" in got.rcpt_tos
+    assert got.message["Bcc"] is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "code", "permanent"),
+    [("451 4.3.0 Try again later", 451, False), ("554 5.7.1 Message rejected", 554, True)],
+)
+def test_smtp_mailer_raises_when_data_is_rejected(
+    smtp_server: StartServer, reply: str, code: int, permanent: bool
+) -> None:
+    sink, port = smtp_server(Sink(data_reply=reply))
+    with pytest.raises(MailDeliveryError) as info:
+        SmtpMailer(f"smtp://127.0.0.1:{port}").send(make_message())
+    assert info.value.smtp_code == code
+    assert info.value.permanent is permanent
+    assert info.value.outcome_unknown is False
+    assert sink.data_calls == 1
+    assert sink.received == []
+
+
+def test_smtp_mailer_raises_when_nothing_listens() -> None:
+    port = free_port()
+    with pytest.raises(MailDeliveryError, match="cannot connect") as info:
+        SmtpMailer(f"smtp://127.0.0.1:{port}").send(make_message())
+    assert info.value.outcome_unknown is False
+
+
+def test_smtp_mailer_aborts_before_data_when_one_recipient_is_refused(smtp_server: StartServer) -> None:
+    sink, port = smtp_server(Sink(refuse=frozenset({"bob@example.com"})))
+    with pytest.raises(MailDeliveryError) as info:
+        SmtpMailer(f"smtp://127.0.0.1:{port}").send(make_message())
+    assert set(info.value.refused) == {"bob@example.com"}
+    assert info.value.refused["bob@example.com"][0] == 550
+    assert info.value.permanent
+    # Nobody got a copy, so a retry cannot duplicate the mail for Ann.
+    assert sink.data_calls == 0
+
+
+def test_smtp_mailer_times_out_quickly_on_a_silent_server() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()  # the kernel completes the handshake, but no banner ever comes
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(MailDeliveryError):
+            SmtpMailer(f"smtp://127.0.0.1:{port}?timeout=0.3").send(make_message())
+        assert time.monotonic() - started < 3
+
+
+def test_smtp_mailer_flags_unknown_outcome_when_data_reply_times_out(smtp_server: StartServer) -> None:
+    _, port = smtp_server(Sink(data_delay=1.5))
+    with pytest.raises(MailDeliveryError) as info:
+        SmtpMailer(f"smtp://127.0.0.1:{port}?timeout=0.3").send(make_message())
+    assert info.value.outcome_unknown is True
+    assert info.value.smtp_code is None
+
+
+def test_smtp_mailer_reports_success_even_if_quit_times_out(smtp_server: StartServer) -> None:
+    sink, port = smtp_server(Sink(quit_delay=2.0))
+    SmtpMailer(f"smtp://127.0.0.1:{port}?timeout=0.3").send(make_message())
+    assert len(sink.received) == 1
+
+
+def test_smtp_mailer_starttls_with_trusted_certificate(smtp_server: StartServer, cert: Cert) -> None:
+    sink, port = smtp_server(tls_context=cert.server_context(), require_starttls=True)
+    mailer = SmtpMailer(f"smtp+starttls://127.0.0.1:{port}", ssl_context=cert.client_context())
+    mailer.send(make_message())
+    assert len(sink.received) == 1
+    assert sink.received[0].tls
+
+
+def test_smtp_mailer_starttls_query_form(smtp_server: StartServer, cert: Cert) -> None:
+    sink, port = smtp_server(tls_context=cert.server_context(), require_starttls=True)
+    mailer = SmtpMailer(f"smtp://127.0.0.1:{port}?starttls=true", ssl_context=cert.client_context())
+    mailer.send(make_message())
+    assert sink.received[0].tls
+
+
+def test_smtp_mailer_never_downgrades_when_starttls_is_missing(smtp_server: StartServer) -> None:
+    sink, port = smtp_server()  # no tls_context: STARTTLS is not offered
+    with pytest.raises(MailDeliveryError, match="STARTTLS"):
+        SmtpMailer(f"smtp+starttls://127.0.0.1:{port}").send(make_message())
+    assert sink.data_calls == 0
+
+
+def test_smtp_mailer_verifies_the_server_certificate_by_default(
+    smtp_server: StartServer, cert: Cert
+) -> None:
+    sink, port = smtp_server(tls_context=cert.server_context(), require_starttls=True)
+    with pytest.raises(MailDeliveryError, match=r"(?i)certificate"):
+        SmtpMailer(f"smtp+starttls://127.0.0.1:{port}").send(make_message())
+    assert sink.data_calls == 0
+
+
+def test_smtp_mailer_implicit_tls(smtp_server: StartServer, cert: Cert) -> None:
+    sink, port = smtp_server(ssl_context=cert.server_context())
+    SmtpMailer(f"smtps://127.0.0.1:{port}", ssl_context=cert.client_context()).send(make_message())
+    assert len(sink.received) == 1
+    assert sink.received[0].tls
+
+
+def _authenticator(logins: list[tuple[bytes, bytes]]) -> Callable[..., AuthResult]:
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        assert isinstance(auth_data, LoginPassword)
+        logins.append((auth_data.login, auth_data.password))
+        ok = auth_data.login == b"deployer" and auth_data.password == b"p@ss:w/rd%"
+        # handled=False lets aiosmtpd send the 535 reply itself.
+        return AuthResult(success=ok, handled=False)
+
+    return authenticate
+
+
+def test_smtp_mailer_authenticates_with_percent_decoded_credentials(
+    smtp_server: StartServer, cert: Cert
+) -> None:
+    logins: list[tuple[bytes, bytes]] = []
+    sink, port = smtp_server(
+        tls_context=cert.server_context(),
+        require_starttls=True,
+        authenticator=_authenticator(logins),
+        auth_required=True,
+    )
+    url = f"smtp+starttls://deployer:p%40ss%3Aw%2Frd%25@127.0.0.1:{port}"
+    SmtpMailer(url, ssl_context=cert.client_context()).send(make_message())
+    assert logins == [(b"deployer", b"p@ss:w/rd%")]
+    assert sink.received[0].authenticated
+
+
+def test_smtp_mailer_wrong_password_is_a_permanent_failure_without_leaking_it(
+    smtp_server: StartServer, cert: Cert
+) -> None:
+    sink, port = smtp_server(
+        tls_context=cert.server_context(),
+        require_starttls=True,
+        authenticator=_authenticator([]),
+        auth_required=True,
+    )
+    url = f"smtp+starttls://deployer:wrongsecret@127.0.0.1:{port}"
+    with pytest.raises(MailDeliveryError) as info:
+        SmtpMailer(url, ssl_context=cert.client_context()).send(make_message())
+    assert info.value.smtp_code == 535
+    assert info.value.permanent
+    assert "wrongsecret" not in str(info.value)
+    assert sink.data_calls == 0
+
+
+def test_smtp_mailer_rejects_a_message_without_recipients() -> None:
+    message = EmailMessage()
+    message["From"] = SENDER
+    message.set_content("x")
+    with pytest.raises(ValueError, match="recipients"):
+        SmtpMailer("smtp://127.0.0.1:1").send(message)
+
+
+# --------------------------------------------------------------------------- MaildirMailer
+
+
+def test_maildir_mailer_writes_exactly_one_readable_message(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "maildir"
+    MaildirMailer(path).send(make_message())
+    box = mailbox.Maildir(path, create=False)
+    stored = list(box)
+    assert len(stored) == 1
+    assert stored[0]["Message-ID"] == message_id(make_notice(), DOMAIN)
+    assert stored[0].get_subdir() == "new"
+    assert list((path / "tmp").iterdir()) == []
+
+
+def test_maildir_mailer_accepts_an_existing_empty_directory(tmp_path: Path) -> None:
+    MaildirMailer(tmp_path).send(make_message())
+    assert len(mailbox.Maildir(tmp_path, create=False)) == 1
+
+
+# --------------------------------------------------------------------------- mailer_from_url
+
+
+@pytest.mark.parametrize("url", [None, ""])
+def test_mailer_from_url_defaults_to_a_maildir_in_the_data_dir(tmp_path: Path, url: str | None) -> None:
+    mailer = mailer_from_url(url, data_dir=tmp_path)
+    assert isinstance(mailer, MaildirMailer)
+    mailer.send(make_message())
+    assert len(mailbox.Maildir(tmp_path / "maildir", create=False)) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("smtp://mail.example.com", "SmtpMailer(mail.example.com:25, tls=plain, timeout=10)"),
+        ("smtp://mail.example.com:2525", "SmtpMailer(mail.example.com:2525, tls=plain, timeout=10)"),
+        (
+            "smtp://mail.example.com:587?starttls=true",
+            "SmtpMailer(mail.example.com:587, tls=starttls, timeout=10)",
+        ),
+        ("smtp+starttls://mail.example.com", "SmtpMailer(mail.example.com:587, tls=starttls, timeout=10)"),
+        ("smtps://mail.example.com", "SmtpMailer(mail.example.com:465, tls=smtps, timeout=10)"),
+        ("smtps://mail.example.com:2465", "SmtpMailer(mail.example.com:2465, tls=smtps, timeout=10)"),
+        ("smtp://mail.example.com?timeout=5", "SmtpMailer(mail.example.com:25, tls=plain, timeout=5)"),
+        ("SMTP://Mail.Example.com/", "SmtpMailer(mail.example.com:25, tls=plain, timeout=10)"),
+        ("smtp://[::1]:25", "SmtpMailer([::1]:25, tls=plain, timeout=10)"),
+        (
+            "smtp+starttls://us%40er:pw@mail.example.com:587",
+            "SmtpMailer(us@er:***@mail.example.com:587, tls=starttls, timeout=10)",
+        ),
+    ],
+)
+def test_mailer_from_url_parses_smtp_urls(tmp_path: Path, url: str, expected: str) -> None:
+    mailer = mailer_from_url(url, data_dir=tmp_path)
+    assert isinstance(mailer, SmtpMailer)
+    assert repr(mailer) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("http://mail.example.com", "scheme"),
+        ("mail.example.com:25", "scheme"),
+        ("smtp://", "host"),
+        ("smtp://mail.example.com:99999", "port"),
+        ("smtp://mail.example.com:abc", "port"),
+        ("smtp://mail.example.com/inbox", "path"),
+        ("smtp://mail.example.com?startls=true", "unknown"),
+        ("smtp://mail.example.com?starttls=maybe", "starttls"),
+        ("smtps://mail.example.com?starttls=true", "implicit TLS"),
+        ("smtp+starttls://mail.example.com?starttls=false", "starttls=false"),
+        ("smtp://mail.example.com?timeout=abc", "timeout"),
+        ("smtp://mail.example.com?timeout=0", "timeout"),
+        ("smtp://mail.example.com?timeout=nan", "timeout"),
+        ("smtp://user@mail.example.com", "password"),
+        ("smtp://:pw@mail.example.com", "user name"),
+    ],
+)
+def test_mailer_from_url_rejects_bad_urls(tmp_path: Path, url: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        mailer_from_url(url, data_dir=tmp_path)
+
+
+def test_url_errors_do_not_echo_the_password(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as info:
+        mailer_from_url("smtp://u:secretpw@mail.example.com:99999", data_dir=tmp_path)
+    assert "secretpw" not in str(info.value)
+
+
+def test_repr_hides_the_password() -> None:
+    mailer = SmtpMailer("smtp://u:secretpw@h:25")
+    assert "secretpw" not in repr(mailer)
+    assert "u:***@h:25" in repr(mailer)

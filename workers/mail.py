@@ -1,0 +1,542 @@
+"""Deploy-token expiry notification email: composition and delivery.
+
+Exactly-once delivery over SMTP is impossible (a crash between the server's ``250`` and recording the
+result looks the same as a crash before sending), so this module gives the caller what it needs for an
+*effectively-once* policy: a deterministic Message-ID that doubles as an idempotency key, mailers that
+report success only once the message was accepted for every recipient, short timeouts that keep the
+ambiguous window small, and an ``outcome_unknown`` flag on failures that happened after the message body
+may have reached the server.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.policy
+import hashlib
+import html
+import io
+import mailbox
+import os
+import re
+import smtplib
+import ssl
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.generator import BytesGenerator
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, getaddresses
+from pathlib import Path
+from typing import Literal, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+__all__ = [
+    "ExpiryNotice",
+    "MailDeliveryError",
+    "MaildirMailer",
+    "Mailer",
+    "Recipient",
+    "SmtpMailer",
+    "compose",
+    "mailer_from_url",
+    "message_id",
+]
+
+NOTICE_INTERVALS = (60, 30, 7)
+
+# Message-ID right-hand sides must be a plain dot-atom; anything looser would let a misconfigured domain
+# break the header or produce ids that relays rewrite (and then de-duplication stops working).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+@dataclass(frozen=True)
+class Recipient:
+    name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class ExpiryNotice:
+    token_id: int
+    token_name: str
+    namespace_kind: Literal["project", "group"]
+    namespace_path: str
+    expires_at: datetime
+    interval_days: int
+    days_left: int
+    settings_url: str
+    recipients: tuple[Recipient, ...]
+
+    def __post_init__(self) -> None:
+        # Validate at construction so a bad notice fails in the scanner, not halfway through a send.
+        if self.token_id <= 0:
+            raise ValueError(f"token_id must be positive, got {self.token_id}")
+        if self.namespace_kind not in ("project", "group"):
+            raise ValueError(f"namespace_kind must be 'project' or 'group', got {self.namespace_kind!r}")
+        if self.expires_at.tzinfo is None or self.expires_at.utcoffset() is None:
+            raise ValueError("expires_at must be timezone-aware (UTC)")
+        if self.interval_days not in NOTICE_INTERVALS:
+            raise ValueError(f"interval_days must be one of {NOTICE_INTERVALS}, got {self.interval_days}")
+        if not 0 <= self.days_left <= self.interval_days:
+            raise ValueError(
+                f"days_left must be between 0 and interval_days ({self.interval_days}), got {self.days_left}"
+            )
+        # The URL ends up in an href; only web links are acceptable there.
+        if urlsplit(self.settings_url).scheme not in ("http", "https"):
+            raise ValueError("settings_url must be an http(s) URL")
+        if not self.recipients:
+            raise ValueError("an expiry notice needs at least one recipient")
+
+
+def _expiry_utc(notice: ExpiryNotice) -> datetime:
+    return notice.expires_at.astimezone(UTC)
+
+
+def message_id(notice: ExpiryNotice, domain: str) -> str:
+    """Return the Message-ID for this notice: identical on every retry, so it works as an idempotency key.
+
+    The expiry *date* is part of the key because a changed expiry starts a new notification cycle; the
+    interval is part of it because the 60-, 30- and 7-day mails are distinct messages.
+    """
+    if not _DOMAIN_RE.fullmatch(domain):
+        raise ValueError(
+            f"invalid Message-ID domain {domain!r}: use an ASCII host name such as notify.example.com"
+        )
+    day = _expiry_utc(notice).strftime("%Y%m%d")
+    return f"<deploy-token-expiry.{notice.token_id}.{day}.{notice.interval_days}d@{domain}>"
+
+
+def _one_line(text: str) -> str:
+    # Token names and paths are user input; control characters and line separators would break headers
+    # (the email package refuses CR/LF outright) or forge extra lines in the text body.
+    cleaned = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text)
+    return " ".join(cleaned.split())
+
+
+def _days_phrase(days_left: int) -> str:
+    if days_left == 0:
+        return "today"
+    if days_left == 1:
+        return "in 1 day"
+    return f"in {days_left} days"
+
+
+def _unique_recipients(recipients: tuple[Recipient, ...]) -> list[Address]:
+    # A user can be owner and maintainer at once; listing them twice would deliver two copies.
+    seen: set[str] = set()
+    addresses: list[Address] = []
+    for recipient in recipients:
+        key = recipient.email.strip().lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        addresses.append(Address(display_name=_one_line(recipient.name), addr_spec=recipient.email.strip()))
+    return addresses
+
+
+def compose(
+    notice: ExpiryNotice,
+    *,
+    sender: str,
+    domain: str,
+    now: datetime | None = None,
+) -> EmailMessage:
+    """Build the multipart/alternative expiry email for ``notice``.
+
+    Pass ``now`` for a reproducible Date header; every other header and the body depend only on the
+    arguments. The token's secret value is not part of ``ExpiryNotice`` and so can never leak into the mail.
+    """
+    if now is None:
+        now = datetime.now(UTC)
+    elif now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+
+    parsed_sender = getaddresses([sender])
+    if len(parsed_sender) != 1 or "@" not in parsed_sender[0][1]:
+        raise ValueError(
+            f"sender must be one address such as 'Deploy tokens <noreply@example.com>', got {sender!r}"
+        )
+
+    mid = message_id(notice, domain)
+    expires = _expiry_utc(notice)
+    name = _one_line(notice.token_name)
+    path = _one_line(notice.namespace_path)
+    kind = notice.namespace_kind
+    when = _days_phrase(notice.days_left)
+    date_text = expires.strftime("%Y-%m-%d")
+    instant_text = expires.strftime("%Y-%m-%d %H:%M:%S UTC")
+    days_text = "less than a day" if notice.days_left == 0 else f"{notice.days_left}"
+
+    message = EmailMessage()
+    message["Subject"] = f'Your deploy token "{name}" for {kind} {path} expires {when}'
+    message["From"] = sender
+    message["To"] = _unique_recipients(notice.recipients)
+    message["Date"] = format_datetime(now.astimezone(UTC))
+    message["Message-ID"] = mid
+    message["X-Idempotency-Key"] = mid
+    # RFC 3834: stops vacation responders and mailing lists from answering a machine-sent notice.
+    message["Auto-Submitted"] = "auto-generated"
+    # Exchange ignores Auto-Submitted for out-of-office replies; this is its own switch.
+    message["X-Auto-Response-Suppress"] = "All"
+
+    text = (
+        f"Hello,\n"
+        f"\n"
+        f'The deploy token "{name}" (ID {notice.token_id}) for {kind} {path} expires {when}.\n'
+        f"\n"
+        f"  Token:       {name} (ID {notice.token_id})\n"
+        f"  {kind.capitalize() + ':':<12} {path}\n"
+        f"  Expires on:  {date_text} (UTC)\n"
+        f"  Expires at:  {instant_text}\n"
+        f"  Days left:   {days_text}\n"
+        f"\n"
+        f"From that moment, anything still using this token (CI jobs, registry\n"
+        f"logins, pull secrets) will be refused. To avoid an outage, rotate the\n"
+        f"token or create a replacement, update everything that uses it, and then\n"
+        f"revoke the old one.\n"
+        f"\n"
+        f"Manage deploy tokens: {notice.settings_url}\n"
+        f"\n"
+        f"You are receiving this {notice.interval_days}-day notice because you are an owner or\n"
+        f"maintainer of the {kind} {path}.\n"
+    )
+    e_name = html.escape(name)
+    e_path = html.escape(path)
+    e_url = html.escape(notice.settings_url, quote=True)
+    html_body = (
+        "<!DOCTYPE html>\n"
+        '<html><head><meta charset="utf-8"></head><body>\n'
+        f"<p>Hello,</p>\n"
+        f"<p>The deploy token <strong>{e_name}</strong> (ID {notice.token_id}) for {kind} "
+        f"<strong>{e_path}</strong> expires {when}.</p>\n"
+        "<table>\n"
+        f"<tr><th align=\"left\">Token</th><td>{e_name} (ID {notice.token_id})</td></tr>\n"
+        f"<tr><th align=\"left\">{kind.capitalize()}</th><td>{e_path}</td></tr>\n"
+        f"<tr><th align=\"left\">Expires on</th><td>{date_text} (UTC)</td></tr>\n"
+        f"<tr><th align=\"left\">Expires at</th><td>{instant_text}</td></tr>\n"
+        f"<tr><th align=\"left\">Days left</th><td>{days_text}</td></tr>\n"
+        "</table>\n"
+        "<p>From that moment, anything still using this token (CI jobs, registry logins, pull secrets) "
+        "will be refused. To avoid an outage, rotate the token or create a replacement, update everything "
+        "that uses it, and then revoke the old one.</p>\n"
+        f'<p><a href="{e_url}">Manage deploy tokens</a></p>\n'
+        f"<p>You are receiving this {notice.interval_days}-day notice because you are an owner or "
+        f"maintainer of the {kind} {e_path}.</p>\n"
+        "</body></html>\n"
+    )
+    # Quoted-printable keeps the body 7-bit clean, so non-ASCII token names survive relays that do not
+    # offer 8BITMIME (the default heuristic would pick raw 8bit).
+    message.set_content(text, cte="quoted-printable")
+    message.add_alternative(html_body, subtype="html", cte="quoted-printable")
+    # The default boundary is random; deriving it from the Message-ID makes a retry byte-identical.
+    # "=_" cannot occur in quoted-printable output, so the boundary can never collide with the body.
+    message.set_boundary("=_" + hashlib.sha256(mid.encode()).hexdigest()[:32])
+    return message
+
+
+class MailDeliveryError(Exception):
+    """The message was not accepted for every recipient.
+
+    ``smtp_code`` is the server's reply code when there was one; ``refused`` maps each refused recipient
+    to its ``(code, reply)``. ``outcome_unknown`` is true when the failure happened after the message
+    body may already have reached the server (e.g. a timeout waiting for the final reply to DATA): the
+    mail may have been delivered, which an at-most-once policy must treat as "sent".
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        smtp_code: int | None = None,
+        refused: Mapping[str, tuple[int, str]] | None = None,
+        outcome_unknown: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.smtp_code = smtp_code
+        self.refused: dict[str, tuple[int, str]] = dict(refused or {})
+        self.outcome_unknown = outcome_unknown
+
+    @property
+    def permanent(self) -> bool:
+        """True when every reply code involved is 5xx, i.e. retrying the same message will not help."""
+        codes = [code for code, _ in self.refused.values()]
+        if self.smtp_code is not None:
+            codes.append(self.smtp_code)
+        return bool(codes) and all(500 <= code < 600 for code in codes)
+
+
+class Mailer(Protocol):
+    def send(self, message: EmailMessage) -> None:
+        """Return only once the message is durably accepted for all recipients; else raise
+        MailDeliveryError. Malformed messages (no sender, no recipients) raise ValueError."""
+        ...
+
+
+def _envelope(message: EmailMessage) -> tuple[str, list[str]]:
+    # Mirrors smtplib.send_message: Sender wins over From, and Bcc recipients get the mail without
+    # appearing in it.
+    senders = getaddresses([str(v) for v in message.get_all("Sender", []) or message.get_all("From", [])])
+    if len(senders) != 1 or not senders[0][1]:
+        raise ValueError("the message needs exactly one From (or Sender) address")
+    recipients: list[str] = []
+    for field in ("To", "Cc", "Bcc"):
+        for _, addr in getaddresses([str(v) for v in message.get_all(field, [])]):
+            if addr and addr not in recipients:
+                recipients.append(addr)
+    if not recipients:
+        raise ValueError("the message has no recipients")
+    return senders[0][1], recipients
+
+
+def _flatten(message: EmailMessage, *, utf8: bool) -> bytes:
+    stripped = copy.copy(message)
+    del stripped["Bcc"]
+    del stripped["Resent-Bcc"]
+    buffer = io.BytesIO()
+    BytesGenerator(buffer, policy=email.policy.SMTPUTF8 if utf8 else email.policy.SMTP).flatten(stripped)
+    return buffer.getvalue()
+
+
+_DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+# QUIT is sent after the server already accepted the mail, while the caller has not yet recorded the
+# result; a slow QUIT would widen that crash window, so it gets a tight deadline.
+_QUIT_TIMEOUT = 2.0
+
+
+class SmtpMailer:
+    """Deliver through an SMTP server with smtplib.
+
+    URL forms:
+
+    * ``smtp://host[:port]`` plain SMTP, port 25 by default.
+    * ``smtp://host:587?starttls=true`` or ``smtp+starttls://host[:port]`` (port 587 by default):
+      STARTTLS is mandatory; a server that does not offer it is an error, never a silent downgrade.
+    * ``smtps://host[:port]`` implicit TLS, port 465 by default.
+    * ``smtp://user:pass@host:port`` authenticates with AUTH; user and password are percent-decoded, so
+      write ``@`` as ``%40``, ``:`` as ``%3A`` and ``%`` as ``%25``. Prefer a TLS form with credentials.
+    * ``?timeout=5`` sets the per-operation socket timeout in seconds (overrides ``timeout``).
+
+    TLS certificates are verified against the system trust store unless ``ssl_context`` is given
+    (e.g. one that trusts a private CA). The password is kept out of ``repr`` and error messages.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            raise ValueError(
+                f"unsupported mail URL scheme {parts.scheme!r}: use smtp://, smtp+starttls:// or smtps://"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("invalid port in SMTP URL") from None
+        host = parts.hostname
+        if not host:
+            raise ValueError("SMTP URL needs a host, e.g. smtp://mail.example.com:25")
+        if parts.path not in ("", "/") or parts.fragment:
+            raise ValueError("SMTP URL must not have a path or fragment")
+
+        starttls = scheme == "smtp+starttls"
+        try:
+            query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        except ValueError:
+            raise ValueError("malformed query string in SMTP URL") from None
+        for key, value in query:
+            if key == "starttls":
+                if value.lower() in _TRUE:
+                    starttls = True
+                elif value.lower() in _FALSE:
+                    if scheme == "smtp+starttls":
+                        raise ValueError("smtp+starttls:// cannot be combined with starttls=false")
+                    starttls = False
+                else:
+                    raise ValueError(f"starttls must be true or false, got {value!r}")
+            elif key == "timeout":
+                try:
+                    timeout = float(value)
+                except ValueError:
+                    raise ValueError(f"timeout must be a number of seconds, got {value!r}") from None
+            else:
+                # A typo such as ?startls=true must not silently send in cleartext.
+                raise ValueError(f"unknown SMTP URL parameter {key!r} (known: starttls, timeout)")
+        if scheme == "smtps" and starttls:
+            raise ValueError("smtps:// already uses implicit TLS; starttls=true does not apply")
+        if not timeout > 0 or timeout == float("inf"):
+            raise ValueError("timeout must be a positive, finite number of seconds")
+
+        username = unquote(parts.username) if parts.username is not None else None
+        password = unquote(parts.password) if parts.password is not None else None
+        if (username is None) != (password is None) or (username is not None and not username):
+            raise ValueError("SMTP credentials need both a user name and a password (smtp://user:pass@host)")
+
+        self._scheme = scheme
+        self._host = host
+        self._port = port if port is not None else _DEFAULT_PORTS[scheme]
+        self._starttls = starttls
+        self._timeout = timeout
+        self._username = username
+        self._password = password
+        self._ssl_context = ssl_context
+
+    def __repr__(self) -> str:
+        mode = "smtps" if self._scheme == "smtps" else ("starttls" if self._starttls else "plain")
+        user = f"{self._username}:***@" if self._username is not None else ""
+        return f"SmtpMailer({user}{self._target}, tls={mode}, timeout={self._timeout:g})"
+
+    @property
+    def _target(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{host}:{self._port}"
+
+    def _tls_context(self) -> ssl.SSLContext:
+        return self._ssl_context if self._ssl_context is not None else ssl.create_default_context()
+
+    def _connect(self) -> smtplib.SMTP:
+        if self._scheme == "smtps":
+            return smtplib.SMTP_SSL(
+                self._host, self._port, timeout=self._timeout, context=self._tls_context()
+            )
+        return smtplib.SMTP(self._host, self._port, timeout=self._timeout)
+
+    def send(self, message: EmailMessage) -> None:
+        sender, recipients = _envelope(message)
+        international = not all(a.isascii() for a in [sender, *recipients])
+        target = self._target
+        try:
+            client = self._connect()
+        except (OSError, smtplib.SMTPException) as exc:
+            raise MailDeliveryError(
+                f"cannot connect to SMTP server {target}: {exc}",
+                smtp_code=getattr(exc, "smtp_code", None),
+            ) from exc
+
+        accepted = False
+        in_data = False
+        try:
+            client.ehlo()
+            if self._starttls:
+                if not client.has_extn("starttls"):
+                    raise MailDeliveryError(f"SMTP server {target} does not offer STARTTLS")
+                client.starttls(context=self._tls_context())
+                client.ehlo()
+            if self._username is not None and self._password is not None:
+                client.login(self._username, self._password)
+
+            payload = _flatten(message, utf8=international)
+            mail_options: list[str] = []
+            if international:
+                if not client.has_extn("smtputf8"):
+                    raise MailDeliveryError(f"SMTP server {target} does not support SMTPUTF8 addresses")
+                mail_options += ["SMTPUTF8", "BODY=8BITMIME"]
+            elif not payload.isascii() and client.has_extn("8bitmime"):
+                mail_options.append("BODY=8BITMIME")
+
+            code, reply = client.mail(sender, mail_options)
+            if code != 250:
+                raise MailDeliveryError(
+                    f"SMTP server {target} refused sender: {code} {reply.decode(errors='replace')}",
+                    smtp_code=code,
+                )
+            refused: dict[str, tuple[int, str]] = {}
+            for rcpt in recipients:
+                code, reply = client.rcpt(rcpt)
+                if code not in (250, 251):
+                    refused[rcpt] = (code, reply.decode(errors="replace"))
+            if refused:
+                # Abort before DATA so nobody receives a copy; a partial delivery would turn every retry
+                # into duplicates for the recipients that were accepted.
+                raise MailDeliveryError(
+                    f"SMTP server {target} refused {len(refused)} of {len(recipients)} recipients: "
+                    + ", ".join(f"{addr} ({c} {r})" for addr, (c, r) in refused.items()),
+                    refused=refused,
+                )
+
+            in_data = True
+            code, reply = client.data(payload)
+            if code != 250:
+                raise MailDeliveryError(
+                    f"SMTP server {target} rejected the message: {code} {reply.decode(errors='replace')}",
+                    smtp_code=code,
+                )
+            accepted = True
+        except MailDeliveryError:
+            raise
+        except smtplib.SMTPResponseException as exc:
+            # A reply code is a definite answer, so the outcome is known even during DATA.
+            detail = exc.smtp_error
+            text = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+            raise MailDeliveryError(
+                f"SMTP server {target} answered {exc.smtp_code} {text}",
+                smtp_code=exc.smtp_code,
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise MailDeliveryError(
+                f"SMTP conversation with {target} failed: {type(exc).__name__}: {exc}",
+                outcome_unknown=in_data,
+            ) from exc
+        finally:
+            if accepted:
+                _quit_quietly(client)
+            else:
+                client.close()
+
+
+def _quit_quietly(client: smtplib.SMTP) -> None:
+    # The message is already accepted; a failing QUIT must not turn success into a reported failure,
+    # because the caller would then resend and deliver a duplicate.
+    try:
+        if client.sock is not None:
+            client.sock.settimeout(min(_QUIT_TIMEOUT, client.sock.gettimeout() or _QUIT_TIMEOUT))
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        client.close()
+
+
+class MaildirMailer:
+    """Deliver into a local Maildir, for development and embedded mode.
+
+    mailbox.Maildir writes each message to ``tmp/``, fsyncs it and renames it into ``new/``, so a reader
+    never sees a half-written message; the ``new/`` directory is fsynced afterwards so the rename itself
+    survives a power loss.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path)
+        # mailbox.Maildir only creates the folder when it is missing entirely, so an existing but empty
+        # directory would fail on first delivery; create every subfolder up front instead.
+        for sub in ("tmp", "new", "cur"):
+            (self._path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._maildir = mailbox.Maildir(self._path, create=False)
+
+    def __repr__(self) -> str:
+        return f"MaildirMailer({str(self._path)!r})"
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def send(self, message: EmailMessage) -> None:
+        _envelope(message)  # same malformed-message contract as SMTP
+        try:
+            self._maildir.add(message)
+            fd = os.open(self._path / "new", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except (OSError, mailbox.Error) as exc:
+            raise MailDeliveryError(f"cannot write to Maildir {self._path}: {exc}") from exc
+
+
+def mailer_from_url(url: str | None, *, data_dir: Path) -> Mailer:
+    """Build the mailer configured by ``DEPLOY_TOKENS_SMTP_URL``; unset or empty means a Maildir in
+    ``data_dir / "maildir"``."""
+    if not url:
+        return MaildirMailer(Path(data_dir) / "maildir")
+    return SmtpMailer(url)
