@@ -14,7 +14,7 @@ $(BIN)/deploy-tokens: pyproject.toml
 run: $(BIN)/deploy-tokens
 	$(BIN)/deploy-tokens serve --host 127.0.0.1 --port 8080
 
-test: $(BIN)/deploy-tokens
+test: lint
 	.ci/services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -23,7 +23,9 @@ def readiness() -> ResponseReturnValue:
     try:
         statuses = runtime.projector.status()
     except Exception as error:  # any database failure means "not ready", never a 500
-        return jsonify(status="failed", checks={"database": {"status": "failed", "message": type(error).__name__}}), 503
+        return jsonify(
+            status="failed", checks={"database": {"status": "failed", "message": type(error).__name__}}
+        ), 503
     checks = {
         status.name: {"status": "ok", "position": status.position, "head": status.head, "lag": status.lag}
         for status in statuses

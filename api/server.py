@@ -33,8 +33,11 @@ class BackgroundThreads:
     def start(self) -> None:
         if self.embedded:
             projector = threading.Thread(
-                target=self.runtime.projector.run_forever, args=(self.stop,), kwargs={"poll_interval": 0.2},
-                name="projector", daemon=True,
+                target=self.runtime.projector.run_forever,
+                args=(self.stop,),
+                kwargs={"poll_interval": 0.2},
+                name="projector",
+                daemon=True,
             )
             self.threads.append(projector)
         for thread in self.threads:
@@ -46,7 +49,7 @@ class BackgroundThreads:
             thread.join(timeout=5)
 
 
-class _EmbeddedGunicorn(BaseApplication):  # type: ignore[misc]
+class _EmbeddedGunicorn(BaseApplication):
     """Opens the runtime in the worker process, after the fork: database connections never cross a fork."""
 
     def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
@@ -58,7 +61,7 @@ class _EmbeddedGunicorn(BaseApplication):  # type: ignore[misc]
         for key, value in self.options.items():
             self.cfg.set(key, value)
 
-    def load(self) -> Flask:
+    def load(self) -> Flask:  # type: ignore[override]
         runtime = Runtime.open(self.settings)
         BackgroundThreads(runtime, embedded=True).start()
         return create_app(runtime)

@@ -97,8 +97,13 @@ def cmd_token_create(runtime: Runtime, args: argparse.Namespace) -> int:
     holder_kind, holder_id = _holder(args, runtime)
     scopes = [scope for part in args.scopes for scope in part.split(",") if scope]
     issued = runtime.service.create_token(
-        _operator(), holder_kind, holder_id, name=args.name, scopes=scopes,
-        expires_at=_parse_expiry(args.expires_at), username=args.username,
+        _operator(),
+        holder_kind,
+        holder_id,
+        name=args.name,
+        scopes=scopes,
+        expires_at=_parse_expiry(args.expires_at),
+        username=args.username,
     )
     fields = token_fields(issued.token, runtime.clock.now())
     print(json.dumps(fields), file=sys.stderr)
@@ -116,7 +121,11 @@ def cmd_token_list(runtime: Runtime, args: argparse.Namespace) -> int:
     else:
         holder_kind, holder_id = _holder(args, runtime)
         page = runtime.read.tokens(
-            holder_kind=holder_kind, holder_id=holder_id, active_only=args.active, now=now, per_page=args.limit
+            holder_kind=holder_kind,
+            holder_id=holder_id,
+            active_only=args.active,
+            now=now,
+            per_page=args.limit,
         )
     _print_json([token_fields(record, now) for record in page.items])
     return 0
@@ -168,7 +177,9 @@ def cmd_projections_rebuild(runtime: Runtime, args: argparse.Namespace) -> int:
     names = [args.name] if args.name else list(runtime.projector.projections)
     for name in names:
         if name not in runtime.projector.projections:
-            raise SystemExit(f"error: unknown projection {name!r}; known: {', '.join(runtime.projector.projections)}")
+            raise SystemExit(
+                f"error: unknown projection {name!r}; known: {', '.join(runtime.projector.projections)}"
+            )
 
         def progress(position: int, head: int, name: str = name) -> None:
             width = 40
@@ -275,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     projections = commands.add_parser("projections", help="read-model status and rebuilds")
     projection_commands = projections.add_subparsers(dest="projection_command", required=True)
-    projection_commands.add_parser("status", help="each projection's position against the log head").set_defaults(
-        handler=cmd_projections_status
-    )
+    projection_commands.add_parser(
+        "status", help="each projection's position against the log head"
+    ).set_defaults(handler=cmd_projections_status)
     rebuild = projection_commands.add_parser("rebuild", help="rebuild from event 0, in batches")
     rebuild.add_argument("name", nargs="?")
     rebuild.set_defaults(handler=cmd_projections_rebuild)
@@ -292,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
     if args.handler is cmd_serve:
-        return cmd_serve(settings, args)
+        cmd_serve(settings, args)
+        return 0
     clock = None
     if args.now:
         try:
@@ -302,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     runtime = Runtime.open(settings, clock=clock)
     try:
-        return int(args.handler(runtime, args))
+        status: int = args.handler(runtime, args)
+        return status
     except DomainError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -139,30 +139,29 @@ class Database:
             with self._pool.connection() as connection, connection.transaction():
                 yield _PortableCursor(connection.cursor(), "postgresql")
             return
-        connection = self._sqlite_connection()
-        connection.execute("BEGIN IMMEDIATE")
+        lite = self._sqlite_connection()
+        lite.execute("BEGIN IMMEDIATE")
         try:
-            yield _PortableCursor(connection.cursor(), "sqlite")
+            yield _PortableCursor(lite.cursor(), "sqlite")
         except BaseException:
-            connection.execute("ROLLBACK")
+            lite.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
+        lite.execute("COMMIT")
 
     @contextmanager
     def read(self) -> Iterator[Cursor]:
         """A consistent read (one snapshot) of the read models."""
         if self._pool is not None:
-            with self._pool.connection() as connection:
-                with connection.transaction():
-                    connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    yield _PortableCursor(connection.cursor(), "postgresql")
+            with self._pool.connection() as connection, connection.transaction():
+                connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                yield _PortableCursor(connection.cursor(), "postgresql")
             return
-        connection = self._sqlite_connection()
-        connection.execute("BEGIN")
+        lite = self._sqlite_connection()
+        lite.execute("BEGIN")
         try:
-            yield _PortableCursor(connection.cursor(), "sqlite")
+            yield _PortableCursor(lite.cursor(), "sqlite")
         finally:
-            connection.execute("COMMIT")
+            lite.execute("COMMIT")
 
     def close(self) -> None:
         if self._pool is not None:

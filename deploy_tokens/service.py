@@ -87,7 +87,9 @@ class Principal:
 
     @property
     def actor(self) -> Actor:
-        return Actor.user(self.user.user_id, self.user.username, is_admin=self.user.is_admin, address=self.address)
+        return Actor.user(
+            self.user.user_id, self.user.username, is_admin=self.user.is_admin, address=self.address
+        )
 
     @property
     def can_write(self) -> bool:
@@ -125,7 +127,7 @@ class DeployTokenService:
 
     def _get(self, cls: type[A], stream: UUID, what: str) -> A:
         try:
-            aggregate = self.store.repository.get(stream)
+            aggregate: Aggregate = self.store.repository.get(stream)
         except AggregateNotFoundError:
             raise NotFound(what) from None
         if not isinstance(aggregate, cls):
@@ -148,7 +150,7 @@ class DeployTokenService:
 
     def settings(self) -> InstanceSettings:
         try:
-            aggregate = self.store.repository.get(SETTINGS_ID)
+            aggregate: Aggregate = self.store.repository.get(SETTINGS_ID)
         except AggregateNotFoundError:
             return InstanceSettings.initial(self.clock.now())
         assert isinstance(aggregate, InstanceSettings)
@@ -190,7 +192,9 @@ class DeployTokenService:
             return AccessLevel.OWNER
         assert actor.user_id is not None
         if project.namespace_kind == "user":
-            namespace = self._get(UserNamespace, stream_id("namespace", project.namespace_id), "404 Namespace")
+            namespace = self._get(
+                UserNamespace, stream_id("namespace", project.namespace_id), "404 Namespace"
+            )
             if namespace.user_id == actor.user_id:
                 return AccessLevel.OWNER
         levels = [project.members.get(actor.user_id, 0)]
@@ -271,9 +275,16 @@ class DeployTokenService:
         def build(token_id: int) -> list[Aggregate]:
             return [
                 DeployToken.issue(
-                    token_id=token_id, name=name, username=username, holder_kind=holder_kind,
-                    holder_id=holder_id, scopes=scope_list, expires_at=expires_at, digest=digest,
-                    actor=actor, now=now,
+                    token_id=token_id,
+                    name=name,
+                    username=username,
+                    holder_kind=holder_kind,
+                    holder_id=holder_id,
+                    scopes=scope_list,
+                    expires_at=expires_at,
+                    digest=digest,
+                    actor=actor,
+                    now=now,
                 )
             ]
 
@@ -312,7 +323,9 @@ class DeployTokenService:
         self._retry(attempt)
         return result[0]
 
-    def revoke_token(self, actor: Actor, holder_kind: HolderKind, holder_id: int, token_id: int) -> TokenRecord:
+    def revoke_token(
+        self, actor: Actor, holder_kind: HolderKind, holder_id: int, token_id: int
+    ) -> TokenRecord:
         now = self.clock.now()
         self._manage_token(actor, holder_kind, holder_id, token_id, lambda t: t.revoke(actor=actor, now=now))
         self.vault.destroy(token_id)
@@ -340,7 +353,10 @@ class DeployTokenService:
         now = self.clock.now()
         grace_until = now + grace if grace else None
         token = self._manage_token(
-            actor, holder_kind, holder_id, token_id,
+            actor,
+            holder_kind,
+            holder_id,
+            token_id,
             lambda t: t.rotate(digest=digest, grace_until=grace_until, actor=actor, now=now),
         )
         if token.name == CI_TOKEN_NAME:
@@ -406,16 +422,16 @@ class DeployTokenService:
         def attempt() -> list[Aggregate]:
             token = self._get(DeployToken, deploy_token_uuid(token_id), "404 Token")
             changed[:] = [
-                token.record_notification(interval, message_id=message_id, recipients=emails, actor=actor, now=now)
+                token.record_notification(
+                    interval, message_id=message_id, recipients=emails, actor=actor, now=now
+                )
             ]
             return [token]
 
         self._retry(attempt)
         return bool(changed and changed[0])
 
-    def claim_notification(
-        self, token_id: int, interval: int, *, message_id: str, lease: timedelta
-    ) -> bool:
+    def claim_notification(self, token_id: int, interval: int, *, message_id: str, lease: timedelta) -> bool:
         """Only one sender wins an interval's lease; losers of the race see the winner's claim and back off."""
         now = self.clock.now()
         won: list[bool] = []
@@ -458,11 +474,12 @@ class DeployTokenService:
         """Every event of one token, in order, with version, time, actor, address and what changed."""
         stream = deploy_token_uuid(token_id)
         entries = []
-        for event in self.store.events.get(stream):  # type: ignore[attr-defined]
+        for event in self.store.events.get(stream):
             state = {
                 key: value
                 for key, value in event.__dict__.items()
-                if key not in ("originator_id", "originator_version", "timestamp", "originator_topic", "actor")
+                if key
+                not in ("originator_id", "originator_version", "timestamp", "originator_topic", "actor")
             }
             state.pop("digest", None)  # a keyed digest is not secret, but it is no auditor's business either
             actor = getattr(event, "actor", None) or {"kind": "system", "username": "system"}
@@ -470,7 +487,7 @@ class DeployTokenService:
                 {
                     "version": event.originator_version,
                     "event": type(event).__name__,
-                    "timestamp": event.timestamp,
+                    "timestamp": getattr(event, "timestamp", None),
                     "actor": actor,
                     "changes": state,
                 }
@@ -502,8 +519,14 @@ class DeployTokenService:
 
         def build(number: int) -> list[Aggregate]:
             user = User.register(
-                user_id=number, namespace_id=number, username=username, email=email, name=name,
-                is_admin=is_admin, actor=actor, now=now,
+                user_id=number,
+                namespace_id=number,
+                username=username,
+                email=email,
+                name=name,
+                is_admin=is_admin,
+                actor=actor,
+                now=now,
             )
             namespace = UserNamespace.open(namespace_id=number, user_id=number, path=username, now=now)
             return [namespace, user, PathClaim.claim(username, "user", number, now)]
@@ -534,7 +557,11 @@ class DeployTokenService:
         system = Actor.system("bootstrap")
         user = self._register_user(system, username=username, email=email, name=None, is_admin=True)
         issued = self._issue_personal_access_token(
-            system, user.user_id, name="bootstrap", scopes=["api", "read_api", "sudo", "admin_mode"], expires_at=None
+            system,
+            user.user_id,
+            name="bootstrap",
+            scopes=["api", "read_api", "sudo", "admin_mode"],
+            expires_at=None,
         )
         return user, issued
 
@@ -551,7 +578,9 @@ class DeployTokenService:
         self._require_admin(actor)
         if self.read.user(user_id) is None:
             raise NotFound("404 User")
-        return self._issue_personal_access_token(actor, user_id, name=name, scopes=scopes, expires_at=expires_at)
+        return self._issue_personal_access_token(
+            actor, user_id, name=name, scopes=scopes, expires_at=expires_at
+        )
 
     def _issue_personal_access_token(
         self,
@@ -570,8 +599,14 @@ class DeployTokenService:
         def build(pat_id: int) -> list[Aggregate]:
             return [
                 PersonalAccessToken.issue(
-                    pat_id=pat_id, user_id=user_id, name=name, scopes=scope_list, expires_at=expires_at,
-                    digest=digest, actor=actor, now=now,
+                    pat_id=pat_id,
+                    user_id=user_id,
+                    name=name,
+                    scopes=scope_list,
+                    expires_at=expires_at,
+                    digest=digest,
+                    actor=actor,
+                    now=now,
                 )
             ]
 
@@ -603,9 +638,7 @@ class DeployTokenService:
         assert record is not None
         return record
 
-    def create_group(
-        self, actor: Actor, *, name: str, path: str, parent_id: int | None = None
-    ) -> int:
+    def create_group(self, actor: Actor, *, name: str, path: str, parent_id: int | None = None) -> int:
         """Top-level groups may be created by any user; subgroups need Owner on the parent. Creator: Owner."""
         if actor.kind != "system" and actor.user_id is None:
             raise Unauthenticated("401 Unauthorized")
@@ -650,17 +683,28 @@ class DeployTokenService:
 
         def build(project_id: int) -> list[Aggregate]:
             project = Project.found(
-                project_id=project_id, name=name, path=path, namespace=namespace,
-                repository_enabled=repository_enabled, container_registry_enabled=container_registry_enabled,
-                actor=actor, now=now,
+                project_id=project_id,
+                name=name,
+                path=path,
+                namespace=namespace,
+                repository_enabled=repository_enabled,
+                container_registry_enabled=container_registry_enabled,
+                actor=actor,
+                now=now,
             )
             if isinstance(namespace, Group) and actor.user_id is not None:
                 project.set_member(actor.user_id, AccessLevel.MAINTAINER, actor=actor, now=now)
             return [project, PathClaim.claim(project.full_path, "project", project_id, now)]
 
         probe = Project.found(
-            project_id=0, name=name, path=path, namespace=namespace, repository_enabled=True,
-            container_registry_enabled=True, actor=actor, now=now,
+            project_id=0,
+            name=name,
+            path=path,
+            namespace=namespace,
+            repository_enabled=True,
+            container_registry_enabled=True,
+            actor=actor,
+            now=now,
         )
         self._check_path_free(probe.full_path, "path")
         project_id, recordings = self._save_claiming_path(self._project_ids, build, "path")
@@ -680,8 +724,10 @@ class DeployTokenService:
         def attempt() -> list[Aggregate]:
             project = self._visible_project(actor, project_id, AccessLevel.MAINTAINER)
             project.change_features(
-                repository_enabled=repository_enabled, container_registry_enabled=container_registry_enabled,
-                actor=actor, now=now,
+                repository_enabled=repository_enabled,
+                container_registry_enabled=container_registry_enabled,
+                actor=actor,
+                now=now,
             )
             return [project]
 
@@ -711,7 +757,10 @@ class DeployTokenService:
                 source = self._visible_group(actor, source_id, AccessLevel.OWNER)
             else:
                 source = self._visible_project(actor, source_id, AccessLevel.MAINTAINER)
-                if access_level >= AccessLevel.OWNER and self.project_access(actor, source) < AccessLevel.OWNER:
+                if (
+                    access_level >= AccessLevel.OWNER
+                    and self.project_access(actor, source) < AccessLevel.OWNER
+                ):
                     raise PermissionDenied("403 Forbidden - only an Owner can grant Owner")
             source.set_member(user_id, access_level, actor=actor, now=now)
             return [source]

@@ -63,7 +63,9 @@ class DatabaseLocation:
     def __repr__(self) -> str:  # never print the password
         if self.dialect == "sqlite":
             return f"DatabaseLocation(sqlite:{self.sqlite_path})"
-        return f"DatabaseLocation(postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}, {self.schema})"
+        return (
+            f"DatabaseLocation(postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}, {self.schema})"
+        )
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,8 @@ class Settings:
             secret_key=secret_key,
             external_url=external_url,
             auth_max_staleness=max_staleness,
-            mail_from=env.get("DEPLOY_TOKENS_MAIL_FROM") or f"deploy-tokens@{urlsplit(external_url).hostname}",
+            mail_from=env.get("DEPLOY_TOKENS_MAIL_FROM")
+            or f"deploy-tokens@{urlsplit(external_url).hostname}",
         )
 
 

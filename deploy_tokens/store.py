@@ -27,7 +27,7 @@ class EventStore(Application[UUID]):
 
     def head(self) -> int:
         """The position of the newest event in the log (0 when empty)."""
-        return self.recorder.max_notification_id() or 0  # type: ignore[attr-defined, no-any-return]
+        return self.recorder.max_notification_id() or 0
 
 
 def persistence_env(location: DatabaseLocation) -> dict[str, str]:

@@ -17,7 +17,9 @@ class Actor:
     address: str | None = None
 
     @classmethod
-    def user(cls, user_id: int, username: str, *, is_admin: bool = False, address: str | None = None) -> Actor:
+    def user(
+        cls, user_id: int, username: str, *, is_admin: bool = False, address: str | None = None
+    ) -> Actor:
         return cls("user", username, user_id, is_admin, address)
 
     @classmethod
@@ -34,4 +36,6 @@ class Actor:
 
     @classmethod
     def from_event_data(cls, data: dict[str, Any]) -> Actor:
-        return cls(data["kind"], data["username"], data.get("id"), data["kind"] == "system", data.get("address"))
+        return cls(
+            data["kind"], data["username"], data.get("id"), data["kind"] == "system", data.get("address")
+        )

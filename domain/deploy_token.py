@@ -57,9 +57,7 @@ def validate_username(username: str | None) -> str | None:
     if username is None or username == "":
         return None
     if len(username) > USERNAME_MAX_LENGTH:
-        raise ValidationError.single(
-            "username", f"is too long (maximum is {USERNAME_MAX_LENGTH} characters)"
-        )
+        raise ValidationError.single("username", f"is too long (maximum is {USERNAME_MAX_LENGTH} characters)")
     if not USERNAME_PATTERN.match(username):
         raise ValidationError.single("username", "can contain only letters, digits, '_', '-', '+', and '.'")
     return username
@@ -269,7 +267,9 @@ class DeployToken(Aggregate):
             digest=digest,
             actor=actor.as_event_data(),
         )
-        token.trigger_event(cls.Scoped, timestamp=now, scopes=list(checked_scopes), actor=actor.as_event_data())
+        token.trigger_event(
+            cls.Scoped, timestamp=now, scopes=list(checked_scopes), actor=actor.as_event_data()
+        )
         return token
 
     # Queries -------------------------------------------------------------------------------------------
@@ -335,7 +335,10 @@ class DeployToken(Aggregate):
         if grace_until is not None and grace_until <= now:
             grace_until = None
         self.trigger_event(
-            self.Rotated, timestamp=now, digest=digest, previous_valid_until=grace_until,
+            self.Rotated,
+            timestamp=now,
+            digest=digest,
+            previous_valid_until=grace_until,
             actor=actor.as_event_data(),
         )
 
@@ -345,7 +348,9 @@ class DeployToken(Aggregate):
         if self.expiry_recorded or self.expires_at is None or now < self.expires_at:
             return False
         self.trigger_event(
-            self.Expired, timestamp=now, expires_at=self.expires_at,
+            self.Expired,
+            timestamp=now,
+            expires_at=self.expires_at,
             actor=Actor.system("expiry-scan").as_event_data(),
         )
         return True
@@ -363,8 +368,12 @@ class DeployToken(Aggregate):
         if current is not None and now < current:
             return False
         self.trigger_event(
-            self.NotificationClaimed, timestamp=now, interval=interval, message_id=message_id,
-            lease_until=lease_until, actor=actor.as_event_data(),
+            self.NotificationClaimed,
+            timestamp=now,
+            interval=interval,
+            message_id=message_id,
+            lease_until=lease_until,
+            actor=actor.as_event_data(),
         )
         return True
 
@@ -378,8 +387,12 @@ class DeployToken(Aggregate):
         if interval in self.notified:
             return False
         self.trigger_event(
-            self.Notified, timestamp=now, interval=interval, message_id=message_id,
-            recipients=sorted(recipients), actor=actor.as_event_data(),
+            self.Notified,
+            timestamp=now,
+            interval=interval,
+            message_id=message_id,
+            recipients=sorted(recipients),
+            actor=actor.as_event_data(),
         )
         return True
 

@@ -115,8 +115,12 @@ class PathClaim(Aggregate):
     @classmethod
     def claim(cls, full_path: str, owner_kind: str, owner_id: int, now: datetime) -> PathClaim:
         return cls._create(
-            cls.Created, id=path_claim_id(full_path), timestamp=now,
-            full_path=full_path, owner_kind=owner_kind, owner_id=owner_id,
+            cls.Created,
+            id=path_claim_id(full_path),
+            timestamp=now,
+            full_path=full_path,
+            owner_kind=owner_kind,
+            owner_id=owner_id,
         )
 
 
@@ -136,7 +140,10 @@ class _Membership(Aggregate):
         if self.members.get(user_id) == int(checked):
             return False
         self.trigger_event(
-            self._member_set_event(), timestamp=now, user_id=user_id, access_level=int(checked),
+            self._member_set_event(),
+            timestamp=now,
+            user_id=user_id,
+            access_level=int(checked),
             actor=actor.as_event_data(),
         )
         return True
@@ -192,7 +199,13 @@ class User(Aggregate):
             aggregate.is_admin = self.is_admin
 
     def __init__(
-        self, user_id: int, username: str, email: str, name: str, is_admin: bool, namespace_id: int,
+        self,
+        user_id: int,
+        username: str,
+        email: str,
+        name: str,
+        is_admin: bool,
+        namespace_id: int,
         actor: dict[str, Any],
     ) -> None:
         self.user_id = user_id
@@ -205,8 +218,16 @@ class User(Aggregate):
 
     @classmethod
     def register(
-        cls, *, user_id: int, namespace_id: int, username: str, email: str, name: str | None,
-        is_admin: bool, actor: Actor, now: datetime,
+        cls,
+        *,
+        user_id: int,
+        namespace_id: int,
+        username: str,
+        email: str,
+        name: str | None,
+        is_admin: bool,
+        actor: Actor,
+        now: datetime,
     ) -> User:
         errors = ErrorCollector()
         checked_username = errors.check(lambda value: validate_path(value, "username"), username)
@@ -215,9 +236,16 @@ class User(Aggregate):
         errors.raise_if_any()
         assert checked_username and checked_email and checked_name
         return cls._create(
-            cls.Registered, id=stream_id("user", user_id), timestamp=now, user_id=user_id,
-            username=checked_username, email=checked_email, name=checked_name, is_admin=is_admin,
-            namespace_id=namespace_id, actor=actor.as_event_data(),
+            cls.Registered,
+            id=stream_id("user", user_id),
+            timestamp=now,
+            user_id=user_id,
+            username=checked_username,
+            email=checked_email,
+            name=checked_name,
+            is_admin=is_admin,
+            namespace_id=namespace_id,
+            actor=actor.as_event_data(),
         )
 
     def block(self, *, actor: Actor, now: datetime) -> bool:
@@ -261,8 +289,12 @@ class UserNamespace(Aggregate):
     @classmethod
     def open(cls, *, namespace_id: int, user_id: int, path: str, now: datetime) -> UserNamespace:
         return cls._create(
-            cls.Created, id=stream_id("namespace", namespace_id), timestamp=now,
-            namespace_id=namespace_id, user_id=user_id, path=path,
+            cls.Created,
+            id=stream_id("namespace", namespace_id),
+            timestamp=now,
+            namespace_id=namespace_id,
+            user_id=user_id,
+            path=path,
         )
 
 
@@ -293,8 +325,14 @@ class PersonalAccessToken(Aggregate):
             aggregate.revoked = True
 
     def __init__(
-        self, pat_id: int, user_id: int, name: str, scopes: list[str], expires_at: datetime | None,
-        digest: str, actor: dict[str, Any],
+        self,
+        pat_id: int,
+        user_id: int,
+        name: str,
+        scopes: list[str],
+        expires_at: datetime | None,
+        digest: str,
+        actor: dict[str, Any],
     ) -> None:
         self.pat_id = pat_id
         self.user_id = user_id
@@ -306,8 +344,16 @@ class PersonalAccessToken(Aggregate):
 
     @classmethod
     def issue(
-        cls, *, pat_id: int, user_id: int, name: str, scopes: Iterable[str],
-        expires_at: date | datetime | None, digest: str, actor: Actor, now: datetime,
+        cls,
+        *,
+        pat_id: int,
+        user_id: int,
+        name: str,
+        scopes: Iterable[str],
+        expires_at: date | datetime | None,
+        digest: str,
+        actor: Actor,
+        now: datetime,
     ) -> PersonalAccessToken:
         errors = ErrorCollector()
         checked_name = errors.check(validate_display_name, name)
@@ -324,8 +370,15 @@ class PersonalAccessToken(Aggregate):
         assert checked_name
         ordered = [scope for scope in PERSONAL_ACCESS_TOKEN_SCOPES if scope in given]
         return cls._create(
-            cls.Created, id=stream_id("pat", pat_id), timestamp=now, pat_id=pat_id, user_id=user_id,
-            name=checked_name, scopes=ordered, expires_at=checked_expiry, digest=digest,
+            cls.Created,
+            id=stream_id("pat", pat_id),
+            timestamp=now,
+            pat_id=pat_id,
+            user_id=user_id,
+            name=checked_name,
+            scopes=ordered,
+            expires_at=checked_expiry,
+            digest=digest,
             actor=actor.as_event_data(),
         )
 
@@ -381,8 +434,14 @@ class Group(_Membership):
             aggregate.dependency_proxy_enabled = self.enabled
 
     def __init__(
-        self, group_id: int, name: str, path: str, parent_id: int | None, full_path: str,
-        ancestor_ids: list[int], actor: dict[str, Any],
+        self,
+        group_id: int,
+        name: str,
+        path: str,
+        parent_id: int | None,
+        full_path: str,
+        ancestor_ids: list[int],
+        actor: dict[str, Any],
     ) -> None:
         self.group_id = group_id
         self.name = name
@@ -405,9 +464,16 @@ class Group(_Membership):
         full_path = f"{parent.full_path}/{checked_path}" if parent else checked_path
         ancestors = [*parent.ancestor_ids, parent.group_id] if parent else []
         return cls._create(
-            cls.Created, id=stream_id("namespace", group_id), timestamp=now, group_id=group_id,
-            name=checked_name, path=checked_path, parent_id=parent.group_id if parent else None,
-            full_path=full_path, ancestor_ids=ancestors, actor=actor.as_event_data(),
+            cls.Created,
+            id=stream_id("namespace", group_id),
+            timestamp=now,
+            group_id=group_id,
+            name=checked_name,
+            path=checked_path,
+            parent_id=parent.group_id if parent else None,
+            full_path=full_path,
+            ancestor_ids=ancestors,
+            actor=actor.as_event_data(),
         )
 
     def _member_set_event(self) -> type[Aggregate.Event]:
@@ -475,8 +541,16 @@ class Project(_Membership):
             aggregate.members.pop(self.user_id, None)
 
     def __init__(
-        self, project_id: int, name: str, path: str, namespace_id: int, namespace_kind: str,
-        group_ids: list[int], full_path: str, repository_enabled: bool, container_registry_enabled: bool,
+        self,
+        project_id: int,
+        name: str,
+        path: str,
+        namespace_id: int,
+        namespace_kind: str,
+        group_ids: list[int],
+        full_path: str,
+        repository_enabled: bool,
+        container_registry_enabled: bool,
         actor: dict[str, Any],
     ) -> None:
         self.project_id = project_id
@@ -492,8 +566,16 @@ class Project(_Membership):
 
     @classmethod
     def found(
-        cls, *, project_id: int, name: str, path: str | None, namespace: Group | UserNamespace,
-        repository_enabled: bool, container_registry_enabled: bool, actor: Actor, now: datetime,
+        cls,
+        *,
+        project_id: int,
+        name: str,
+        path: str | None,
+        namespace: Group | UserNamespace,
+        repository_enabled: bool,
+        container_registry_enabled: bool,
+        actor: Actor,
+        now: datetime,
     ) -> Project:
         errors = ErrorCollector()
         checked_name = errors.check(validate_display_name, name)
@@ -506,10 +588,18 @@ class Project(_Membership):
         else:
             group_ids, parent_path, kind, namespace_id = [], namespace.path, "user", namespace.namespace_id
         return cls._create(
-            cls.Created, id=stream_id("project", project_id), timestamp=now, project_id=project_id,
-            name=checked_name, path=checked_path, namespace_id=namespace_id, namespace_kind=kind,
-            group_ids=group_ids, full_path=f"{parent_path}/{checked_path}",
-            repository_enabled=repository_enabled, container_registry_enabled=container_registry_enabled,
+            cls.Created,
+            id=stream_id("project", project_id),
+            timestamp=now,
+            project_id=project_id,
+            name=checked_name,
+            path=checked_path,
+            namespace_id=namespace_id,
+            namespace_kind=kind,
+            group_ids=group_ids,
+            full_path=f"{parent_path}/{checked_path}",
+            repository_enabled=repository_enabled,
+            container_registry_enabled=container_registry_enabled,
             actor=actor.as_event_data(),
         )
 
@@ -525,18 +615,27 @@ class Project(_Membership):
         return self.MemberRemoved
 
     def change_features(
-        self, *, repository_enabled: bool | None, container_registry_enabled: bool | None, actor: Actor,
+        self,
+        *,
+        repository_enabled: bool | None,
+        container_registry_enabled: bool | None,
+        actor: Actor,
         now: datetime,
     ) -> bool:
         repository = self.repository_enabled if repository_enabled is None else repository_enabled
         registry = (
-            self.container_registry_enabled if container_registry_enabled is None else container_registry_enabled
+            self.container_registry_enabled
+            if container_registry_enabled is None
+            else container_registry_enabled
         )
         if (repository, registry) == (self.repository_enabled, self.container_registry_enabled):
             return False
         self.trigger_event(
-            self.FeaturesChanged, timestamp=now, repository_enabled=repository,
-            container_registry_enabled=registry, actor=actor.as_event_data(),
+            self.FeaturesChanged,
+            timestamp=now,
+            repository_enabled=repository,
+            container_registry_enabled=registry,
+            actor=actor.as_event_data(),
         )
         return True
 

@@ -25,7 +25,7 @@ class ValidationError(DomainError):
 
     def sentence(self) -> str:
         """GitLab joins model errors into one sentence, e.g. ``Name is too long (maximum is 255 characters)``."""
-        parts = []
+        parts: list[str] = []
         for field, messages in self.errors.items():
             label = field.replace("_", " ").capitalize() if field != "base" else ""
             parts.extend(f"{label} {message}".strip() for message in messages)

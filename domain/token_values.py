@@ -20,7 +20,7 @@ _BODY_BYTES: Final = 18  # 24 URL-safe characters
 _BODY_LENGTH: Final = 24
 _CHECKSUM_LENGTH: Final = 6
 _BASE62: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]{%d}[0-9A-Za-z]{%d}" % (_BODY_LENGTH, _CHECKSUM_LENGTH))
+_SHAPE: Final = re.compile(rf"[A-Za-z0-9_-]{{{_BODY_LENGTH}}}[0-9A-Za-z]{{{_CHECKSUM_LENGTH}}}")
 
 
 def _checksum(text: str) -> str:

@@ -130,7 +130,7 @@ class Projector:
         position = int(row[0]) if row else 0
         if until is not None and position >= until:
             return None
-        notifications = self.store.recorder.select_notifications(  # type: ignore[attr-defined]
+        notifications = self.store.recorder.select_notifications(
             start=position, limit=self.batch_size, inclusive_of_start=False
         )
         if not notifications:

@@ -52,11 +52,19 @@ class TokenRecord:
     @classmethod
     def from_aggregate(cls, token: DeployToken) -> TokenRecord:
         return cls(
-            token_id=token.token_id, name=token.name, username=token.username,
-            holder_kind=token.holder_kind, holder_id=token.holder_id, scopes=token.scopes,
-            expires_at=token.expires_at, revoked_at=token.revoked_at, deleted_at=token.deleted_at,
-            digest=token.digest, previous_digest=token.previous_digest,
-            previous_valid_until=token.previous_valid_until, created_at=token.created_on,
+            token_id=token.token_id,
+            name=token.name,
+            username=token.username,
+            holder_kind=token.holder_kind,
+            holder_id=token.holder_id,
+            scopes=token.scopes,
+            expires_at=token.expires_at,
+            revoked_at=token.revoked_at,
+            deleted_at=token.deleted_at,
+            digest=token.digest,
+            previous_digest=token.previous_digest,
+            previous_valid_until=token.previous_valid_until,
+            created_at=token.created_on,
             creator_id=token.creator.get("id"),
         )
 
@@ -71,10 +79,19 @@ def token_from_row(row: Sequence[Any]) -> TokenRecord:
     created_at = to_datetime(row[12])
     assert created_at is not None
     return TokenRecord(
-        token_id=int(row[0]), name=row[1], username=row[2], holder_kind=row[3], holder_id=int(row[4]),
-        scopes=tuple(row[5].split(",")) if row[5] else (), expires_at=to_datetime(row[6]),
-        revoked_at=to_datetime(row[7]), deleted_at=to_datetime(row[8]), digest=row[9],
-        previous_digest=row[10], previous_valid_until=to_datetime(row[11]), created_at=created_at,
+        token_id=int(row[0]),
+        name=row[1],
+        username=row[2],
+        holder_kind=row[3],
+        holder_id=int(row[4]),
+        scopes=tuple(row[5].split(",")) if row[5] else (),
+        expires_at=to_datetime(row[6]),
+        revoked_at=to_datetime(row[7]),
+        deleted_at=to_datetime(row[8]),
+        digest=row[9],
+        previous_digest=row[10],
+        previous_valid_until=to_datetime(row[11]),
+        created_at=created_at,
         creator_id=None if row[13] is None else int(row[13]),
     )
 
@@ -103,9 +120,15 @@ def namespace_from_row(row: Sequence[Any]) -> NamespaceRecord:
     created_at = to_datetime(row[8])
     assert created_at is not None
     return NamespaceRecord(
-        namespace_id=int(row[0]), kind=row[1], name=row[2], path=row[3], full_path=row[4],
-        parent_id=None if row[5] is None else int(row[5]), ancestor_ids=_ids(row[6]),
-        dependency_proxy_enabled=bool(row[7]), created_at=created_at,
+        namespace_id=int(row[0]),
+        kind=row[1],
+        name=row[2],
+        path=row[3],
+        full_path=row[4],
+        parent_id=None if row[5] is None else int(row[5]),
+        ancestor_ids=_ids(row[6]),
+        dependency_proxy_enabled=bool(row[7]),
+        created_at=created_at,
     )
 
 
@@ -133,9 +156,16 @@ def project_from_row(row: Sequence[Any]) -> ProjectRecord:
     created_at = to_datetime(row[9])
     assert created_at is not None
     return ProjectRecord(
-        project_id=int(row[0]), name=row[1], path=row[2], full_path=row[3], namespace_id=int(row[4]),
-        namespace_kind=row[5], group_ids=_ids(row[6]), repository_enabled=bool(row[7]),
-        container_registry_enabled=bool(row[8]), created_at=created_at,
+        project_id=int(row[0]),
+        name=row[1],
+        path=row[2],
+        full_path=row[3],
+        namespace_id=int(row[4]),
+        namespace_kind=row[5],
+        group_ids=_ids(row[6]),
+        repository_enabled=bool(row[7]),
+        container_registry_enabled=bool(row[8]),
+        created_at=created_at,
     )
 
 
@@ -205,9 +235,17 @@ def _token_created(cursor: Cursor, event: Any, position: int) -> None:
         "INSERT INTO cred_tokens (token_id, stream_id, name, username, holder_kind, holder_id, scopes, "
         "expires_at, digest, created_at, creator_id, position) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?)",
         (
-            event.token_id, str(event.originator_id), event.name,
-            event.username or default_username(event.token_id), event.holder_kind, event.holder_id,
-            event.expires_at, event.digest, event.timestamp, event.actor.get("id"), position,
+            event.token_id,
+            str(event.originator_id),
+            event.name,
+            event.username or default_username(event.token_id),
+            event.holder_kind,
+            event.holder_id,
+            event.expires_at,
+            event.digest,
+            event.timestamp,
+            event.actor.get("id"),
+            position,
         ),
     )
 
@@ -239,9 +277,17 @@ def _namespace_group(cursor: Cursor, event: Any, position: int) -> None:
         f"INSERT INTO cred_namespaces ({NAMESPACE_COLUMNS}, stream_id, full_path_lower, position) "
         "VALUES (?, 'group', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            event.group_id, event.name, event.path, event.full_path, event.parent_id,
-            _join_ids(event.ancestor_ids), True, event.timestamp, str(event.originator_id),
-            event.full_path.lower(), position,
+            event.group_id,
+            event.name,
+            event.path,
+            event.full_path,
+            event.parent_id,
+            _join_ids(event.ancestor_ids),
+            True,
+            event.timestamp,
+            str(event.originator_id),
+            event.full_path.lower(),
+            position,
         ),
     )
 
@@ -251,8 +297,15 @@ def _namespace_user(cursor: Cursor, event: Any, position: int) -> None:
         f"INSERT INTO cred_namespaces ({NAMESPACE_COLUMNS}, stream_id, full_path_lower, position) "
         "VALUES (?, 'user', ?, ?, ?, NULL, '', ?, ?, ?, ?, ?)",
         (
-            event.namespace_id, event.path, event.path, event.path, False, event.timestamp,
-            str(event.originator_id), event.path.lower(), position,
+            event.namespace_id,
+            event.path,
+            event.path,
+            event.path,
+            False,
+            event.timestamp,
+            str(event.originator_id),
+            event.path.lower(),
+            position,
         ),
     )
 
@@ -262,9 +315,19 @@ def _project_created(cursor: Cursor, event: Any, position: int) -> None:
         f"INSERT INTO cred_projects ({PROJECT_COLUMNS}, stream_id, full_path_lower, position) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            event.project_id, event.name, event.path, event.full_path, event.namespace_id, event.namespace_kind,
-            _join_ids(event.group_ids), event.repository_enabled, event.container_registry_enabled,
-            event.timestamp, str(event.originator_id), event.full_path.lower(), position,
+            event.project_id,
+            event.name,
+            event.path,
+            event.full_path,
+            event.namespace_id,
+            event.namespace_kind,
+            _join_ids(event.group_ids),
+            event.repository_enabled,
+            event.container_registry_enabled,
+            event.timestamp,
+            str(event.originator_id),
+            event.full_path.lower(),
+            position,
         ),
     )
 
@@ -304,7 +367,8 @@ _HANDLERS: dict[type, Handler] = {
     DeployToken.Created: _token_created,
     DeployToken.Scoped: _update("cred_tokens", "scopes = ?", lambda e: (",".join(e.scopes),)),
     DeployToken.Revoked: _update(
-        "cred_tokens", "revoked_at = ?, previous_digest = NULL, previous_valid_until = NULL",
+        "cred_tokens",
+        "revoked_at = ?, previous_digest = NULL, previous_valid_until = NULL",
         lambda e: (e.timestamp,),
     ),
     DeployToken.Rotated: _token_rotated,
@@ -316,7 +380,8 @@ _HANDLERS: dict[type, Handler] = {
     UserNamespace.Created: _namespace_user,
     Project.Created: _project_created,
     Project.FeaturesChanged: _update(
-        "cred_projects", "repository_enabled = ?, container_registry_enabled = ?",
+        "cred_projects",
+        "repository_enabled = ?, container_registry_enabled = ?",
         lambda e: (e.repository_enabled, e.container_registry_enabled),
     ),
     InstanceSettings.ExternalAuthorizationChanged: _external_authorization,

@@ -41,8 +41,14 @@ def user_from_row(row: Sequence[Any]) -> UserRecord:
     created_at = to_datetime(row[7])
     assert created_at is not None
     return UserRecord(
-        user_id=int(row[0]), username=row[1], email=row[2], name=row[3], is_admin=bool(row[4]),
-        blocked=bool(row[5]), namespace_id=int(row[6]), created_at=created_at,
+        user_id=int(row[0]),
+        username=row[1],
+        email=row[2],
+        name=row[3],
+        is_admin=bool(row[4]),
+        blocked=bool(row[5]),
+        namespace_id=int(row[6]),
+        created_at=created_at,
     )
 
 
@@ -67,8 +73,13 @@ def pat_from_row(row: Sequence[Any]) -> PersonalAccessTokenRecord:
     created_at = to_datetime(row[6])
     assert created_at is not None
     return PersonalAccessTokenRecord(
-        pat_id=int(row[0]), user_id=int(row[1]), name=row[2], scopes=tuple(row[3].split(",")),
-        expires_at=to_datetime(row[4]), revoked=bool(row[5]), created_at=created_at,
+        pat_id=int(row[0]),
+        user_id=int(row[1]),
+        name=row[2],
+        scopes=tuple(row[3].split(",")),
+        expires_at=to_datetime(row[4]),
+        revoked=bool(row[5]),
+        created_at=created_at,
     )
 
 
@@ -123,8 +134,17 @@ def _user_registered(cursor: Cursor, event: Any, position: int) -> None:
         "INSERT INTO dir_users (user_id, stream_id, username, username_lower, email, name, is_admin, blocked, "
         "namespace_id, created_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            event.user_id, str(event.originator_id), event.username, event.username.lower(), event.email,
-            event.name, event.is_admin, False, event.namespace_id, event.timestamp, position,
+            event.user_id,
+            str(event.originator_id),
+            event.username,
+            event.username.lower(),
+            event.email,
+            event.name,
+            event.is_admin,
+            False,
+            event.namespace_id,
+            event.timestamp,
+            position,
         ),
     )
 
@@ -144,8 +164,16 @@ def _pat_created(cursor: Cursor, event: Any, position: int) -> None:
         "INSERT INTO dir_pats (pat_id, stream_id, user_id, name, scopes, expires_at, digest, revoked, "
         "created_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            event.pat_id, str(event.originator_id), event.user_id, event.name, ",".join(event.scopes),
-            event.expires_at, event.digest, False, event.timestamp, position,
+            event.pat_id,
+            str(event.originator_id),
+            event.user_id,
+            event.name,
+            ",".join(event.scopes),
+            event.expires_at,
+            event.digest,
+            False,
+            event.timestamp,
+            position,
         ),
     )
 

@@ -29,7 +29,6 @@ from projections.directory import (
     user_from_row,
 )
 
-
 T = TypeVar("T")
 
 
@@ -55,8 +54,14 @@ class ReadModel:
         return None if row is None else token_from_row(row)
 
     def tokens(
-        self, *, holder_kind: str | None, holder_id: int | None, active_only: bool, now: datetime,
-        page: int = 1, per_page: int = 20,
+        self,
+        *,
+        holder_kind: str | None,
+        holder_id: int | None,
+        active_only: bool,
+        now: datetime,
+        page: int = 1,
+        per_page: int = 20,
     ) -> Page[TokenRecord]:
         """Tokens of one holder (or all, for admins), newest id last, deleted ones never listed."""
         where = ["deleted_at IS NULL"]
@@ -145,7 +150,9 @@ class ReadModel:
 
     def user(self, user_id: int) -> UserRecord | None:
         with self.db.read() as cursor:
-            row = cursor.execute(f"SELECT {USER_COLUMNS} FROM dir_users WHERE user_id = ?", (user_id,)).fetchone()
+            row = cursor.execute(
+                f"SELECT {USER_COLUMNS} FROM dir_users WHERE user_id = ?", (user_id,)
+            ).fetchone()
         return None if row is None else user_from_row(row)
 
     def user_by_username(self, username: str) -> UserRecord | None:
@@ -188,7 +195,8 @@ class ReadModel:
                 (source_kind, source_id),
             ).fetchall()
         return [
-            (MemberRecord(source_kind, source_id, int(row[1]), int(row[0])), user_from_row(row[1:])) for row in rows
+            (MemberRecord(source_kind, source_id, int(row[1]), int(row[0])), user_from_row(row[1:]))
+            for row in rows
         ]
 
     def memberships_of(self, user_id: int) -> list[MemberRecord]:

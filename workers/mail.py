@@ -213,11 +213,11 @@ def compose(
         f"<p>The deploy token <strong>{e_name}</strong> (ID {notice.token_id}) for {kind} "
         f"<strong>{e_path}</strong> expires {when}.</p>\n"
         "<table>\n"
-        f"<tr><th align=\"left\">Token</th><td>{e_name} (ID {notice.token_id})</td></tr>\n"
-        f"<tr><th align=\"left\">{kind.capitalize()}</th><td>{e_path}</td></tr>\n"
-        f"<tr><th align=\"left\">Expires on</th><td>{date_text} (UTC)</td></tr>\n"
-        f"<tr><th align=\"left\">Expires at</th><td>{instant_text}</td></tr>\n"
-        f"<tr><th align=\"left\">Days left</th><td>{days_text}</td></tr>\n"
+        f'<tr><th align="left">Token</th><td>{e_name} (ID {notice.token_id})</td></tr>\n'
+        f'<tr><th align="left">{kind.capitalize()}</th><td>{e_path}</td></tr>\n'
+        f'<tr><th align="left">Expires on</th><td>{date_text} (UTC)</td></tr>\n'
+        f'<tr><th align="left">Expires at</th><td>{instant_text}</td></tr>\n'
+        f'<tr><th align="left">Days left</th><td>{days_text}</td></tr>\n'
         "</table>\n"
         "<p>From that moment, anything still using this token (CI jobs, registry logins, pull secrets) "
         "will be refused. To avoid an outage, rotate the token or create a replacement, update everything "

@@ -11,8 +11,13 @@ from pathlib import Path
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("DEPLOY_TOKENS_")}
     return subprocess.run(
-        [sys.executable, "-m", "deploy_tokens.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=60, check=False,
+        [sys.executable, "-m", "deploy_tokens.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -26,12 +31,23 @@ def test_cli_bootstraps_creates_tokens_and_prints_history(tmp_path: Path):
     assert run(tmp_path, "groups", "create", "--name", "Acme", "--path", "acme").returncode == 0
     assert run(tmp_path, "projects", "create", "--name", "Web", "--namespace", "acme").returncode == 0
     project_token = run(
-        tmp_path, "tokens", "create", "--project", "acme/web", "--name", "deploy",
-        "--scopes", "read_repository,read_registry", "--expires-at", "2099-01-01",
+        tmp_path,
+        "tokens",
+        "create",
+        "--project",
+        "acme/web",
+        "--name",
+        "deploy",
+        "--scopes",
+        "read_repository,read_registry",
+        "--expires-at",
+        "2099-01-01",
     )
     assert project_token.returncode == 0, project_token.stderr
     assert re.fullmatch(r"gldt-[A-Za-z0-9_-]{20,}", project_token.stdout.strip().splitlines()[-1])
-    group_token = run(tmp_path, "tokens", "create", "--group", "acme", "--name", "pkg", "--scopes", "read_package_registry")
+    group_token = run(
+        tmp_path, "tokens", "create", "--group", "acme", "--name", "pkg", "--scopes", "read_package_registry"
+    )
     assert group_token.returncode == 0, group_token.stderr
 
     listing = json.loads(run(tmp_path, "tokens", "list").stdout)

@@ -18,7 +18,9 @@ def _run_all(calls):
 def test_concurrent_revokes_record_one_event(pg_runtime: Runtime):
     world = World(pg_runtime)
     service = pg_runtime.service
-    token_id = service.create_token(world.admin, "project", world.project, name="t", scopes=["read_repository"]).token.token_id
+    token_id = service.create_token(
+        world.admin, "project", world.project, name="t", scopes=["read_repository"]
+    ).token.token_id
     _run_all([lambda: service.revoke_token(world.admin, "project", world.project, token_id)] * THREADS * 2)
     events = [entry["event"] for entry in service.history(token_id)]
     assert events.count("Revoked") == 1
@@ -28,11 +30,17 @@ def test_concurrent_notification_records_one_event(pg_runtime: Runtime):
     world = World(pg_runtime)
     service = pg_runtime.service
     token_id = service.create_token(
-        world.admin, "project", world.project, name="t", scopes=["read_repository"],
+        world.admin,
+        "project",
+        world.project,
+        name="t",
+        scopes=["read_repository"],
         expires_at=pg_runtime.clock.now() + timedelta(days=5),
     ).token.token_id
     results = _run_all(
-        [lambda: service.record_notification(token_id, 7, message_id="<m@x>", recipients=["a@x"])] * THREADS * 2
+        [lambda: service.record_notification(token_id, 7, message_id="<m@x>", recipients=["a@x"])]
+        * THREADS
+        * 2
     )
     assert results.count(True) == 1
     assert [entry["event"] for entry in service.history(token_id)].count("Notified") == 1
@@ -45,9 +53,13 @@ def test_concurrent_creation_gives_distinct_dense_ids(pg_runtime: Runtime):
     try:
         services = [runtime.service for runtime in [pg_runtime, *runtimes]]
         calls = [
-            (lambda svc=services[i % len(services)], i=i: svc.create_token(
-                world.admin, "project", world.project, name=f"t{i}", scopes=["read_repository"]
-            ).token.token_id)
+            (
+                lambda svc=services[i % 4], i=i: (
+                    svc.create_token(
+                        world.admin, "project", world.project, name=f"t{i}", scopes=["read_repository"]
+                    ).token.token_id
+                )
+            )
             for i in range(THREADS * 4)
         ]
         ids = _run_all(calls)

@@ -15,17 +15,31 @@ from ..conftest import World
 def _issue_everything(world: World) -> list[str]:
     service = world.runtime.service
     secrets = [world.admin_token]
-    secrets.append(service.create_token(world.admin, "project", world.project, name="p", scopes=["read_repository"]).value)
-    secrets.append(service.create_token(world.admin, "group", world.top, name="g", scopes=["read_registry"]).value)
-    ci = service.create_token(world.admin, "project", world.project, name="gitlab-deploy-token", scopes=["read_repository"])
-    secrets.append(ci.value)
-    rotated = service.create_token(world.admin, "project", world.project, name="r", scopes=["read_repository"])
-    secrets.append(rotated.value)
     secrets.append(
-        service.rotate_token(world.admin, "project", world.project, rotated.token.token_id, grace=timedelta(hours=1)).value
+        service.create_token(
+            world.admin, "project", world.project, name="p", scopes=["read_repository"]
+        ).value
     )
     secrets.append(
-        service.create_personal_access_token(world.admin, world.users["owner"].user_id, name="x", scopes=["api"]).value
+        service.create_token(world.admin, "group", world.top, name="g", scopes=["read_registry"]).value
+    )
+    ci = service.create_token(
+        world.admin, "project", world.project, name="gitlab-deploy-token", scopes=["read_repository"]
+    )
+    secrets.append(ci.value)
+    rotated = service.create_token(
+        world.admin, "project", world.project, name="r", scopes=["read_repository"]
+    )
+    secrets.append(rotated.value)
+    secrets.append(
+        service.rotate_token(
+            world.admin, "project", world.project, rotated.token.token_id, grace=timedelta(hours=1)
+        ).value
+    )
+    secrets.append(
+        service.create_personal_access_token(
+            world.admin, world.users["owner"].user_id, name="x", scopes=["api"]
+        ).value
     )
     service.revoke_token(world.admin, "project", world.project, rotated.token.token_id)
     return secrets
@@ -44,7 +58,11 @@ def _all_table_text(runtime: Runtime) -> str:
         for (table,) in tables:
             for row in connection.execute(f'SELECT * FROM "{location.schema}"."{table}"').fetchall():
                 for value in row:
-                    chunks.append(bytes(value).decode("latin-1") if isinstance(value, (bytes, memoryview)) else str(value))
+                    chunks.append(
+                        bytes(value).decode("latin-1")
+                        if isinstance(value, (bytes, memoryview))
+                        else str(value)
+                    )
     return "\n".join(chunks)
 
 

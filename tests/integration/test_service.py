@@ -53,7 +53,9 @@ def test_group_maintainer_may_read_group_tokens(world: World):
 def test_group_roles_are_inherited_by_subgroups_and_their_projects(world: World):
     service = world.runtime.service
     service.create_token(world.users["owner"], "group", world.subsub, name="g", scopes=["read_registry"])
-    service.create_token(world.users["owner"], "project", world.deep_project, name="p", scopes=["read_registry"])
+    service.create_token(
+        world.users["owner"], "project", world.deep_project, name="p", scopes=["read_registry"]
+    )
 
 
 def test_group_owner_has_no_rights_on_a_sibling_group(world: World):
@@ -73,7 +75,9 @@ def test_revoke_needs_the_same_role_as_create(world: World):
 
 def test_revoking_twice_is_harmless_and_records_one_event(world: World):
     service = world.runtime.service
-    token_id = service.create_token(world.admin, "project", world.project, name="t", scopes=["read_repository"]).token.token_id
+    token_id = service.create_token(
+        world.admin, "project", world.project, name="t", scopes=["read_repository"]
+    ).token.token_id
     service.revoke_token(world.admin, "project", world.project, token_id)
     service.revoke_token(world.admin, "project", world.project, token_id)
     assert [entry["event"] for entry in service.history(token_id)] == ["Created", "Scoped", "Revoked"]
@@ -81,7 +85,9 @@ def test_revoking_twice_is_harmless_and_records_one_event(world: World):
 
 def test_another_holders_token_id_is_not_found(world: World):
     service = world.runtime.service
-    token_id = service.create_token(world.admin, "project", world.project, name="t", scopes=["read_repository"]).token.token_id
+    token_id = service.create_token(
+        world.admin, "project", world.project, name="t", scopes=["read_repository"]
+    ).token.token_id
     with pytest.raises(NotFound):
         service.revoke_token(world.admin, "project", world.deep_project, token_id)
     with pytest.raises(NotFound):
@@ -90,9 +96,13 @@ def test_another_holders_token_id_is_not_found(world: World):
 
 def test_deleted_tokens_vanish_from_lists_but_keep_their_history(world: World):
     service, read = world.runtime.service, world.runtime.read
-    token_id = service.create_token(world.admin, "project", world.project, name="t", scopes=["read_repository"]).token.token_id
+    token_id = service.create_token(
+        world.admin, "project", world.project, name="t", scopes=["read_repository"]
+    ).token.token_id
     service.delete_token(world.admin, "project", world.project, token_id)
-    page = read.tokens(holder_kind="project", holder_id=world.project, active_only=False, now=world.runtime.clock.now())
+    page = read.tokens(
+        holder_kind="project", holder_id=world.project, active_only=False, now=world.runtime.clock.now()
+    )
     assert token_id not in [record.token_id for record in page.items]
     with pytest.raises(NotFound):
         service.delete_token(world.admin, "project", world.project, token_id)
@@ -102,24 +112,40 @@ def test_deleted_tokens_vanish_from_lists_but_keep_their_history(world: World):
 def test_active_filter_drops_revoked_and_expired_tokens(world: World):
     runtime = world.runtime
     service = runtime.service
-    keep = service.create_token(world.admin, "project", world.project, name="keep", scopes=["read_repository"])
-    gone = service.create_token(world.admin, "project", world.project, name="gone", scopes=["read_repository"])
+    keep = service.create_token(
+        world.admin, "project", world.project, name="keep", scopes=["read_repository"]
+    )
+    gone = service.create_token(
+        world.admin, "project", world.project, name="gone", scopes=["read_repository"]
+    )
     soon = service.create_token(
-        world.admin, "project", world.project, name="soon", scopes=["read_repository"],
+        world.admin,
+        "project",
+        world.project,
+        name="soon",
+        scopes=["read_repository"],
         expires_at=runtime.clock.now() + timedelta(days=1),
     )
     service.revoke_token(world.admin, "project", world.project, gone.token.token_id)
     later = runtime.clock.now() + timedelta(days=2)
     active = runtime.read.tokens(holder_kind="project", holder_id=world.project, active_only=True, now=later)
-    everything = runtime.read.tokens(holder_kind="project", holder_id=world.project, active_only=False, now=later)
+    everything = runtime.read.tokens(
+        holder_kind="project", holder_id=world.project, active_only=False, now=later
+    )
     assert [r.token_id for r in active.items] == [keep.token.token_id]
-    assert {r.token_id for r in everything.items} == {keep.token.token_id, gone.token.token_id, soon.token.token_id}
+    assert {r.token_id for r in everything.items} == {
+        keep.token.token_id,
+        gone.token.token_id,
+        soon.token.token_id,
+    }
 
 
 def test_token_ids_are_sequential_integers(world: World):
     service = world.runtime.service
     ids = [
-        service.create_token(world.admin, "project", world.project, name=f"t{i}", scopes=["read_repository"]).token.token_id
+        service.create_token(
+            world.admin, "project", world.project, name=f"t{i}", scopes=["read_repository"]
+        ).token.token_id
         for i in range(5)
     ]
     assert ids == list(range(ids[0], ids[0] + 5))
@@ -135,7 +161,12 @@ def test_validation_errors_write_nothing(world: World):
 
 def test_expiry_date_is_stored_as_midnight_utc(world: World):
     issued = world.runtime.service.create_token(
-        world.admin, "project", world.project, name="t", scopes=["read_repository"], expires_at=date(2026, 6, 1)
+        world.admin,
+        "project",
+        world.project,
+        name="t",
+        scopes=["read_repository"],
+        expires_at=date(2026, 6, 1),
     )
     assert issued.token.expires_at is not None
     assert issued.token.expires_at.isoformat() == "2026-06-01T00:00:00+00:00"
@@ -145,7 +176,12 @@ def test_record_expiry_only_after_the_instant(world: World):
     runtime = world.runtime
     service = runtime.service
     token_id = service.create_token(
-        world.admin, "project", world.project, name="t", scopes=["read_repository"], expires_at=date(2026, 2, 1)
+        world.admin,
+        "project",
+        world.project,
+        name="t",
+        scopes=["read_repository"],
+        expires_at=date(2026, 2, 1),
     ).token.token_id
     assert not service.record_expiry(token_id)
     runtime.clock.set(runtime.clock.now().replace(year=2026, month=2, day=1, hour=0, minute=0))  # type: ignore[attr-defined]
@@ -164,7 +200,9 @@ def test_ci_variables_come_from_the_projects_own_gitlab_deploy_token(world: Worl
 
 def test_group_ci_token_reaches_only_direct_child_projects(world: World):
     service = world.runtime.service
-    issued = service.create_token(world.admin, "group", world.top, name="gitlab-deploy-token", scopes=["read_registry"])
+    issued = service.create_token(
+        world.admin, "group", world.top, name="gitlab-deploy-token", scopes=["read_registry"]
+    )
     assert service.ci_variables(world.project) == (issued.token.username, issued.value)
     assert service.ci_variables(world.deep_project) is None
 
@@ -182,11 +220,17 @@ def test_ci_token_value_is_destroyed_on_revoke(world: World):
 def test_ci_token_value_is_destroyed_on_delete_and_on_expiry(world: World):
     runtime = world.runtime
     service = runtime.service
-    deleted = service.create_token(world.admin, "project", world.project, name="gitlab-deploy-token", scopes=["read_repository"])
+    deleted = service.create_token(
+        world.admin, "project", world.project, name="gitlab-deploy-token", scopes=["read_repository"]
+    )
     service.delete_token(world.admin, "project", world.project, deleted.token.token_id)
     assert runtime.vault.get(deleted.token.token_id) is None
     expiring = service.create_token(
-        world.admin, "project", world.project, name="gitlab-deploy-token", scopes=["read_repository"],
+        world.admin,
+        "project",
+        world.project,
+        name="gitlab-deploy-token",
+        scopes=["read_repository"],
         expires_at=runtime.clock.now() + timedelta(days=1),
     )
     runtime.clock.set(runtime.clock.now() + timedelta(days=1))  # type: ignore[attr-defined]
@@ -196,7 +240,9 @@ def test_ci_token_value_is_destroyed_on_delete_and_on_expiry(world: World):
 
 def test_blocked_users_cannot_authenticate(world: World):
     service = world.runtime.service
-    issued = service.create_personal_access_token(world.admin, world.users["developer"].user_id, name="p", scopes=["api"])
+    issued = service.create_personal_access_token(
+        world.admin, world.users["developer"].user_id, name="p", scopes=["api"]
+    )
     assert service.authenticate(issued.value).user.username == "developer"
     service.set_user_blocked(world.admin, world.users["developer"].user_id, True)
     with pytest.raises(Unauthenticated):
@@ -233,7 +279,11 @@ def test_bootstrap_refuses_a_second_admin(world: World):
 def test_history_has_version_time_actor_and_changes(world: World):
     service = world.runtime.service
     token_id = service.create_token(
-        world.admin.with_address("198.51.100.7"), "project", world.project, name="t", scopes=["read_repository"]
+        world.admin.with_address("198.51.100.7"),
+        "project",
+        world.project,
+        name="t",
+        scopes=["read_repository"],
     ).token.token_id
     first = service.history(token_id)[0]
     assert first["version"] == 1

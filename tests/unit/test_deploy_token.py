@@ -15,8 +15,16 @@ ACTOR = Actor.user(1, "root", is_admin=True, address="192.0.2.1")
 
 def issue(**overrides):
     fields = dict(
-        token_id=7, name="deploy", username=None, holder_kind="project", holder_id=3,
-        scopes=["read_repository"], expires_at=None, digest="d" * 64, actor=ACTOR, now=NOW,
+        token_id=7,
+        name="deploy",
+        username=None,
+        holder_kind="project",
+        holder_id=3,
+        scopes=["read_repository"],
+        expires_at=None,
+        digest="d" * 64,
+        actor=ACTOR,
+        now=NOW,
     )
     fields.update(overrides)
     return DeployToken.issue(**fields)
@@ -82,7 +90,7 @@ def test_unknown_scope_is_rejected():
 
 
 def test_scopes_are_kept_in_canonical_order_without_duplicates():
-    token = issue(scopes=list(reversed(SCOPES)) + ["read_registry"])
+    token = issue(scopes=[*list(reversed(SCOPES)), "read_registry"])
     assert token.scopes == SCOPES
 
 
@@ -213,7 +221,19 @@ def test_events_never_carry_a_token_value():
 
 @pytest.mark.parametrize(
     ("days", "interval"),
-    [(-1, None), (0, 7), (6, 7), (7, 7), (8, 30), (15, 30), (30, 30), (31, 60), (45, 60), (60, 60), (61, None)],
+    [
+        (-1, None),
+        (0, 7),
+        (6, 7),
+        (7, 7),
+        (8, 30),
+        (15, 30),
+        (30, 30),
+        (31, 60),
+        (45, 60),
+        (60, 60),
+        (61, None),
+    ],
 )
 def test_gitlab_notification_windows(days, interval):
     today = date(2026, 1, 10)

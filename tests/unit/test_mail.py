@@ -183,9 +183,7 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     directory = tmp_path_factory.mktemp("tls")
@@ -455,9 +453,7 @@ def test_smtp_mailer_never_downgrades_when_starttls_is_missing(smtp_server: Star
     assert sink.data_calls == 0
 
 
-def test_smtp_mailer_verifies_the_server_certificate_by_default(
-    smtp_server: StartServer, cert: Cert
-) -> None:
+def test_smtp_mailer_verifies_the_server_certificate_by_default(smtp_server: StartServer, cert: Cert) -> None:
     sink, port = smtp_server(tls_context=cert.server_context(), require_starttls=True)
     with pytest.raises(MailDeliveryError, match=r"(?i)certificate"):
         SmtpMailer(f"smtp+starttls://127.0.0.1:{port}").send(make_message())

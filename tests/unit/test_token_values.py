@@ -1,6 +1,11 @@
 import re
 
-from domain.token_values import DEPLOY_TOKEN_PREFIX, PERSONAL_ACCESS_TOKEN_PREFIX, generate_token, is_well_formed
+from domain.token_values import (
+    DEPLOY_TOKEN_PREFIX,
+    PERSONAL_ACCESS_TOKEN_PREFIX,
+    generate_token,
+    is_well_formed,
+)
 
 
 def test_deploy_token_has_prefix_and_at_least_twenty_url_safe_characters():

@@ -1,0 +1,1 @@
+"""Background jobs: the daily expiry scan and the expiry emails."""
