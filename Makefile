@@ -20,6 +20,7 @@ test: lint
 
 lint: $(BIN)/deploy-tokens
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 bench: $(BIN)/deploy-tokens
