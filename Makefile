@@ -16,6 +16,7 @@ run: $(BIN)/deploy-tokens
 
 test: lint
 	.ci/services
+	.ci/tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/deploy-tokens
@@ -25,6 +26,7 @@ lint: $(BIN)/deploy-tokens
 
 bench: $(BIN)/deploy-tokens
 	.ci/services
+	.ci/tools
 	$(BIN)/python -m benchmarks
 
 clean:

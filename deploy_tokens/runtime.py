@@ -14,6 +14,7 @@ from deploy_tokens.store import EventStore
 from deploy_tokens.vault import CiTokenVault
 from domain.clock import Clock, SystemClock
 from projections.base import Projection, Projector
+from projections.credential_index import CredentialIndex
 from projections.credentials import CredentialLookup
 from projections.directory import Directory
 from projections.views import ReadModel
@@ -42,6 +43,7 @@ class Runtime:
     keys: Keyring
     vault: CiTokenVault
     service: DeployTokenService
+    index: CredentialIndex
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -58,8 +60,11 @@ class Runtime:
             vault.create_table(cursor)
         read = ReadModel(db)
         service = DeployTokenService(store, read, projector, keys, vault, clock)
+        index = CredentialIndex(db, store, keys, max_staleness=settings.auth_max_staleness)
+        projector.add_listener(index.on_projected)
         projector.catch_up()
-        return cls(settings, clock, db, store, projector, read, keys, vault, service)
+        index.refresh()
+        return cls(settings, clock, db, store, projector, read, keys, vault, service, index)
 
     def close(self) -> None:
         self.store.close()
