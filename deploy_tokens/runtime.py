@@ -52,7 +52,7 @@ class Runtime:
         ensure_schema(settings.database)
         db = Database(settings.database)
         store = EventStore(settings.database)
-        projector = Projector(store, db, all_projections())
+        projector = Projector(store, db, all_projections(), batch_size=settings.projection_batch_size)
         projector.setup()
         keys = Keyring(settings.secret_key)
         vault = CiTokenVault(db, keys.vault_key)

@@ -77,6 +77,7 @@ class Settings:
     secret_key: bytes
     external_url: str
     auth_max_staleness: float
+    projection_batch_size: int
     mail_from: str
 
     @property
@@ -115,6 +116,12 @@ class Settings:
             max_staleness = float(staleness)
         except ValueError:
             raise ConfigurationError("DEPLOY_TOKENS_AUTH_MAX_STALENESS must be a number of seconds") from None
+        try:
+            batch_size = int(env.get("DEPLOY_TOKENS_PROJECTION_BATCH", "500"))
+        except ValueError:
+            raise ConfigurationError("DEPLOY_TOKENS_PROJECTION_BATCH must be a whole number") from None
+        if batch_size < 1:
+            raise ConfigurationError("DEPLOY_TOKENS_PROJECTION_BATCH must be at least 1")
         external_url = (env.get("DEPLOY_TOKENS_EXTERNAL_URL") or "http://127.0.0.1:8080").rstrip("/")
         return cls(
             data_dir=data_dir,
@@ -124,6 +131,7 @@ class Settings:
             secret_key=secret_key,
             external_url=external_url,
             auth_max_staleness=max_staleness,
+            projection_batch_size=batch_size,
             mail_from=env.get("DEPLOY_TOKENS_MAIL_FROM")
             or f"deploy-tokens@{urlsplit(external_url).hostname}",
         )

@@ -135,8 +135,9 @@ class Projector:
         )
         if not notifications:
             return None
-        for notification in notifications:
-            projection.apply(cursor, self.store.mapper.to_domain_event(notification), notification.id)
+        with cursor.pipelined():
+            for notification in notifications:
+                projection.apply(cursor, self.store.mapper.to_domain_event(notification), notification.id)
         last = notifications[-1].id
         cursor.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, projection.name))
         if self.db.dialect == "postgresql":

@@ -1,0 +1,67 @@
+"""(a) Auth decisions per second in-process, against the floor of computing the keyed digest alone.
+
+Target: the full decision within 5x of the floor. Both loops run over the same token values in one run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks.common import admin_world, bench_runtime, report
+from projections.access import Action
+from projections.credential_index import Resource
+
+TOKENS = 1000
+ROUNDS = 50
+
+
+def main() -> None:
+    with bench_runtime("sqlite") as runtime:
+        admin, _, project = admin_world(runtime)
+        issued = [
+            runtime.service.create_token(
+                admin, "project", project, name=f"t{n}", scopes=["read_repository", "read_registry"]
+            )
+            for n in range(TOKENS)
+        ]
+        values = [(token.value, token.token.username) for token in issued]
+        now = runtime.clock.now()
+        resource = Resource("project", project)
+        index, keys = runtime.index, runtime.keys
+
+        start = time.perf_counter()
+        for _ in range(ROUNDS):
+            for value, _username in values:
+                keys.digest(value)
+        floor = time.perf_counter() - start
+
+        allowed = 0
+        start = time.perf_counter()
+        for _ in range(ROUNDS):
+            for value, username in values:
+                decision = index.check(
+                    value=value,
+                    username=username,
+                    action=Action.GIT_READ,
+                    resource=resource,
+                    now=now,
+                    check_username=True,
+                )
+                allowed += decision.allowed
+        full = time.perf_counter() - start
+        assert allowed == TOKENS * ROUNDS
+        count = TOKENS * ROUNDS
+        report(
+            {
+                "benchmark": "auth_decisions_in_process",
+                "checks": count,
+                "decisions_per_s": round(count / full),
+                "digest_floor_per_s": round(count / floor),
+                "ratio_to_floor": round(full / floor, 2),
+                "target_ratio_at_most": 5,
+            }
+        )
+
+
+if __name__ == "__main__":
+    main()
