@@ -13,6 +13,7 @@ from deploy_tokens.settings import DatabaseLocation, Settings
 from deploy_tokens.store import EventStore
 from deploy_tokens.vault import CiTokenVault
 from domain.clock import Clock, SystemClock
+from projections.audit import AuditTrail
 from projections.base import Projection, Projector
 from projections.credential_index import CredentialIndex
 from projections.credentials import CredentialLookup
@@ -21,7 +22,7 @@ from projections.views import ReadModel
 
 
 def all_projections() -> list[Projection]:
-    return [CredentialLookup(), Directory()]
+    return [CredentialLookup(), Directory(), AuditTrail()]
 
 
 def ensure_schema(location: DatabaseLocation) -> None:
