@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
 
+from api.deploy_tokens import deploy_tokens
+from api.errors import register_error_handlers
 from api.health import health
+from api.openapi import build_spec
 from deploy_tokens.runtime import Runtime
 
 
@@ -13,6 +17,13 @@ def create_app(runtime: Runtime) -> Flask:
     app.config["RUNTIME"] = runtime
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(health)
+    app.register_blueprint(deploy_tokens)
+    register_error_handlers(app)
+
+    @app.get("/api/v4/openapi.json")
+    def openapi() -> ResponseReturnValue:
+        return jsonify(build_spec(app))
+
     return app
 
 

@@ -1,0 +1,123 @@
+"""Marshmallow schemas: every input is parsed and every output serialised through one of these."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+
+from domain.scopes import SCOPES
+
+
+def gitlab_time(moment: datetime | None) -> str | None:
+    """GitLab's timestamps: UTC with milliseconds and a Z, e.g. ``2019-03-15T08:00:00.000Z``."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class GitLabDateTime(fields.Field[date | datetime | None]):
+    """Serialises as GitLab does; parses ISO 8601 datetimes and plain dates (a date: 00:00 UTC, R5)."""
+
+    default_error_messages = {"invalid": "must be in ISO 8601 format"}
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return gitlab_time(value)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> date | datetime | None:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        text = value.strip()
+        try:
+            if len(text) == 10:
+                return date.fromisoformat(text)
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise self.make_error("invalid") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class ScopeList(fields.Field[list[str]]):
+    """Scopes as a JSON array, repeated ``scopes[]`` parameters or one comma-separated string."""
+
+    default_error_messages = {"invalid": "does not have a valid value"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        if isinstance(value, str):
+            items = [part.strip() for part in value.split(",") if part.strip()]
+        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            items = [item.strip() for part in value for item in part.split(",") if item.strip()]
+        else:
+            raise self.make_error("invalid")
+        if not items or any(item not in SCOPES for item in items):
+            raise self.make_error("invalid")
+        return items
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> list[str]:
+        return list(value)
+
+
+class Flag(fields.Boolean):
+    """GitLab booleans arrive as true/false, 1/0 or "true"/"false" strings."""
+
+    default_error_messages = {"invalid": "is invalid"}
+
+
+class DeployTokenSchema(Schema):
+    id = fields.Integer(attribute="token_id", dump_only=True)
+    name = fields.String(dump_only=True)
+    username = fields.String(dump_only=True)
+    expires_at = GitLabDateTime(dump_only=True, allow_none=True)
+    scopes = fields.List(fields.String(), dump_only=True)
+    revoked = fields.Boolean(dump_only=True)
+    expired = fields.Boolean(dump_only=True)
+
+
+class CreatedDeployTokenSchema(DeployTokenSchema):
+    token = fields.String(dump_only=True)
+
+
+class DeployTokenCreateSchema(Schema):
+    name = fields.String(
+        required=True, validate=validate.Length(min=1), error_messages={"required": "is missing"}
+    )
+    scopes = ScopeList(required=True, error_messages={"required": "is missing"})
+    expires_at = GitLabDateTime(load_default=None, allow_none=True)
+    username = fields.String(load_default=None, allow_none=True)
+
+
+class DeployTokenListSchema(Schema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=100_000))
+    per_page = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    active = Flag(load_default=False)
+
+
+class RotateSchema(Schema):
+    grace_period_seconds = fields.Integer(load_default=0, validate=validate.Range(min=0, max=30 * 24 * 3600))
+
+
+class RevokeByValueSchema(Schema):
+    token = fields.String(
+        required=True, validate=validate.Length(min=1), error_messages={"required": "is missing"}
+    )
+
+
+class HistoryEntrySchema(Schema):
+    version = fields.Integer()
+    event = fields.String()
+    timestamp = GitLabDateTime()
+    actor = fields.Dict()
+    changes = fields.Dict()
+
+
+class CiVariableSchema(Schema):
+    key = fields.String()
+    value = fields.String()
+    variable_type = fields.String()
+    protected = fields.Boolean()
+    masked = fields.Boolean()
+    raw = fields.Boolean()
+    environment_scope = fields.String()
