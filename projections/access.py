@@ -154,7 +154,7 @@ def decide(
         return Decision.deny(Reason.USERNAME_MISMATCH, token)
     if external_authorization and request.action in _GIT_AND_PACKAGES:  # R6
         return Decision.deny(Reason.EXTERNAL_AUTHORIZATION, token)
-    scopes = frozenset(token.scopes)
+    scopes = token.scope_set
     if request.action is Action.REGISTRY_LOGIN:  # login needs a registry ability, no resource
         if _has_registry_ability(scopes):
             return Decision.allow(token)

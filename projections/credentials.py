@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any, ClassVar
 
 from eventsourcing.domain import DomainEventProtocol
@@ -42,6 +43,11 @@ class TokenRecord:
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+    @cached_property
+    def scope_set(self) -> frozenset[str]:
+        """Computed once per record: the auth hot path tests scopes as sets."""
+        return frozenset(self.scopes)
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
