@@ -395,20 +395,35 @@ class DeployTokenService:
             ).fetchone()
         return None if row is None else self.read.token(int(row[0]))
 
-    def record_expiry(self, token_id: int) -> bool:
-        """R19. Also destroys a CI token's recoverable value: an expired token has no use for it."""
-        now = self.clock.now()
+    def _system_token_command(self, token_id: int, command: Callable[[DeployToken], bool]) -> bool:
+        """Run an automatic process's command on one token; returns whether it recorded an event.
+
+        A deleted token is left alone (nothing happens to it, and there is nothing to report).
+        """
         changed: list[bool] = []
 
         def attempt() -> list[Aggregate]:
             token = self._get(DeployToken, deploy_token_uuid(token_id), "404 Token")
-            changed[:] = [False] if token.deleted else [token.record_expiry(now=now)]
+            changed[:] = [False] if token.deleted else [command(token)]
             return [token]
 
         self._retry(attempt)
-        if changed and changed[0]:
-            self.vault.destroy(token_id)
         return bool(changed and changed[0])
+
+    def record_expiry(self, token_id: int) -> bool:
+        """R19. Also destroys a CI token's recoverable value: an expired token has no use for it."""
+        now = self.clock.now()
+        recorded = self._system_token_command(token_id, lambda token: token.record_expiry(now=now))
+        if recorded:
+            self.vault.destroy(token_id)
+        return recorded
+
+    def mark_notification_due(self, token_id: int, interval: int) -> bool:
+        """The scan's intent to send one interval's email, recorded once per interval."""
+        now = self.clock.now()
+        return self._system_token_command(
+            token_id, lambda token: token.mark_notification_due(interval, now=now)
+        )
 
     def record_notification(
         self, token_id: int, interval: int, *, message_id: str, recipients: Iterable[str]
@@ -416,41 +431,27 @@ class DeployTokenService:
         """Records that an interval's email was accepted; at most once per interval (R18)."""
         now = self.clock.now()
         emails = list(recipients)
-        changed: list[bool] = []
         actor = Actor.system("expiry-notifier")
-
-        def attempt() -> list[Aggregate]:
-            token = self._get(DeployToken, deploy_token_uuid(token_id), "404 Token")
-            changed[:] = [
-                token.record_notification(
-                    interval, message_id=message_id, recipients=emails, actor=actor, now=now
-                )
-            ]
-            return [token]
-
-        self._retry(attempt)
-        return bool(changed and changed[0])
+        return self._system_token_command(
+            token_id,
+            lambda token: token.record_notification(
+                interval, message_id=message_id, recipients=emails, actor=actor, now=now
+            ),
+        )
 
     def claim_notification(self, token_id: int, interval: int, *, message_id: str, lease: timedelta) -> bool:
         """Only one sender wins an interval's lease; losers of the race see the winner's claim and back off."""
         now = self.clock.now()
-        won: list[bool] = []
         actor = Actor.system("expiry-notifier")
-
-        def attempt() -> list[Aggregate]:
-            token = self._get(DeployToken, deploy_token_uuid(token_id), "404 Token")
-            won[:] = [
-                token.claim_notification(
-                    interval, message_id=message_id, lease_until=now + lease, actor=actor, now=now
-                )
-            ]
-            return [token]
-
         try:
-            self._retry(attempt)
+            return self._system_token_command(
+                token_id,
+                lambda token: token.claim_notification(
+                    interval, message_id=message_id, lease_until=now + lease, actor=actor, now=now
+                ),
+            )
         except Conflict:
             return False
-        return bool(won and won[0])
 
     def ci_variables(self, project_id: int) -> tuple[str, str] | None:
         """R9: the project's own ``gitlab-deploy-token``, else its direct parent group's; only while active."""

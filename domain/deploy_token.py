@@ -162,6 +162,17 @@ class DeployToken(Aggregate):
             assert isinstance(aggregate, DeployToken)
             aggregate.expiry_recorded = True
 
+    class NotificationDue(Aggregate.Event):
+        """The daily scan found one interval's email due (the intent); it stays due until Notified."""
+
+        TOPIC = "deploy_tokens:DeployToken.NotificationDue"
+        interval: int
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, DeployToken)
+            aggregate.due_intervals.add(self.interval)
+
     class NotificationClaimed(Aggregate.Event):
         """A sender took the right to send one interval's email until ``lease_until`` (R18)."""
 
@@ -228,6 +239,7 @@ class DeployToken(Aggregate):
         self.previous_valid_until: datetime | None = None
         self.notified: dict[int, NotificationState] = {}
         self.claims: dict[int, datetime] = {}
+        self.due_intervals: set[int] = set()
 
     @classmethod
     def issue(
@@ -355,13 +367,26 @@ class DeployToken(Aggregate):
         )
         return True
 
+    def mark_notification_due(self, interval: int, *, now: datetime) -> bool:
+        """Record the intent to send ``interval``'s email, once; later scans re-dispatch without new events."""
+        self._ensure_not_deleted()
+        _check_interval(interval)
+        if interval in self.notified or interval in self.due_intervals:
+            return False
+        self.trigger_event(
+            self.NotificationDue,
+            timestamp=now,
+            interval=interval,
+            actor=Actor.system("expiry-scan").as_event_data(),
+        )
+        return True
+
     def claim_notification(
         self, interval: int, *, message_id: str, lease_until: datetime, actor: Actor, now: datetime
     ) -> bool:
         """Take the right to send ``interval``'s email. Refused while notified or while another lease runs."""
         self._ensure_not_deleted()
-        if interval not in INTERVALS:
-            raise ValidationError.single("interval", f"must be one of {', '.join(map(str, INTERVALS))}")
+        _check_interval(interval)
         if interval in self.notified:
             return False
         current = self.claims.get(interval)
@@ -382,8 +407,7 @@ class DeployToken(Aggregate):
     ) -> bool:
         """At most once per interval: a second record of the same interval is a no-op."""
         self._ensure_not_deleted()
-        if interval not in INTERVALS:
-            raise ValidationError.single("interval", f"must be one of {', '.join(map(str, INTERVALS))}")
+        _check_interval(interval)
         if interval in self.notified:
             return False
         self.trigger_event(
@@ -399,3 +423,8 @@ class DeployToken(Aggregate):
     def delete(self, *, actor: Actor, now: datetime) -> None:
         self._ensure_not_deleted()
         self.trigger_event(self.Deleted, timestamp=now, actor=actor.as_event_data())
+
+
+def _check_interval(interval: int) -> None:
+    if interval not in INTERVALS:
+        raise ValidationError.single("interval", f"must be one of {', '.join(map(str, INTERVALS))}")

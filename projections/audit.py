@@ -541,8 +541,22 @@ def _interval_details(event: Any) -> dict[str, Any]:
     return {
         "interval": event.interval,
         "interval_name": INTERVAL_NAMES.get(event.interval, str(event.interval)),
-        "message_id": event.message_id,
+        **({"message_id": event.message_id} if hasattr(event, "message_id") else {}),
     }
+
+
+def _token_notification_due(cursor: Cursor, event: Any, position: int) -> None:
+    subject = _subject_of(cursor, event)
+    _record_for(
+        cursor,
+        event,
+        position,
+        subject,
+        TARGET_DEPLOY_TOKEN,
+        _token_type(subject, "expiry_notification_due"),
+        f"The {event.interval}-day expiry notification of {_token_words(subject)} became due.",
+        _interval_details(event),
+    )
 
 
 def _token_notification_claimed(cursor: Cursor, event: Any, position: int) -> None:
@@ -873,6 +887,7 @@ _HANDLERS: dict[type, Handler] = {
     DeployToken.Revoked: _token_revoked,
     DeployToken.Rotated: _token_rotated,
     DeployToken.Expired: _token_expired,
+    DeployToken.NotificationDue: _token_notification_due,
     DeployToken.NotificationClaimed: _token_notification_claimed,
     DeployToken.Notified: _token_notified,
     DeployToken.Deleted: _token_deleted,

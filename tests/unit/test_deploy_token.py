@@ -249,3 +249,13 @@ def test_revoked_token_is_due_nothing():
     token = issue(expires_at=NOW + timedelta(days=6))
     token.revoke(actor=ACTOR, now=NOW)
     assert token.interval_due(NOW) is None
+
+
+def test_an_intervals_intent_is_recorded_once_and_never_after_it_was_sent():
+    token = issue(expires_at=date(2026, 1, 15))
+    token.collect_events()
+    assert token.mark_notification_due(7, now=NOW)
+    assert not token.mark_notification_due(7, now=NOW)
+    token.record_notification(30, message_id="<m>", recipients=[], actor=ACTOR, now=NOW)
+    assert not token.mark_notification_due(30, now=NOW)
+    assert [type(e).__name__ for e in token.collect_events()] == ["NotificationDue", "Notified"]
