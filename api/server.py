@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class BackgroundThreads:
-    """The in-process projector (and, embedded, the job scheduler): daemon threads stopped on exit."""
+    """Daemon threads beside the API: the credential-index follower always; embedded, also the projector
+    and the expiry scheduler."""
 
     def __init__(self, runtime: Runtime, *, embedded: bool) -> None:
         self.runtime = runtime
@@ -31,17 +33,18 @@ class BackgroundThreads:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        runtime = self.runtime
+        self._spawn("credential-index", runtime.index.follow)
         if self.embedded:
-            projector = threading.Thread(
-                target=self.runtime.projector.run_forever,
-                args=(self.stop,),
-                kwargs={"poll_interval": 0.2},
-                name="projector",
-                daemon=True,
-            )
-            self.threads.append(projector)
-        for thread in self.threads:
-            thread.start()
+            from workers.embedded import EmbeddedScheduler
+
+            self._spawn("projector", lambda stop: runtime.projector.run_forever(stop, poll_interval=0.2))
+            self._spawn("expiry-scheduler", EmbeddedScheduler(runtime).run_forever)
+
+    def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
+        thread = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
+        self.threads.append(thread)
+        thread.start()
 
     def close(self) -> None:
         self.stop.set()
@@ -84,6 +87,8 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
 
 
 def wsgi_app() -> Flask:
-    """``gunicorn 'api.server:wsgi_app()'``: API only; the projector runs as its own process."""
+    """``gunicorn 'api.server:wsgi_app()'``: the API; the projector, worker and scheduler are separate
+    processes. Called in each worker after the fork, so each worker follows the projection itself."""
     runtime = Runtime.open(Settings.from_env())
+    BackgroundThreads(runtime, embedded=False).start()
     return create_app(runtime)

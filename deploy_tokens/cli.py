@@ -193,6 +193,26 @@ def cmd_projections_rebuild(runtime: Runtime, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expiry_scan(runtime: Runtime, args: argparse.Namespace) -> int:
+    """Records expiries and sends due emails in this process (even when Redis is configured)."""
+    from workers.jobs import InlineDispatcher, notifier_for
+    from workers.scan import ExpiryScan
+
+    dispatcher = InlineDispatcher(notifier_for(runtime))
+    report = ExpiryScan(runtime, dispatcher).run()
+    _print_json(
+        {
+            **report.as_dict(),
+            "now": runtime.clock.now(),
+            "emails": [
+                {"token_id": token_id, "interval": interval, "outcome": outcome}
+                for token_id, interval, outcome in dispatcher.outcomes
+            ],
+        }
+    )
+    return 0
+
+
 def cmd_projector(runtime: Runtime, args: argparse.Namespace) -> int:
     """The projector process of the production shape: follows the log until SIGTERM or SIGINT."""
     import signal
@@ -225,13 +245,18 @@ def _holder_options(parser: argparse.ArgumentParser, *, required: bool = True) -
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deploy-tokens", description=__doc__.splitlines()[0])
-    parser.add_argument("--now", help="act as if the time were this ISO 8601 instant (UTC)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service (embedded default when nothing is configured)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.set_defaults(handler=cmd_serve)
+
+    scan = commands.add_parser("expiry-scan", help="run the daily expiry scan now, synchronously")
+    scan.add_argument(
+        "--now", help="act as if the time were this ISO 8601 instant (UTC), for reproducible runs"
+    )
+    scan.set_defaults(handler=cmd_expiry_scan)
 
     projector = commands.add_parser("projector", help="follow the event log and keep the read models current")
     projector.set_defaults(handler=cmd_projector)
@@ -306,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd_serve(settings, args)
         return 0
     clock = None
-    if args.now:
+    if getattr(args, "now", None):
         try:
             clock = FixedClock(datetime.fromisoformat(args.now.replace("Z", "+00:00")))
         except ValueError:

@@ -18,11 +18,12 @@ from projections.base import Projection, Projector
 from projections.credential_index import CredentialIndex
 from projections.credentials import CredentialLookup
 from projections.directory import Directory
+from projections.notifications import ExpiryNotifications
 from projections.views import ReadModel
 
 
 def all_projections() -> list[Projection]:
-    return [CredentialLookup(), Directory(), AuditTrail()]
+    return [CredentialLookup(), Directory(), AuditTrail(), ExpiryNotifications()]
 
 
 def ensure_schema(location: DatabaseLocation) -> None:

@@ -439,6 +439,16 @@ class DeployTokenService:
             ),
         )
 
+    def release_notification(self, token_id: int, interval: int, *, message_id: str, error: str) -> bool:
+        now = self.clock.now()
+        actor = Actor.system("expiry-notifier")
+        return self._system_token_command(
+            token_id,
+            lambda token: token.release_notification(
+                interval, message_id=message_id, error=error, actor=actor, now=now
+            ),
+        )
+
     def claim_notification(self, token_id: int, interval: int, *, message_id: str, lease: timedelta) -> bool:
         """Only one sender wins an interval's lease; losers of the race see the winner's claim and back off."""
         now = self.clock.now()

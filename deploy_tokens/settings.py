@@ -78,6 +78,7 @@ class Settings:
     external_url: str
     auth_max_staleness: float
     projection_batch_size: int
+    notification_lease: float
     mail_from: str
 
     @property
@@ -122,6 +123,12 @@ class Settings:
             raise ConfigurationError("DEPLOY_TOKENS_PROJECTION_BATCH must be a whole number") from None
         if batch_size < 1:
             raise ConfigurationError("DEPLOY_TOKENS_PROJECTION_BATCH must be at least 1")
+        try:
+            lease = float(env.get("DEPLOY_TOKENS_NOTIFY_LEASE_SECONDS", "300"))
+        except ValueError:
+            raise ConfigurationError(
+                "DEPLOY_TOKENS_NOTIFY_LEASE_SECONDS must be a number of seconds"
+            ) from None
         external_url = (env.get("DEPLOY_TOKENS_EXTERNAL_URL") or "http://127.0.0.1:8080").rstrip("/")
         return cls(
             data_dir=data_dir,
@@ -132,6 +139,7 @@ class Settings:
             external_url=external_url,
             auth_max_staleness=max_staleness,
             projection_batch_size=batch_size,
+            notification_lease=lease,
             mail_from=env.get("DEPLOY_TOKENS_MAIL_FROM")
             or f"deploy-tokens@{urlsplit(external_url).hostname}",
         )

@@ -186,6 +186,19 @@ class DeployToken(Aggregate):
             assert isinstance(aggregate, DeployToken)
             aggregate.claims[self.interval] = self.lease_until
 
+    class NotificationFailed(Aggregate.Event):
+        """The claimed send failed (SMTP refused or unreachable): the claim is released, the interval stays open."""
+
+        TOPIC = "deploy_tokens:DeployToken.NotificationFailed"
+        interval: int
+        message_id: str
+        error: str
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, DeployToken)
+            aggregate.claims.pop(self.interval, None)
+
     class Notified(Aggregate.Event):
         """The SMTP server accepted one interval's expiry email (R17, R18)."""
 
@@ -398,6 +411,24 @@ class DeployToken(Aggregate):
             interval=interval,
             message_id=message_id,
             lease_until=lease_until,
+            actor=actor.as_event_data(),
+        )
+        return True
+
+    def release_notification(
+        self, interval: int, *, message_id: str, error: str, actor: Actor, now: datetime
+    ) -> bool:
+        """The claim holder gives the interval back after a failed send, so a retry need not wait for the lease."""
+        self._ensure_not_deleted()
+        _check_interval(interval)
+        if interval in self.notified or interval not in self.claims:
+            return False
+        self.trigger_event(
+            self.NotificationFailed,
+            timestamp=now,
+            interval=interval,
+            message_id=message_id,
+            error=error[:500],
             actor=actor.as_event_data(),
         )
         return True

@@ -574,6 +574,21 @@ def _token_notification_claimed(cursor: Cursor, event: Any, position: int) -> No
     )
 
 
+def _token_notification_failed(cursor: Cursor, event: Any, position: int) -> None:
+    subject = _subject_of(cursor, event)
+    _record_for(
+        cursor,
+        event,
+        position,
+        subject,
+        TARGET_DEPLOY_TOKEN,
+        _token_type(subject, "expiry_notification_failed"),
+        f"Failed to send the {event.interval}-day expiry notification of {_token_words(subject)}; "
+        "it will be retried.",
+        {**_interval_details(event), "error": event.error},
+    )
+
+
 def _token_notified(cursor: Cursor, event: Any, position: int) -> None:
     subject = _subject_of(cursor, event)
     count = len(event.recipients)
@@ -889,6 +904,7 @@ _HANDLERS: dict[type, Handler] = {
     DeployToken.Expired: _token_expired,
     DeployToken.NotificationDue: _token_notification_due,
     DeployToken.NotificationClaimed: _token_notification_claimed,
+    DeployToken.NotificationFailed: _token_notification_failed,
     DeployToken.Notified: _token_notified,
     DeployToken.Deleted: _token_deleted,
     User.Registered: _user_registered,

@@ -87,6 +87,8 @@ def do_everything(world: World, clock: FixedClock) -> dict[str, Any]:
     values.append(service.rotate_token(admin, "group", world.top, group_id).value)
     service.mark_notification_due(project_id, 7)
     service.claim_notification(project_id, 7, message_id="<m1@example.com>", lease=timedelta(minutes=10))
+    service.release_notification(project_id, 7, message_id="<m1@example.com>", error="451 try later")
+    service.claim_notification(project_id, 7, message_id="<m1@example.com>", lease=timedelta(minutes=10))
     service.record_notification(
         project_id, 7, message_id="<m1@example.com>", recipients=["maintainer@example.com"]
     )

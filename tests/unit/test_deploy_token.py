@@ -259,3 +259,12 @@ def test_an_intervals_intent_is_recorded_once_and_never_after_it_was_sent():
     token.record_notification(30, message_id="<m>", recipients=[], actor=ACTOR, now=NOW)
     assert not token.mark_notification_due(30, now=NOW)
     assert [type(e).__name__ for e in token.collect_events()] == ["NotificationDue", "Notified"]
+
+
+def test_a_failed_send_releases_the_claim_at_once():
+    token = issue(expires_at=date(2026, 1, 15))
+    lease_end = NOW + timedelta(minutes=5)
+    assert token.claim_notification(7, message_id="<m>", lease_until=lease_end, actor=ACTOR, now=NOW)
+    assert token.release_notification(7, message_id="<m>", error="451 later", actor=ACTOR, now=NOW)
+    assert not token.release_notification(7, message_id="<m>", error="again", actor=ACTOR, now=NOW)
+    assert token.claim_notification(7, message_id="<m>", lease_until=lease_end, actor=ACTOR, now=NOW)

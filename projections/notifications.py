@@ -1,0 +1,286 @@
+"""The expiry-notification projection: one row per expiring token, indexed by when it next needs attention.
+
+The daily scan (R17-R19, gitlab-behaviour §12) must send each interval's email once (60, 30, 7 days before
+expiry, no back-fill) and record ``Expired`` once the expiry has passed. Scanning every token every day
+costs O(all tokens). Instead each row carries ``next_due_at``: the earliest instant at which the scan could
+have anything to do for that token. It is a pure function of the row (``next_due_at()`` below):
+
+* NULL once nothing can ever be due again: revoked, deleted, or expiry recorded;
+* otherwise, with *pending* = the intervals I in (60, 30, 7) such that neither I nor any more urgent
+  (smaller) interval has been notified, 00:00 UTC of (the expiry's UTC date - max(pending) days), i.e. the
+  opening of the widest window still to come: a token first seen at 6 days gets only the 7-day mail,
+  and once the 7-day mail went out the 30/60 ones never will;
+* if nothing is pending, ``expires_at``: only recording ``Expired`` is left.
+
+Why the scan is O(due): ``due_tokens`` reads the range ``next_due_at <= now`` of a partial B-tree index
+that holds only rows with a non-NULL ``next_due_at``. Tokens whose next window opens later sit beyond
+``now`` in that index and are never read; finished tokens (revoked, deleted, expired: they pile up forever)
+are not in the index at all; tokens that never expire have no row. ``next_due_at`` is exact both ways. It
+is never later than the first moment the domain has work for the token (today's window lies at or below
+max(pending), so it opens no earlier than that window; the expiry comes after every window). And a row in
+the range always has work: today's window interval J <= max(pending) cannot have been sent, or J would have
+removed max(pending) from *pending*; or the token has expired and ``Expired`` is missing. So the rows read
+are the tokens with work, plus those whose work was tried and failed (no recipients, SMTP error, a lease
+held elsewhere), which stay due to be retried, just as GitLab leaves ``*_sent_at`` NULL. Tokens the scan
+skips by policy (group tokens, the feature flag off) also stay due, but only inside their last 60 days and
+until ``Expired`` is recorded, so they too are bounded by the due set, not by the table. Every event moves
+``next_due_at`` forward or to NULL, never back, and a page is one index range read plus a top-``limit``
+sort (see ``due_tokens``).
+
+Claims (``NotificationClaimed``, released by ``NotificationFailed`` or ended by ``Notified``) do not move
+``next_due_at``: a claimed token is still due, and the scanner sees the lease in ``DueToken.claims``. Nor
+does the scan's recorded intent (``NotificationDue``): the token stays due until ``Notified``, so a later
+scan dispatches again. ``Scoped`` and ``Rotated`` change nothing here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Final
+
+from eventsourcing.domain import DomainEventProtocol
+
+from deploy_tokens.db import Cursor, Database, to_datetime
+from domain.clock import as_utc, start_of_day
+from domain.deploy_token import INTERVALS, DeployToken
+from projections.base import Projection
+
+TABLE: Final = "expiry_notifications"
+
+# Per-interval columns, generated from the domain's INTERVALS. Changing INTERVALS needs the table dropped
+# and rebuilt: ``CREATE TABLE IF NOT EXISTS`` and ``Projector.rebuild`` (DELETE) do not alter columns.
+_PER_INTERVAL_SCHEMA: Final = ", ".join(
+    f"notified_{i}_at TIMESTAMPTZ, notified_{i}_message_id TEXT, claim_{i}_until TIMESTAMPTZ, "
+    f"claim_{i}_message_id TEXT"
+    for i in INTERVALS
+)
+_NOTIFIED_COLUMNS: Final = ", ".join(f"notified_{i}_at" for i in INTERVALS)
+_CLAIM_COLUMNS: Final = ", ".join(f"claim_{i}_until" for i in INTERVALS)
+
+DUE_TOKEN_COLUMNS: Final = (
+    "token_id, holder_kind, holder_id, name, expires_at, expiry_recorded, revoked, deleted, next_due_at, "
+    f"{_NOTIFIED_COLUMNS}, {_CLAIM_COLUMNS}"
+)
+
+
+def next_due_at(
+    expires_at: datetime,
+    notified: Collection[int],
+    *,
+    revoked: bool = False,
+    deleted: bool = False,
+    expiry_recorded: bool = False,
+) -> datetime | None:
+    """When the expiry scan next has something to do for this token; None when it never will again."""
+    if revoked or deleted or expiry_recorded:
+        return None
+    pending = [interval for interval in INTERVALS if not any(sent <= interval for sent in notified)]
+    if pending:
+        return start_of_day(expires_at.astimezone(UTC).date() - timedelta(days=max(pending)))
+    return as_utc(expires_at)
+
+
+@dataclass(frozen=True)
+class DueToken:
+    """What the expiry scan needs to know about one token (never its value)."""
+
+    token_id: int
+    holder_kind: str
+    holder_id: int
+    name: str
+    expires_at: datetime
+    notified: frozenset[int]
+    # interval -> lease_until of the current claim (it may have lapsed); kept out of the hash, dicts have none
+    claims: dict[int, datetime] = field(hash=False)
+    expiry_recorded: bool
+    revoked: bool = False
+    deleted: bool = False
+    next_due_at: datetime | None = None
+
+
+def due_token_from_row(row: Sequence[Any]) -> DueToken:
+    expires_at = to_datetime(row[4])
+    assert expires_at is not None
+    count = len(INTERVALS)
+    notified_at = row[9 : 9 + count]
+    claim_until = row[9 + count : 9 + 2 * count]
+    claims: dict[int, datetime] = {}
+    for interval, value in zip(INTERVALS, claim_until, strict=True):
+        lease_until = to_datetime(value)
+        if lease_until is not None:
+            claims[interval] = lease_until
+    return DueToken(
+        token_id=int(row[0]),
+        holder_kind=str(row[1]),
+        holder_id=int(row[2]),
+        name=str(row[3]),
+        expires_at=expires_at,
+        expiry_recorded=bool(row[5]),
+        revoked=bool(row[6]),
+        deleted=bool(row[7]),
+        next_due_at=to_datetime(row[8]),
+        notified=frozenset(i for i, at in zip(INTERVALS, notified_at, strict=True) if at is not None),
+        claims=claims,
+    )
+
+
+def due_tokens(db: Database, now: datetime, *, limit: int = 500, after_token_id: int = 0) -> list[DueToken]:
+    """Tokens with ``next_due_at <= now``, in ``token_id`` order, at most ``limit``, after ``after_token_id``.
+
+    Page with ``after_token_id = page[-1].token_id`` and the SAME ``now`` until a page comes back empty.
+    The key is ``token_id`` because it never changes: the scan's own writes move ``next_due_at`` (a
+    notified token jumps to its next window, an expired one to NULL), so a cursor on ``next_due_at`` would
+    point at a value that no longer exists, and a token created mid-pass with a window already open would
+    sort behind it and be skipped. With an immutable key, every token that stays due during the pass is
+    returned exactly once, and no token twice, however rows change underneath; new tokens (higher ids) are
+    still reached. Each page is one range read of the partial index on ``next_due_at`` (the due rows only)
+    plus a top-``limit`` sort; handled tokens leave the range, so later pages read less.
+    """
+    if limit <= 0:
+        raise ValueError("limit must be positive")
+    # ``+token_id`` (same order) stops SQLite from walking the primary key in token order to skip the sort:
+    # it would then read every row, due or not. Both backends then range-scan the next-due index.
+    with db.read() as cursor:
+        rows = cursor.execute(
+            f"SELECT {DUE_TOKEN_COLUMNS} FROM {TABLE} "
+            "WHERE next_due_at IS NOT NULL AND next_due_at <= ? AND token_id > ? ORDER BY +token_id LIMIT ?",
+            (as_utc(now), after_token_id, limit),
+        ).fetchall()
+    return [due_token_from_row(row) for row in rows]
+
+
+def notification_state(db: Database, token_id: int) -> DueToken | None:
+    """The token's row whether due or not (revoked, deleted and finished included); None without expiry."""
+    with db.read() as cursor:
+        row = cursor.execute(
+            f"SELECT {DUE_TOKEN_COLUMNS} FROM {TABLE} WHERE token_id = ?", (token_id,)
+        ).fetchone()
+    return None if row is None else due_token_from_row(row)
+
+
+class ExpiryNotifications(Projection):
+    """Rows only for tokens with an expiry: a token without one can never be due (no event sets an expiry
+    later), so giving it a row would only grow the table with rows no query wants."""
+
+    name: ClassVar[str] = "expiry_notifications"
+    tables: ClassVar[tuple[str, ...]] = (TABLE,)
+
+    def schema(self) -> Sequence[str]:
+        return (
+            f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+                token_id BIGINT PRIMARY KEY, stream_id TEXT NOT NULL, holder_kind TEXT NOT NULL,
+                holder_id BIGINT NOT NULL, name TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL,
+                revoked BOOLEAN NOT NULL, deleted BOOLEAN NOT NULL, expiry_recorded BOOLEAN NOT NULL,
+                {_PER_INTERVAL_SCHEMA},
+                next_due_at TIMESTAMPTZ, position BIGINT NOT NULL)""",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_stream ON {TABLE} (stream_id)",
+            # Partial: finished tokens (NULL) accumulate forever and must not cost the scan anything.
+            f"CREATE INDEX IF NOT EXISTS {TABLE}_next_due ON {TABLE} (next_due_at, token_id) "
+            "WHERE next_due_at IS NOT NULL",
+        )
+
+    def apply(self, cursor: Cursor, event: DomainEventProtocol[Any], position: int) -> None:
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(cursor, event, position)
+
+
+def _interval(event: Any) -> int:
+    interval = int(event.interval)
+    if interval not in INTERVALS:  # the aggregate refuses these; a stored one means the domain changed
+        raise ValueError(f"unknown notification interval {interval} in {type(event).__name__}")
+    return interval
+
+
+def _token_created(cursor: Cursor, event: Any, position: int) -> None:
+    if event.expires_at is None:
+        return
+    expires_at = as_utc(event.expires_at)
+    cursor.execute(
+        f"INSERT INTO {TABLE} (token_id, stream_id, holder_kind, holder_id, name, expires_at, revoked, "
+        "deleted, expiry_recorded, next_due_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.token_id,
+            str(event.originator_id),
+            event.holder_kind,
+            event.holder_id,
+            event.name,
+            expires_at,
+            False,
+            False,
+            False,
+            next_due_at(expires_at, ()),
+            position,
+        ),
+    )
+
+
+def _finished(flag: str) -> Handler:
+    """Revoked, Deleted, Expired: nothing can be due any more."""
+
+    def handler(cursor: Cursor, event: Any, position: int) -> None:
+        cursor.execute(
+            f"UPDATE {TABLE} SET {flag} = ?, next_due_at = NULL, position = ? WHERE stream_id = ?",
+            (True, position, str(event.originator_id)),
+        )
+
+    return handler
+
+
+def _notification_claimed(cursor: Cursor, event: Any, position: int) -> None:
+    interval = _interval(event)
+    cursor.execute(
+        f"UPDATE {TABLE} SET claim_{interval}_until = ?, claim_{interval}_message_id = ?, position = ? "
+        "WHERE stream_id = ?",
+        (event.lease_until, event.message_id, position, str(event.originator_id)),
+    )
+
+
+def _notification_failed(cursor: Cursor, event: Any, position: int) -> None:
+    """The sender gave its claim back: a retry need not wait for the lease; the token stays due."""
+    interval = _interval(event)
+    cursor.execute(
+        f"UPDATE {TABLE} SET claim_{interval}_until = NULL, claim_{interval}_message_id = NULL, position = ? "
+        "WHERE stream_id = ?",
+        (position, str(event.originator_id)),
+    )
+
+
+def _notified(cursor: Cursor, event: Any, position: int) -> None:
+    interval = _interval(event)
+    stream = str(event.originator_id)
+    row = cursor.execute(
+        f"SELECT expires_at, revoked, deleted, expiry_recorded, {_NOTIFIED_COLUMNS} FROM {TABLE} "
+        "WHERE stream_id = ?",
+        (stream,),
+    ).fetchone()
+    if row is None:  # a token without expiry
+        return
+    expires_at = to_datetime(row[0])
+    assert expires_at is not None
+    notified = {i for i, at in zip(INTERVALS, row[4:], strict=True) if at is not None} | {interval}
+    due = next_due_at(
+        expires_at, notified, revoked=bool(row[1]), deleted=bool(row[2]), expiry_recorded=bool(row[3])
+    )
+    # As the aggregate does, a recorded notification ends that interval's claim.
+    cursor.execute(
+        f"UPDATE {TABLE} SET notified_{interval}_at = ?, notified_{interval}_message_id = ?, "
+        f"claim_{interval}_until = NULL, claim_{interval}_message_id = NULL, next_due_at = ?, position = ? "
+        "WHERE stream_id = ?",
+        (event.timestamp, event.message_id, due, position, stream),
+    )
+
+
+Handler = Callable[[Cursor, Any, int], None]
+
+_HANDLERS: dict[type, Handler] = {
+    DeployToken.Created: _token_created,
+    DeployToken.Revoked: _finished("revoked"),
+    DeployToken.Deleted: _finished("deleted"),
+    DeployToken.Expired: _finished("expiry_recorded"),
+    DeployToken.NotificationClaimed: _notification_claimed,
+    DeployToken.NotificationFailed: _notification_failed,
+    DeployToken.Notified: _notified,
+}

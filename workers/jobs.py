@@ -1,0 +1,132 @@
+"""RQ job functions and the dispatchers that hand emails to them (or send in-process when embedded).
+
+Job functions run in RQ's work-horse (a forked child): each opens its own runtime lazily, so no database
+connection ever crosses a fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError
+
+from deploy_tokens.runtime import Runtime
+from deploy_tokens.settings import Settings
+from workers.mail import MailDeliveryError, mailer_from_url
+from workers.notifier import ExpiryNotifier, SendOutcome
+from workers.scan import ExpiryScan, ScanReport
+
+log = logging.getLogger(__name__)
+
+QUEUE = "deploy-tokens"
+SCAN_HOUR_UTC = 1  # R17: every day at 01:00 UTC
+MAIL_RETRY = Retry(max=4, interval=[30, 120, 600, 1800])
+
+_runtime: tuple[int, Runtime] | None = None
+
+
+def job_runtime() -> Runtime:
+    """One runtime per process (re-opened after a fork)."""
+    global _runtime
+    if _runtime is None or _runtime[0] != os.getpid():
+        _runtime = (os.getpid(), Runtime.open(Settings.from_env()))
+    return _runtime[1]
+
+
+def notifier_for(runtime: Runtime) -> ExpiryNotifier:
+    return ExpiryNotifier(
+        runtime, mailer_from_url(runtime.settings.smtp_url, data_dir=runtime.settings.data_dir)
+    )
+
+
+class InlineDispatcher:
+    """Embedded mode and on-demand scans: send at once, in this process; a failure waits for the next run."""
+
+    def __init__(self, notifier: ExpiryNotifier) -> None:
+        self.notifier = notifier
+        self.outcomes: list[tuple[int, int, str]] = []
+
+    def __call__(self, token_id: int, interval: int) -> None:
+        try:
+            outcome = self.notifier.send(token_id, interval).value
+        except MailDeliveryError as error:
+            log.warning("expiry email not delivered; the interval stays open", extra={"token_id": token_id})
+            outcome = f"failed: {error}"
+        self.outcomes.append((token_id, interval, outcome))
+
+
+class RqDispatcher:
+    """Production: one RQ job per token and interval, with retries and back-off."""
+
+    def __init__(self, queue: Queue, scan_id: str) -> None:
+        self.queue = queue
+        self.scan_id = scan_id
+
+    def __call__(self, token_id: int, interval: int) -> None:
+        with contextlib.suppress(DuplicateJobError):  # this scan already dispatched it
+            self.queue.enqueue(
+                send_expiry_email,
+                token_id,
+                interval,
+                job_id=f"expiry-mail-{token_id}-{interval}-{self.scan_id}",
+                unique=True,
+                retry=MAIL_RETRY,
+                result_ttl=3600,
+                failure_ttl=86400,
+                job_timeout=120,
+            )
+
+
+def queue_for(settings: Settings) -> Queue:
+    assert settings.redis_url is not None
+    return Queue(QUEUE, connection=Redis.from_url(settings.redis_url))
+
+
+# Job functions (importable by RQ workers) ---------------------------------------------------------------
+
+
+def send_expiry_email(token_id: int, interval: int) -> str:
+    """Raises on delivery failure so that RQ retries with back-off; the interval stays open meanwhile."""
+    runtime = job_runtime()
+    outcome: SendOutcome = notifier_for(runtime).send(token_id, interval)
+    return outcome.value
+
+
+def run_expiry_scan(scan_id: str) -> dict[str, Any]:
+    runtime = job_runtime()
+    report: ScanReport = ExpiryScan(runtime, RqDispatcher(queue_for(runtime.settings), scan_id)).run()
+    return report.as_dict()
+
+
+def trigger_daily_scan() -> str | None:
+    """Called by ``rq cron`` at 01:00 UTC and every 15 minutes as a catch-up: enqueues the day's scan once.
+
+    Before 01:00 it does nothing, so the catch-up tick cannot run today's scan early. The job id names
+    the UTC day and is enqueued with ``unique``: two schedulers and any number of ticks give one scan a
+    day. The id stays reserved for three days after the job ends, longer than the day it names.
+    """
+    now = datetime.now(UTC)
+    if now.hour < SCAN_HOUR_UTC:
+        return None
+    day = now.strftime("%Y%m%d")
+    queue = queue_for(Settings.from_env())
+    try:
+        queue.enqueue(
+            run_expiry_scan,
+            day,
+            job_id=f"expiry-scan-{day}",
+            unique=True,
+            result_ttl=3 * 86400,
+            failure_ttl=3 * 86400,
+            job_timeout=1800,
+            retry=Retry(max=3, interval=[60, 300, 900]),
+        )
+    except DuplicateJobError:
+        return None
+    return day
