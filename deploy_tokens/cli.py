@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 from deploy_tokens.runtime import Runtime
@@ -213,6 +214,31 @@ def cmd_expiry_scan(runtime: Runtime, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(runtime: Runtime, args: argparse.Namespace) -> int:
+    """Recompute the hash chain over the stored log; exit 1 and name the first bad position if tampered."""
+    from projections.chain import parse_head, verify
+
+    runtime.projector.catch_up()
+    expected = parse_head(Path(args.head).read_text()) if args.head else None
+    result = verify(
+        runtime.db,
+        runtime.store.recorder.select_notifications,
+        runtime.keys.chain_key,
+        expected_head=expected,
+    )
+    _print_json(result.as_dict())
+    return 0 if result.ok else 1
+
+
+def cmd_audit_head(runtime: Runtime, args: argparse.Namespace) -> int:
+    """Print the chain head (position, chain hash, signature) for an auditor to keep."""
+    from projections.chain import chain_head, export_head
+
+    runtime.projector.catch_up()
+    print(export_head(chain_head(runtime.db, runtime.keys.chain_key)))
+    return 0
+
+
 def cmd_projector(runtime: Runtime, args: argparse.Namespace) -> int:
     """The projector process of the production shape: follows the log until SIGTERM or SIGINT."""
     import signal
@@ -257,6 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--now", help="act as if the time were this ISO 8601 instant (UTC), for reproducible runs"
     )
     scan.set_defaults(handler=cmd_expiry_scan)
+
+    audit = commands.add_parser("audit", help="tamper evidence: the hash chain over the event log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser("verify", help="recompute the chain; name the first modified position")
+    verify.add_argument(
+        "--head", help="a chain head exported earlier (JSON file) that the log must still match"
+    )
+    verify.set_defaults(handler=cmd_audit_verify)
+    audit_commands.add_parser("head", help="print the signed chain head to keep").set_defaults(
+        handler=cmd_audit_head
+    )
 
     projector = commands.add_parser("projector", help="follow the event log and keep the read models current")
     projector.set_defaults(handler=cmd_projector)

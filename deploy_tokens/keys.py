@@ -22,6 +22,7 @@ class Keyring:
         self._digest_key = _subkey(secret, b"token-digest")
         self.vault_key = _subkey(secret, b"ci-token-vault")
         self.registry_seed = _subkey(secret, b"registry-signing")
+        self.chain_key = _subkey(secret, b"audit-chain-checkpoints")
 
     def digest(self, value: str) -> str:
         """HMAC-SHA256 of a token value: what events and read models hold instead of the value (R7).

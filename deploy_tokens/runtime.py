@@ -15,6 +15,7 @@ from deploy_tokens.vault import CiTokenVault
 from domain.clock import Clock, SystemClock
 from projections.audit import AuditTrail
 from projections.base import Projection, Projector
+from projections.chain import EventChain
 from projections.credential_index import CredentialIndex
 from projections.credentials import CredentialLookup
 from projections.directory import Directory
@@ -22,8 +23,8 @@ from projections.notifications import ExpiryNotifications
 from projections.views import ReadModel
 
 
-def all_projections() -> list[Projection]:
-    return [CredentialLookup(), Directory(), AuditTrail(), ExpiryNotifications()]
+def all_projections(keys: Keyring) -> list[Projection]:
+    return [CredentialLookup(), Directory(), AuditTrail(), ExpiryNotifications(), EventChain(keys.chain_key)]
 
 
 def ensure_schema(location: DatabaseLocation) -> None:
@@ -54,9 +55,9 @@ class Runtime:
         ensure_schema(settings.database)
         db = Database(settings.database)
         store = EventStore(settings.database)
-        projector = Projector(store, db, all_projections(), batch_size=settings.projection_batch_size)
-        projector.setup()
         keys = Keyring(settings.secret_key)
+        projector = Projector(store, db, all_projections(keys), batch_size=settings.projection_batch_size)
+        projector.setup()
         vault = CiTokenVault(db, keys.vault_key)
         with db.transaction() as cursor:
             vault.create_table(cursor)

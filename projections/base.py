@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Notification
 
 from deploy_tokens.db import Cursor, Database
 from deploy_tokens.store import EventStore
@@ -50,6 +51,15 @@ class Projection(ABC):
     @abstractmethod
     def apply(self, cursor: Cursor, event: DomainEventProtocol[Any], position: int) -> None:
         """Apply one event; must only touch this projection's tables, through ``cursor``."""
+
+    def apply_stored(
+        self,
+        cursor: Cursor,
+        notification: Notification,
+        decode: Callable[[Notification], DomainEventProtocol[Any]],
+    ) -> None:
+        """Apply one stored event. Projections of the stored bytes themselves (the hash chain) override this."""
+        self.apply(cursor, decode(notification), notification.id)
 
 
 @dataclass(frozen=True)
@@ -137,7 +147,7 @@ class Projector:
             return None
         with cursor.pipelined():
             for notification in notifications:
-                projection.apply(cursor, self.store.mapper.to_domain_event(notification), notification.id)
+                projection.apply_stored(cursor, notification, self.store.mapper.to_domain_event)
         last = notifications[-1].id
         cursor.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, projection.name))
         if self.db.dialect == "postgresql":

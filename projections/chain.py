@@ -1,0 +1,243 @@
+"""Tamper evidence: a hash chain over the stored event log, with periodic signed checkpoints.
+
+Each event's hash covers its stored form (position, stream id, version, topic and the exact stored bytes),
+and each chain link covers the event hash and the previous link: ``link[n] = SHA-256(link[n-1] || hash[n])``.
+Changing one byte of a stored event, deleting an event or swapping two changes every link from that
+position on, so ``deploy-tokens audit verify`` recomputes the chain from the log and names the first
+position that no longer matches. Every ``CHECKPOINT_EVERY`` events (and on demand) the head of the chain
+is recorded with an HMAC from the server secret, so the chain table itself cannot be rewritten to match
+a forged log without the key; an exported head lets an auditor verify a copy offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Notification
+
+from deploy_tokens.db import Cursor, Database
+from projections.base import Projection
+
+GENESIS: Final = "0" * 64
+CHECKPOINT_EVERY: Final = 1000
+
+
+def event_hash(notification: Notification) -> str:
+    """SHA-256 over the canonical stored form of one event (framed, so fields cannot run together)."""
+    digest = hashlib.sha256()
+    for part in (
+        str(notification.id).encode(),
+        str(notification.originator_id).encode(),
+        str(notification.originator_version).encode(),
+        notification.topic.encode(),
+        bytes(notification.state),
+    ):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def link(previous: str, this_event: str) -> str:
+    return hashlib.sha256(bytes.fromhex(previous) + bytes.fromhex(this_event)).hexdigest()
+
+
+def sign_checkpoint(key: bytes, position: int, chain_hash: str) -> str:
+    return hmac.new(key, f"{position}:{chain_hash}".encode(), hashlib.sha256).hexdigest()
+
+
+class EventChain(Projection):
+    name: ClassVar[str] = "event_chain"
+    tables: ClassVar[tuple[str, ...]] = ("event_chain", "chain_checkpoints")
+
+    def __init__(self, checkpoint_key: bytes) -> None:
+        self._key = checkpoint_key
+        # The last link written through the current batch's cursor: within one batch transaction (the
+        # projector holds the tracking row lock) it is the predecessor, so no query is needed per event.
+        self._last: tuple[Cursor, str, int] | None = None
+
+    def schema(self) -> Sequence[str]:
+        return (
+            """CREATE TABLE IF NOT EXISTS event_chain (
+                position BIGINT PRIMARY KEY, sequence BIGINT NOT NULL, event_hash TEXT NOT NULL,
+                chain_hash TEXT NOT NULL)""",
+            """CREATE TABLE IF NOT EXISTS chain_checkpoints (
+                position BIGINT PRIMARY KEY, chain_hash TEXT NOT NULL, signature TEXT NOT NULL)""",
+        )
+
+    def apply(self, cursor: Cursor, event: DomainEventProtocol[Any], position: int) -> None:
+        raise NotImplementedError("the chain covers stored bytes: see apply_stored")
+
+    def apply_stored(
+        self,
+        cursor: Cursor,
+        notification: Notification,
+        decode: Callable[[Notification], DomainEventProtocol[Any]],
+    ) -> None:
+        if self._last is not None and self._last[0] is cursor:
+            previous, sequence = self._last[1], self._last[2]
+        else:
+            row = cursor.execute(
+                "SELECT chain_hash, sequence FROM event_chain WHERE position < ? ORDER BY position DESC LIMIT 1",
+                (notification.id,),
+            ).fetchone()
+            previous, sequence = (str(row[0]), int(row[1])) if row else (GENESIS, 0)
+        this_event = event_hash(notification)
+        chain_hash = link(previous, this_event)
+        sequence += 1
+        cursor.execute(
+            "INSERT INTO event_chain (position, sequence, event_hash, chain_hash) VALUES (?, ?, ?, ?)",
+            (notification.id, sequence, this_event, chain_hash),
+        )
+        self._last = (cursor, chain_hash, sequence)
+        if sequence % CHECKPOINT_EVERY == 0:
+            self._checkpoint(cursor, notification.id, chain_hash)
+
+    def _checkpoint(self, cursor: Cursor, position: int, chain_hash: str) -> None:
+        cursor.execute(
+            "INSERT INTO chain_checkpoints (position, chain_hash, signature) VALUES (?, ?, ?) "
+            "ON CONFLICT (position) DO NOTHING",
+            (position, chain_hash, sign_checkpoint(self._key, position, chain_hash)),
+        )
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """What an auditor keeps to verify a copy of the log later: a position and the chain hash there."""
+
+    position: int
+    chain_hash: str
+    signature: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "chain_hash": self.chain_hash, "signature": self.signature}
+
+
+def chain_head(db: Database, key: bytes, *, at: int | None = None) -> ChainHead:
+    """The chain's head (or its link at position ``at``), signed with the checkpoint key."""
+    with db.read() as cursor:
+        if at is None:
+            row = cursor.execute(
+                "SELECT position, chain_hash FROM event_chain ORDER BY position DESC LIMIT 1"
+            ).fetchone()
+        else:
+            row = cursor.execute(
+                "SELECT position, chain_hash FROM event_chain WHERE position <= ? ORDER BY position DESC LIMIT 1",
+                (at,),
+            ).fetchone()
+    position, chain_hash = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+    return ChainHead(position, chain_hash, sign_checkpoint(key, position, chain_hash))
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    head: ChainHead | None
+    first_bad_position: int | None = None
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "head": self.head.as_dict() if self.head else None,
+            "first_bad_position": self.first_bad_position,
+            "problem": self.problem,
+        }
+
+
+def _recorded_links(db: Database, batch: int = 5000) -> Iterator[tuple[int, str, str]]:
+    after = 0
+    while True:
+        with db.read() as cursor:
+            rows = cursor.execute(
+                "SELECT position, event_hash, chain_hash FROM event_chain WHERE position > ? ORDER BY position LIMIT ?",
+                (after, batch),
+            ).fetchall()
+        if not rows:
+            return
+        for position, this_event, chain_hash in rows:
+            yield int(position), str(this_event), str(chain_hash)
+        after = int(rows[-1][0])
+
+
+def _stored_events(select: Callable[..., Sequence[Notification]], batch: int = 500) -> Iterator[Notification]:
+    position = 0
+    while True:
+        notifications = select(start=position, limit=batch, inclusive_of_start=False)
+        if not notifications:
+            return
+        yield from notifications
+        position = notifications[-1].id
+
+
+def verify(
+    db: Database,
+    select_notifications: Callable[..., Sequence[Notification]],
+    key: bytes,
+    *,
+    expected_head: ChainHead | None = None,
+) -> VerifyResult:
+    """Recompute the chain from the stored log and compare it, link by link, with the recorded chain.
+
+    Reports the first position that was modified (hash differs), deleted (a recorded link with no event),
+    inserted (an event with no recorded link, below the chain's head) or reordered (positions out of
+    step). Checkpoint signatures are checked too, and an exported head if one is given.
+    """
+    with db.read() as cursor:
+        checkpoints = {
+            int(position): (str(chain_hash), str(signature))
+            for position, chain_hash, signature in cursor.execute(
+                "SELECT position, chain_hash, signature FROM chain_checkpoints"
+            ).fetchall()
+        }
+    for position, (chain_hash, signature) in sorted(checkpoints.items()):
+        if not hmac.compare_digest(signature, sign_checkpoint(key, position, chain_hash)):
+            return VerifyResult(False, 0, None, position, "checkpoint signature does not match")
+    events = _stored_events(select_notifications)
+    previous = GENESIS
+    checked = 0
+    last: ChainHead | None = None
+    for position, recorded_event_hash, recorded_chain_hash in _recorded_links(db):
+        notification = next(events, None)
+        if notification is not None and notification.id < position:
+            return VerifyResult(False, checked, last, notification.id, "event not in the chain (inserted)")
+        if notification is None or notification.id > position:
+            return VerifyResult(False, checked, last, position, "event missing from the log (deleted)")
+        actual = event_hash(notification)
+        chain_hash = link(previous, actual)
+        if actual != recorded_event_hash or chain_hash != recorded_chain_hash:
+            return VerifyResult(
+                False, checked, last, position, "event differs from when it was recorded (modified)"
+            )
+        if position in checkpoints and checkpoints[position][0] != chain_hash:
+            return VerifyResult(False, checked, last, position, "chain differs from its signed checkpoint")
+        previous = chain_hash
+        checked += 1
+        last = ChainHead(position, chain_hash, sign_checkpoint(key, position, chain_hash))
+    if expected_head is not None:
+        if last is None or last.position < expected_head.position:
+            return VerifyResult(
+                False, checked, last, expected_head.position, "log is shorter than the exported head"
+            )
+        at = chain_head(db, key, at=expected_head.position)
+        if at.chain_hash != expected_head.chain_hash:
+            return VerifyResult(
+                False, checked, last, expected_head.position, "chain differs from the exported head"
+            )
+    return VerifyResult(True, checked, last)
+
+
+def export_head(head: ChainHead) -> str:
+    return json.dumps(head.as_dict(), sort_keys=True)
+
+
+def parse_head(text: str) -> ChainHead:
+    data = json.loads(text)
+    return ChainHead(int(data["position"]), str(data["chain_hash"]), str(data.get("signature", "")))
