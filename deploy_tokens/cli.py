@@ -21,6 +21,7 @@ from domain.actors import Actor
 from domain.clock import FixedClock, as_utc
 from domain.deploy_token import HolderKind
 from domain.errors import DomainError
+from projections.access import Action
 from projections.credentials import TokenRecord
 
 
@@ -214,6 +215,29 @@ def cmd_expiry_scan(runtime: Runtime, args: argparse.Namespace) -> int:
     return 0
 
 
+def _instant(text: str) -> datetime:
+    try:
+        return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise SystemExit(f"error: expected an ISO 8601 instant, got {text!r}") from None
+
+
+def cmd_token_state(runtime: Runtime, args: argparse.Namespace) -> int:
+    from projections.point_in_time import token_state_at
+
+    _print_json(token_state_at(runtime.store, args.token_id, _instant(args.at)).as_dict())
+    return 0
+
+
+def cmd_who_could(runtime: Runtime, args: argparse.Namespace) -> int:
+    from projections.point_in_time import who_could
+
+    project: int | str = int(args.project) if args.project.isdigit() else args.project
+    answers = who_could(runtime.store, action=Action(args.action), project=project, at=_instant(args.at))
+    _print_json([answer.as_dict() for answer in answers])
+    return 0
+
+
 def cmd_audit_verify(runtime: Runtime, args: argparse.Namespace) -> int:
     """Recompute the hash chain over the stored log; exit 1 and name the first bad position if tampered."""
     from projections.chain import parse_head, verify
@@ -294,6 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands.add_parser("head", help="print the signed chain head to keep").set_defaults(
         handler=cmd_audit_head
     )
+
+    state = commands.add_parser("token-state", help="a token's state as of a past instant, by replay")
+    state.add_argument("token_id", type=int)
+    state.add_argument("--at", required=True, help="ISO 8601 instant (UTC when no offset)")
+    state.set_defaults(handler=cmd_token_state)
+
+    could = commands.add_parser(
+        "who-could", help="which tokens could do ACTION on PROJECT at an instant, and who created them"
+    )
+    could.add_argument("--project", required=True, help="project id or full path")
+    could.add_argument("--action", required=True, choices=[a.value for a in Action if a is not Action.API])
+    could.add_argument("--at", required=True, help="ISO 8601 instant (UTC when no offset)")
+    could.set_defaults(handler=cmd_who_could)
 
     projector = commands.add_parser("projector", help="follow the event log and keep the read models current")
     projector.set_defaults(handler=cmd_projector)

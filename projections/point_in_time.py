@@ -1,0 +1,167 @@
+"""Point-in-time answers by replaying the event log (R21): what a token was, and who could do what, at T.
+
+Nothing here reads the live read models: the log is replayed up to the instant asked about, through the
+same projection code, into a private in-memory database, and the same pure decision function answers. So
+the answer is what the service itself would have decided at that instant, from the facts recorded then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from deploy_tokens.db import Database
+from deploy_tokens.settings import DatabaseLocation
+from deploy_tokens.store import EventStore
+from domain.deploy_token import DeployToken, deploy_token_uuid
+from domain.errors import NotFound
+from projections.access import Action, AuthRequest, decide
+from projections.base import Projection
+from projections.credentials import CredentialLookup, TokenRecord
+from projections.directory import Directory
+from projections.views import ReadModel
+
+
+@dataclass(frozen=True)
+class TokenStateAt:
+    token_id: int
+    at: datetime
+    version: int
+    name: str
+    username: str
+    holder_kind: str
+    holder_id: int
+    scopes: tuple[str, ...]
+    expires_at: datetime | None
+    revoked: bool
+    expired: bool
+    deleted: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def token_state_at(store: EventStore, token_id: int, at: datetime) -> TokenStateAt:
+    """The token as of instant ``at``: its events up to then, replayed."""
+    events = [event for event in store.events.get(deploy_token_uuid(token_id)) if _timestamp(event) <= at]
+    if not events:
+        raise NotFound("404 Token")
+    token: DeployToken = store.repository.get(
+        deploy_token_uuid(token_id), version=events[-1].originator_version
+    )
+    return TokenStateAt(
+        token_id=token_id,
+        at=at,
+        version=token.version,
+        name=token.name,
+        username=token.username,
+        holder_kind=token.holder_kind,
+        holder_id=token.holder_id,
+        scopes=token.scopes,
+        expires_at=token.expires_at,
+        revoked=token.revoked,
+        expired=token.is_expired(at),
+        deleted=token.deleted,
+    )
+
+
+@dataclass(frozen=True)
+class AccessAt:
+    token_id: int
+    name: str
+    username: str
+    holder_kind: str
+    holder_id: int
+    scopes: tuple[str, ...]
+    created_at: datetime
+    created_by: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def replay_until(store: EventStore, at: datetime) -> Database:
+    """A private in-memory copy of the credential and directory read models as they were at ``at``."""
+    db = Database(DatabaseLocation("sqlite", sqlite_path=Path(":memory:")))
+    projections: list[Projection] = [CredentialLookup(), Directory()]
+    with db.transaction() as cursor:
+        for projection in projections:
+            for statement in projection.schema():
+                cursor.execute(statement)
+        position = 0
+        while notifications := store.recorder.select_notifications(
+            start=position, limit=500, inclusive_of_start=False
+        ):
+            for notification in notifications:
+                event = store.mapper.to_domain_event(notification)
+                if _timestamp(event) <= at:
+                    for projection in projections:
+                        projection.apply(cursor, event, notification.id)
+            position = notifications[-1].id
+    return db
+
+
+def who_could(store: EventStore, *, action: Action, project: int | str, at: datetime) -> list[AccessAt]:
+    """Which deploy tokens could perform ``action`` on ``project`` at instant ``at``, and who created them.
+
+    The username check is left out: the question is about the credential, whoever presented it.
+    """
+    db = replay_until(store, at)
+    try:
+        read = ReadModel(db)
+        target = read.project(project) if isinstance(project, int) else read.project_by_path(project)
+        if target is None:
+            raise NotFound("404 Project")
+        instance = read.instance()
+        answers = []
+        page_number = 1
+        while True:
+            page = read.tokens(
+                holder_kind=None, holder_id=None, active_only=False, now=at, page=page_number, per_page=1000
+            )
+            for token in page.items:
+                decision = decide(
+                    AuthRequest(action, None, check_username=False),
+                    token,
+                    target,
+                    external_authorization=instance.external_authorization_enabled,
+                    now=at,
+                )
+                if decision.allowed:
+                    answers.append(_access(store, token))
+            if page_number * page.per_page >= page.total:
+                break
+            page_number += 1
+        return answers
+    finally:
+        db.close()
+
+
+def _timestamp(event: object) -> datetime:
+    moment = getattr(event, "timestamp", None)
+    assert isinstance(moment, datetime)
+    return moment
+
+
+def _created_by(store: EventStore, token_id: int) -> str | None:
+    """The actor recorded on the Created event (a user, or a system process such as the CLI)."""
+    for event in store.events.get(deploy_token_uuid(token_id), limit=1):
+        actor = getattr(event, "actor", None)
+        if isinstance(actor, dict):
+            return str(actor.get("username"))
+    return None
+
+
+def _access(store: EventStore, token: TokenRecord) -> AccessAt:
+    return AccessAt(
+        token_id=token.token_id,
+        name=token.name,
+        username=token.username,
+        holder_kind=token.holder_kind,
+        holder_id=token.holder_id,
+        scopes=token.scopes,
+        created_at=token.created_at,
+        created_by=_created_by(store, token.token_id),
+    )
