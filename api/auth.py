@@ -21,7 +21,8 @@ def _presented_token() -> str | None:
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value:
         return value.strip()
-    return request.args.get("private_token") or None
+    # GitLab also reads ``?private_token=``; not here: a secret in a URL ends up in access logs and proxies.
+    return None
 
 
 def optional_principal() -> Principal | None:

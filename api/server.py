@@ -16,6 +16,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from api.app import create_app
+from deploy_tokens.logs import configure_logging
 from deploy_tokens.runtime import Runtime
 from deploy_tokens.settings import Settings
 
@@ -82,6 +83,7 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
             "threads": 8,
             "accesslog": "-",
             "keepalive": 5,
+            "logconfig_dict": configure_logging(),
         },
     ).run()
 

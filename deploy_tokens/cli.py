@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from deploy_tokens.logs import configure_logging
 from deploy_tokens.runtime import Runtime
 from deploy_tokens.settings import ConfigurationError, Settings
 from domain.actors import Actor
@@ -396,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(os.environ.get("DEPLOY_TOKENS_LOG_LEVEL", "INFO"))
     try:
         settings = Settings.from_env()
     except ConfigurationError as error:
