@@ -35,7 +35,6 @@ from domain.directory import (
     Project,
     User,
     UserNamespace,
-    path_claim_id,
     stream_id,
 )
 from domain.errors import Conflict, NotFound, PermissionDenied, Unauthenticated, ValidationError
@@ -526,7 +525,6 @@ class DeployTokenService:
     ) -> UserRecord:
         """A user and their personal namespace share one id: a user's id is their namespace's id."""
         now = self.clock.now()
-        self._check_path_free(username, "username")
 
         def build(number: int) -> list[Aggregate]:
             user = User.register(
@@ -554,12 +552,8 @@ class DeployTokenService:
         try:
             return allocator.save_new(build)
         except IntegrityError:
-            # Not the id (the allocator retries those): the path was claimed by a concurrent command.
+            # Not the id (the allocator retries those): the path is claimed already.
             raise ValidationError.single(field, "has already been taken") from None
-
-    def _check_path_free(self, full_path: str, field: str) -> None:
-        if path_claim_id(full_path) in self.store.repository:
-            raise ValidationError.single(field, "has already been taken")
 
     def bootstrap_admin(self, *, username: str, email: str) -> tuple[UserRecord, IssuedPersonalAccessToken]:
         """The first admin and its personal access token; refused once any admin exists."""
@@ -655,8 +649,6 @@ class DeployTokenService:
             raise Unauthenticated("401 Unauthorized")
         parent = self._visible_group(actor, parent_id, AccessLevel.OWNER) if parent_id is not None else None
         now = self.clock.now()
-        full_path = f"{parent.full_path}/{path}" if parent else path
-        self._check_path_free(full_path, "path")
 
         def build(group_id: int) -> list[Aggregate]:
             group = Group.found(group_id=group_id, name=name, path=path, parent=parent, actor=actor, now=now)
@@ -707,17 +699,6 @@ class DeployTokenService:
                 project.set_member(actor.user_id, AccessLevel.MAINTAINER, actor=actor, now=now)
             return [project, PathClaim.claim(project.full_path, "project", project_id, now)]
 
-        probe = Project.found(
-            project_id=0,
-            name=name,
-            path=path,
-            namespace=namespace,
-            repository_enabled=True,
-            container_registry_enabled=True,
-            actor=actor,
-            now=now,
-        )
-        self._check_path_free(probe.full_path, "path")
         project_id, recordings = self._save_claiming_path(self._project_ids, build, "path")
         self._saved(recordings)
         return project_id
