@@ -236,6 +236,13 @@ class DeployTokenService:
         self.check_token_reader(actor, holder_kind, holder_id)
         return self._token_record_of(holder_kind, holder_id, token_id)
 
+    def _check_token_manager(self, actor: Actor, holder_kind: HolderKind, holder_id: int) -> None:
+        """R14/R15: managing a project's tokens needs Maintainer or higher; a group's needs Owner."""
+        if holder_kind == "project":
+            self._visible_project(actor, holder_id, AccessLevel.MAINTAINER)
+        else:
+            self._visible_group(actor, holder_id, AccessLevel.OWNER)
+
     def _token_record_of(self, holder_kind: str, holder_id: int, token_id: int) -> TokenRecord:
         """Tokens are looked up within the given holder: another holder's id is "not found"."""
         record = self.read.token(token_id)
@@ -261,11 +268,7 @@ class DeployTokenService:
         expires_at: date | datetime | None = None,
         username: str | None = None,
     ) -> IssuedToken:
-        """R14: a project token needs Maintainer+, a group token needs Owner."""
-        if holder_kind == "project":
-            self._visible_project(actor, holder_id, AccessLevel.MAINTAINER)
-        else:
-            self._visible_group(actor, holder_id, AccessLevel.OWNER)
+        self._check_token_manager(actor, holder_kind, holder_id)
         value = generate_token(DEPLOY_TOKEN_PREFIX)
         digest = self.keys.digest(value)
         scope_list = list(scopes)
@@ -305,10 +308,7 @@ class DeployTokenService:
         command: Callable[[DeployToken], object],
     ) -> DeployToken:
         """R15: revoking and deleting need the same role as creating, within the token's own holder."""
-        if holder_kind == "project":
-            self._visible_project(actor, holder_id, AccessLevel.MAINTAINER)
-        else:
-            self._visible_group(actor, holder_id, AccessLevel.OWNER)
+        self._check_token_manager(actor, holder_kind, holder_id)
         result: list[DeployToken] = []
 
         def attempt() -> list[Aggregate]:
