@@ -1,0 +1,246 @@
+"""Compliance exports (R21): per-token activity — lifecycle events and recorded uses — as CSV or JSON Lines.
+
+Exports stream: rows are read in keyset pages and written out page by page, so memory stays flat however
+large the export. Every export is bounded by a position fixed when it starts (the last audit position or
+activity id included), so re-running it with the same filters and bound gives the same bytes. Its manifest
+records the filters, the row count, the SHA-256 of the content, the range of the event log it covers and the
+log's chain hash at that point (see ``projections.chain``), so an auditor can check the file and tie it to
+the tamper-evident log.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from deploy_tokens.db import Database, as_utc_text
+from projections.chain import chain_head
+
+Dataset = Literal["lifecycle", "usage"]
+Format = Literal["csv", "jsonl"]
+
+PAGE: Final = 5000
+
+_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    "lifecycle": (
+        "position",
+        "occurred_at",
+        "event_type",
+        "actor_kind",
+        "actor_id",
+        "actor_username",
+        "actor_address",
+        "target_type",
+        "target_id",
+        "target_name",
+        "namespace_kind",
+        "namespace_id",
+        "message",
+        "details",
+    ),
+    "usage": (
+        "id",
+        "occurred_at",
+        "token_id",
+        "token_ref",
+        "endpoint",
+        "action",
+        "resource_kind",
+        "resource_ref",
+        "allowed",
+        "reason",
+        "status",
+        "client_addr",
+        "user_agent",
+    ),
+}
+_TABLE: Final = {"lifecycle": "audit_events", "usage": "token_activity"}
+_KEY: Final = {"lifecycle": "position", "usage": "id"}
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    dataset: Dataset
+    format: Format = "jsonl"
+    token_id: int | None = None
+    namespace_kind: str | None = None  # "project" or "group": the tokens that namespace holds
+    namespace_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    upto: int | None = None  # last audit position / activity id included; None: as of now
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "token_id": self.token_id,
+            "namespace_kind": self.namespace_kind,
+            "namespace_id": self.namespace_id,
+            "since": as_utc_text(self.since) if self.since else None,
+            "until": as_utc_text(self.until) if self.until else None,
+        }
+
+
+@dataclass
+class ExportManifest:
+    dataset: str
+    format: str
+    filters: dict[str, Any]
+    upto: int
+    rows: int = 0
+    bytes: int = 0
+    sha256: str = ""
+    log_range: dict[str, int] = field(default_factory=dict)
+    chain_head: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+class Export:
+    """One export run: iterate ``chunks()`` once; then ``manifest`` is complete."""
+
+    def __init__(self, db: Database, request: ExportRequest, chain_key: bytes) -> None:
+        if request.dataset not in _TABLE:
+            raise ValueError(f"unknown dataset {request.dataset!r}")
+        if request.format not in ("csv", "jsonl"):
+            raise ValueError(f"unknown format {request.format!r}")
+        self.db = db
+        self.request = request
+        self.columns = _COLUMNS[request.dataset]
+        upto = request.upto if request.upto is not None else self._current_bound()
+        head = chain_head(db, chain_key, at=self._log_position(upto))
+        self.manifest = ExportManifest(
+            dataset=request.dataset,
+            format=request.format,
+            filters=request.filters(),
+            upto=upto,
+            log_range={"first": 1 if head.position else 0, "last": head.position},
+            chain_head=head.as_dict(),
+        )
+
+    def _current_bound(self) -> int:
+        table, key = _TABLE[self.request.dataset], _KEY[self.request.dataset]
+        with self.db.read() as cursor:
+            row = cursor.execute(f"SELECT MAX({key}) FROM {table}").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _log_position(self, upto: int) -> int | None:
+        """Lifecycle rows are log positions; usage rows are tied to the log as it was when the export ran."""
+        return upto if self.request.dataset == "lifecycle" else None
+
+    def count(self) -> int:
+        where, params = self._where()
+        with self.db.read() as cursor:
+            row = cursor.execute(
+                f"SELECT COUNT(*) FROM {_TABLE[self.request.dataset]} WHERE {where}", params
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _where(self) -> tuple[str, list[Any]]:
+        request = self.request
+        key = _KEY[request.dataset]
+        clauses: list[str] = [f"{key} <= ?"]
+        params: list[Any] = [self.manifest.upto]
+        if request.token_id is not None:
+            clauses.append(
+                "target_type = 'DeployToken' AND target_id = ?"
+                if request.dataset == "lifecycle"
+                else "token_id = ?"
+            )
+            params.append(request.token_id)
+        if request.namespace_kind is not None:
+            if request.dataset == "lifecycle":
+                clauses.append("namespace_kind = ? AND namespace_id = ?")
+            else:
+                clauses.append(
+                    "token_id IN (SELECT token_id FROM cred_tokens WHERE holder_kind = ? AND holder_id = ?)"
+                )
+            params += [request.namespace_kind, request.namespace_id]
+        if request.since is not None:
+            clauses.append("occurred_at >= ?")
+            params.append(request.since)
+        if request.until is not None:
+            clauses.append("occurred_at < ?")
+            params.append(request.until)
+        return " AND ".join(clauses), params
+
+    def pages(self) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows in key order, a page at a time (keyset paging: each page is one indexed range read)."""
+        dataset = self.request.dataset
+        key = _KEY[dataset]
+        where, params = self._where()
+        sql = (
+            f"SELECT {', '.join(self.columns)} FROM {_TABLE[dataset]} WHERE {where} AND {key} > ? "
+            f"ORDER BY {key} LIMIT ?"
+        )
+        after = 0
+        while True:
+            with self.db.read() as cursor:
+                page = cursor.execute(sql, [*params, after, PAGE]).fetchall()
+            if not page:
+                return
+            yield page
+            after = int(page[-1][0])
+
+    def chunks(self, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
+        """The export's bytes, page by page; when exhausted, ``manifest`` holds the count and the SHA-256."""
+        digest = hashlib.sha256()
+        rows = 0
+
+        def emitted(chunk: bytes) -> bytes:
+            digest.update(chunk)
+            self.manifest.bytes += len(chunk)
+            return chunk
+
+        if self.request.format == "csv":
+            yield emitted(_csv_lines([self.columns]))
+        for page in self.pages():
+            records = [
+                tuple(_normalise(column, value) for column, value in zip(self.columns, row, strict=True))
+                for row in page
+            ]
+            if self.request.format == "csv":
+                yield emitted(_csv_lines([[_text(value) for value in record] for record in records]))
+            else:
+                yield emitted(_jsonl_lines(self.columns, records))
+            rows += len(page)
+            if progress:
+                progress(rows)
+        self.manifest.rows = rows
+        self.manifest.sha256 = digest.hexdigest()
+
+
+_BOOLEAN_COLUMNS: Final = frozenset({"allowed"})
+
+
+def _normalise(column: str, value: Any) -> Any:
+    """The same bytes on both backends: timestamps as fixed-width UTC text, booleans as booleans."""
+    if isinstance(value, datetime):
+        return as_utc_text(value)
+    if column in _BOOLEAN_COLUMNS and value is not None:
+        return bool(value)
+    return value
+
+
+def _csv_lines(rows: Sequence[Sequence[Any]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def _jsonl_lines(columns: Sequence[str], records: Sequence[tuple[Any, ...]]) -> bytes:
+    lines = [json.dumps(dict(zip(columns, record, strict=True)), separators=(",", ":")) for record in records]
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
