@@ -295,6 +295,31 @@ def cmd_audit_verify(runtime: Runtime, args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_audit_export_log(runtime: Runtime, args: argparse.Namespace) -> int:
+    """The stored log up to the chain head, plus the head, for an auditor to verify with no access to us."""
+    from projections.chain import chain_head, export_head, log_lines
+
+    runtime.projector.catch_up()
+    head = chain_head(runtime.db, runtime.keys.chain_key)
+    output = Path(args.output)
+    with output.open("w") as handle:
+        for line in log_lines(runtime.store.recorder.select_notifications, upto=head.position):
+            handle.write(line + "\n")
+    head_path = output.with_name(output.name + ".head.json")
+    head_path.write_text(export_head(head) + "\n")
+    print(head_path)
+    return 0
+
+
+def cmd_audit_verify_file(runtime: Runtime | None, args: argparse.Namespace) -> int:
+    from projections.chain import parse_head, verify_log_lines
+
+    with Path(args.log).open() as lines:
+        result = verify_log_lines(lines, parse_head(Path(args.head).read_text()))
+    _print_json(result.as_dict())
+    return 0 if result.ok else 1
+
+
 def cmd_audit_head(runtime: Runtime, args: argparse.Namespace) -> int:
     """Print the chain head (position, chain hash, signature) for an auditor to keep."""
     from projections.chain import chain_head, export_head
@@ -376,6 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--upto", type=int, help="last row key included (from an earlier manifest), to reproduce it"
     )
     export.set_defaults(handler=cmd_export)
+
+    export_log = audit_commands.add_parser(
+        "export-log", help="the stored log and its chain head, to verify offline"
+    )
+    export_log.add_argument("--output", required=True)
+    export_log.set_defaults(handler=cmd_audit_export_log)
+    verify_file = audit_commands.add_parser(
+        "verify-file", help="offline: check an exported log against a kept chain head (no database needed)"
+    )
+    verify_file.add_argument("log")
+    verify_file.add_argument("--head", required=True)
+    verify_file.set_defaults(handler=cmd_audit_verify_file)
 
     state = commands.add_parser("token-state", help="a token's state as of a past instant, by replay")
     state.add_argument("token_id", type=int)
@@ -463,6 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.handler is cmd_serve:
         cmd_serve(settings, args)
         return 0
+    if args.handler is cmd_audit_verify_file:  # offline: needs no database
+        verified: int = cmd_audit_verify_file(None, args)
+        return verified
     clock = None
     if getattr(args, "now", None):
         try:

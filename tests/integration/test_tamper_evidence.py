@@ -119,3 +119,18 @@ def test_a_forged_checkpoint_is_found(runtime: Runtime):
         )
     result = _verify(runtime)
     assert (result.ok, result.first_bad_position) == (False, 3)
+
+
+def test_an_exported_log_verifies_offline_against_its_head(runtime: Runtime):
+    from projections.chain import log_lines, verify_log_lines
+
+    _prepared(runtime)
+    head = chain_head(runtime.db, runtime.keys.chain_key)
+    lines = list(log_lines(runtime.store.recorder.select_notifications, upto=head.position))
+    assert verify_log_lines(iter(lines), head).ok
+    tampered = [*lines]
+    tampered[4] = tampered[4].replace('"originator_version": ', '"originator_version": 1', 1)
+    result = verify_log_lines(iter(tampered), head)
+    assert not result.ok
+    dropped = lines[:3] + lines[4:]
+    assert not verify_log_lines(iter(dropped), head).ok
