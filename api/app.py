@@ -6,6 +6,7 @@ from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 
 from api.deploy_tokens import deploy_tokens
+from api.directory import directory
 from api.errors import register_error_handlers
 from api.health import health
 from api.openapi import build_spec
@@ -18,6 +19,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(health)
     app.register_blueprint(deploy_tokens)
+    app.register_blueprint(directory)
     register_error_handlers(app)
 
     @app.get("/api/v4/openapi.json")

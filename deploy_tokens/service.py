@@ -9,7 +9,9 @@ save the process brings its projections up to that position, so its own reads se
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
@@ -116,13 +118,28 @@ class DeployTokenService:
         self._namespace_ids = IdAllocator(store, lambda n: stream_id("namespace", n))
         self._project_ids = IdAllocator(store, lambda n: stream_id("project", n))
         self._pat_ids = IdAllocator(store, lambda n: stream_id("pat", n))
+        self._deferral = threading.local()
 
     # Plumbing ----------------------------------------------------------------------------------------
 
     def _saved(self, recordings: Sequence[Recording[Any]]) -> None:
         """Read-your-writes: this process's read models include what it just wrote before it answers."""
-        if recordings:
+        if recordings and not getattr(self._deferral, "active", False):
             self.projector.catch_up(until=recordings[-1].notification.id)
+
+    @contextmanager
+    def batch_of_commands(self) -> Iterator[None]:
+        """Many automatic commands in a row (the expiry scan): catch the read models up once, at the end.
+
+        Each command still decides on fresh aggregates from the event store; only the read models wait.
+        Scoped to the calling thread, so API requests served meanwhile keep read-your-writes.
+        """
+        self._deferral.active = True
+        try:
+            yield
+        finally:
+            self._deferral.active = False
+            self.projector.catch_up()
 
     def _get(self, cls: type[A], stream: UUID, what: str) -> A:
         try:

@@ -118,18 +118,27 @@ class Projector:
     # Catching up -------------------------------------------------------------------------------------
 
     def catch_up(self, until: int | None = None) -> int:
-        """Bring every projection up to ``until`` (default: the head); returns events applied."""
-        return sum(self._catch_up(projection, until) for projection in self.projections.values())
+        """Bring every projection up to ``until`` (default: the head); returns events applied.
 
-    def _catch_up(self, projection: Projection, until: int | None) -> int:
-        applied = 0
+        Listeners hear once, after every projection has caught up, and only if anything was applied.
+        """
+        applied, last = 0, 0
+        for projection in self.projections.values():
+            count, position = self._catch_up(projection, until)
+            applied, last = applied + count, max(last, position)
+        if applied:
+            self._announce(last)
+        return applied
+
+    def _catch_up(self, projection: Projection, until: int | None) -> tuple[int, int]:
+        applied, last = 0, 0
         while True:
             with self.db.transaction() as cursor:
                 batch = self._apply_next_batch(cursor, projection, until)
             if not batch:
-                return applied
+                return applied, last
             applied += batch[0]
-            self._announce(batch[1])
+            last = batch[1]
 
     def _apply_next_batch(
         self, cursor: Cursor, projection: Projection, until: int | None

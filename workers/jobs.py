@@ -18,6 +18,7 @@ from rq.exceptions import DuplicateJobError
 
 from deploy_tokens.runtime import Runtime
 from deploy_tokens.settings import Settings
+from domain.clock import as_utc
 from workers.mail import MailDeliveryError, mailer_from_url
 from workers.notifier import ExpiryNotifier, SendOutcome
 from workers.scan import ExpiryScan, ScanReport
@@ -104,14 +105,15 @@ def run_expiry_scan(scan_id: str) -> dict[str, Any]:
     return report.as_dict()
 
 
-def trigger_daily_scan() -> str | None:
+def trigger_daily_scan(now: datetime | None = None) -> str | None:
     """Called by ``rq cron`` at 01:00 UTC and every 15 minutes as a catch-up: enqueues the day's scan once.
 
     Before 01:00 it does nothing, so the catch-up tick cannot run today's scan early. The job id names
     the UTC day and is enqueued with ``unique``: two schedulers and any number of ticks give one scan a
-    day. The id stays reserved for three days after the job ends, longer than the day it names.
+    day. The id stays reserved for three days after the job ends, longer than the day it names. ``now``
+    (default: the system clock; naive means UTC) exists for tests.
     """
-    now = datetime.now(UTC)
+    now = datetime.now(UTC) if now is None else as_utc(now)
     if now.hour < SCAN_HOUR_UTC:
         return None
     day = now.strftime("%Y%m%d")

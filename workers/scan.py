@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from deploy_tokens.runtime import Runtime
 from domain.deploy_token import due_interval
@@ -50,8 +51,15 @@ class ExpiryScan:
         report = ScanReport(
             notifications_off=not service.settings().feature_enabled(EXPIRING_NOTIFICATIONS_FLAG)
         )
+        with service.batch_of_commands():
+            self._scan(report, now)
+        log.info("expiry scan finished", extra=report.as_dict())
+        return report
+
+    def _scan(self, report: ScanReport, now: datetime) -> None:
+        service = self.runtime.service
         after = 0
-        while page := due_tokens(runtime.db, now, limit=self.page_size, after_token_id=after):
+        while page := due_tokens(self.runtime.db, now, limit=self.page_size, after_token_id=after):
             for row in page:
                 after = row.token_id
                 report.examined += 1
@@ -67,5 +75,3 @@ class ExpiryScan:
                 service.mark_notification_due(row.token_id, interval)
                 self.dispatch(row.token_id, interval)
                 report.dispatched.append((row.token_id, interval))
-        log.info("expiry scan finished", extra=report.as_dict())
-        return report
