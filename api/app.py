@@ -5,11 +5,14 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 
+from api.auth_checks import auth_checks
 from api.deploy_tokens import deploy_tokens
 from api.directory import directory
 from api.errors import register_error_handlers
 from api.health import health
+from api.metrics import metrics
 from api.openapi import build_spec
+from deploy_tokens.activity import ACTIVITY_KEY
 from deploy_tokens.runtime import Runtime
 
 
@@ -20,7 +23,10 @@ def create_app(runtime: Runtime) -> Flask:
     app.register_blueprint(health)
     app.register_blueprint(deploy_tokens)
     app.register_blueprint(directory)
+    app.register_blueprint(auth_checks)
+    app.register_blueprint(metrics)
     register_error_handlers(app)
+    app.extensions[ACTIVITY_KEY] = runtime.activity
 
     @app.get("/api/v4/openapi.json")
     def openapi() -> ResponseReturnValue:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from deploy_tokens.activity import ActivityRecorder, create_activity_table
 from deploy_tokens.db import Database
 from deploy_tokens.keys import Keyring
 from deploy_tokens.service import DeployTokenService
@@ -47,6 +48,7 @@ class Runtime:
     vault: CiTokenVault
     service: DeployTokenService
     index: CredentialIndex
+    activity: ActivityRecorder
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -61,15 +63,19 @@ class Runtime:
         vault = CiTokenVault(db, keys.vault_key)
         with db.transaction() as cursor:
             vault.create_table(cursor)
+        create_activity_table(db)
+        activity = ActivityRecorder(db)
+        activity.start_on_first_record()
         read = ReadModel(db)
         service = DeployTokenService(store, read, projector, keys, vault, clock)
         index = CredentialIndex(db, store, keys, max_staleness=settings.auth_max_staleness)
         projector.add_listener(index.on_projected)
         projector.catch_up()
         index.refresh()
-        return cls(settings, clock, db, store, projector, read, keys, vault, service, index)
+        return cls(settings, clock, db, store, projector, read, keys, vault, service, index, activity)
 
     def close(self) -> None:
+        self.activity.close()  # writes what is queued while the database is still open
         self.store.close()
         self.db.close()
 

@@ -1,0 +1,62 @@
+"""Per-token activity in the Flask app: one recorder per app, fed by the auth-check views.
+
+The storage (table, queue, batched writer, queries) is ``deploy_tokens.activity``.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from deploy_tokens.activity import (
+    ACTIVITY_KEY,
+    ActivityEvent,
+    ActivityRecorder,
+    ActivityRow,
+    ActivityStats,
+    activity_rows,
+    create_activity_table,
+)
+from deploy_tokens.db import Database
+from deploy_tokens.runtime import Runtime
+
+__all__ = [
+    "ActivityEvent",
+    "ActivityRecorder",
+    "ActivityRow",
+    "ActivityStats",
+    "activity_of",
+    "activity_rows",
+    "install_activity",
+]
+
+
+def install_activity(
+    app: Flask,
+    source: Runtime | Database,
+    *,
+    capacity: int = 100_000,
+    batch_size: int = 500,
+    interval: float = 0.2,
+    start: bool = True,
+) -> ActivityRecorder:
+    """Create the table, attach a recorder to ``app`` and start its writer thread.
+
+    ``source`` is the runtime (``install_activity(app, runtime)``) or its ``Database``. The writer stops
+    and flushes at interpreter exit; call ``recorder.close()`` to stop it sooner (tests do, before the
+    runtime closes its database).
+    """
+    database = source if isinstance(source, Database) else source.db
+    create_activity_table(database)
+    previous = activity_of(app)
+    if previous is not None:
+        previous.close()
+    recorder = ActivityRecorder(database, capacity=capacity, batch_size=batch_size, interval=interval)
+    app.extensions[ACTIVITY_KEY] = recorder
+    if start:
+        recorder.start()
+    return recorder
+
+
+def activity_of(app: Flask) -> ActivityRecorder | None:
+    recorder = app.extensions.get(ACTIVITY_KEY)
+    return recorder if isinstance(recorder, ActivityRecorder) else None
