@@ -50,8 +50,8 @@ def require_principal(*, anonymous: str = "401", writes: bool = False) -> Princi
     return principal
 
 
-def require_admin() -> Principal:
-    principal = require_principal()
+def require_admin(*, writes: bool = False) -> Principal:
+    principal = require_principal(writes=writes)
     if not principal.user.is_admin:
         raise PermissionDenied("403 Forbidden")
     return principal

@@ -585,6 +585,7 @@ _STALE_HEADERS: Final = (("Retry-After", "1"), ("X-Auth-Error", "unavailable"))
     tag="auth_checks",
     auth="deploy_token",
     errors=(401, 403),
+    error_body=False,
 )
 def auth_request() -> Response:
     started = perf_counter()

@@ -233,7 +233,7 @@ for _kind_name, _prefix in (("project", "/projects/<path:reference>"), ("group",
     status=204,
 )
 def revoke_by_value() -> ResponseReturnValue:
-    principal = require_admin()
+    principal = require_admin(writes=True)
     params = load(RevokeByValueSchema())
     service().revoke_by_value(principal.actor, params["token"])
     return "", 204

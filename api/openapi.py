@@ -36,6 +36,7 @@ class Operation:
     errors: tuple[int, ...] = (400, 401, 403, 404)
     auth: str = "private_token"  # "private_token", "deploy_token", "none"
     extra_responses: dict[int, str] = field(default_factory=dict)
+    error_body: bool = True  # False: errors are bare status codes (nginx reads only the status)
 
 
 def operation(summary: str, *, tag: str, **options: Any) -> Callable[[F], F]:
@@ -46,7 +47,11 @@ def operation(summary: str, *, tag: str, **options: Any) -> Callable[[F], F]:
     return decorate
 
 
-_CONVERTER_TYPES = {"int": {"type": "integer"}, "path": {"type": "string"}, "string": {"type": "string"}}
+_CONVERTER_TYPES = {
+    "int": {"type": "integer", "minimum": 0},
+    "path": {"type": "string"},
+    "string": {"type": "string"},
+}
 
 
 def build_spec(app: Flask) -> dict[str, Any]:
@@ -123,10 +128,11 @@ def _responses(described: Operation, converter: Any) -> dict[str, Any]:
     else:
         responses[str(described.status)] = {"description": described.summary}
     for status in described.errors:
-        responses[str(status)] = {
-            "description": "error",
-            "content": {"application/json": {"schema": _ERROR}},
-        }
+        responses[str(status)] = (
+            {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+            if described.error_body
+            else {"description": "refused (no body)"}
+        )
     for status, text in described.extra_responses.items():
         responses[str(status)] = {"description": text}
     return responses

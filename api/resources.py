@@ -6,8 +6,19 @@ from api.context import runtime
 from domain.errors import NotFound
 
 
+def _numeric(reference: str) -> bool:
+    """An id is ASCII digits only (``"²".isdigit()`` is true, but it is no id)."""
+    return reference.isascii() and reference.isdigit()
+
+
+def _printable(reference: str) -> bool:
+    return reference.isprintable() and not any(0xD800 <= ord(character) <= 0xDFFF for character in reference)
+
+
 def project_id(reference: str) -> int:
-    if reference.isdigit():
+    if not _printable(reference):
+        raise NotFound("404 Project")
+    if _numeric(reference):
         return int(reference)
     project = runtime().read.project_by_path(reference)
     if project is None:
@@ -16,7 +27,9 @@ def project_id(reference: str) -> int:
 
 
 def group_id(reference: str) -> int:
-    if reference.isdigit():
+    if not _printable(reference):
+        raise NotFound("404 Group")
+    if _numeric(reference):
         return int(reference)
     namespace = runtime().read.namespace_by_path(reference)
     if namespace is None or namespace.kind != "group":

@@ -20,6 +20,7 @@ from domain.actors import Actor
 from domain.clock import as_utc, start_of_day
 from domain.errors import ErrorCollector, TokenDeleted, ValidationError
 from domain.scopes import canonical_scopes
+from domain.text import check_text
 
 HolderKind = Literal["project", "group"]
 
@@ -49,7 +50,7 @@ def validate_name(name: str | None) -> str:
         raise ValidationError.single("name", "can't be blank")
     if len(name) > NAME_MAX_LENGTH:
         raise ValidationError.single("name", f"is too long (maximum is {NAME_MAX_LENGTH} characters)")
-    return name
+    return check_text(name, "name")
 
 
 def validate_username(username: str | None) -> str | None:

@@ -19,6 +19,7 @@ from eventsourcing.domain import Aggregate
 from domain.actors import Actor
 from domain.deploy_token import normalise_expiry
 from domain.errors import ErrorCollector, ValidationError
+from domain.text import check_text
 
 _ID_NAMESPACE: Final = UUID("0b7e58a2-44c8-4a5e-8d0f-6a3c9e1d2f47")
 
@@ -78,13 +79,13 @@ def validate_display_name(name: str | None, field: str = "name") -> str:
         raise ValidationError.single(field, "can't be blank")
     if len(name) > NAME_MAX_LENGTH:
         raise ValidationError.single(field, f"is too long (maximum is {NAME_MAX_LENGTH} characters)")
-    return name
+    return check_text(name, field)
 
 
 def validate_email(email: str | None) -> str:
-    if not email or not EMAIL_PATTERN.match(email):
+    if not email or not EMAIL_PATTERN.match(email) or len(email) > NAME_MAX_LENGTH:
         raise ValidationError.single("email", "is invalid")
-    return email
+    return check_text(email, "email")
 
 
 def validate_access_level(level: int) -> AccessLevel:

@@ -232,3 +232,33 @@ def test_ci_variables(client, world: World, creds: Credentials):
         "CI_DEPLOY_USER": created["username"],
         "CI_DEPLOY_PASSWORD": created["token"],
     }
+
+
+@pytest.mark.parametrize("name", ["a\u0000b", "tab\there", "\ud800lone"])
+def test_control_characters_and_lone_surrogates_are_refused_and_nothing_is_written(
+    client, world: World, creds: Credentials, name: str
+):
+    head = world.runtime.store.head()
+    response = create(client, creds["admin"], "project", world.project, name=name)
+    assert response.status_code == 400
+    assert world.runtime.store.head() == head
+    assert create(client, creds["admin"], "project", world.project, name="ok").status_code == 201
+
+
+@pytest.mark.parametrize("reference", ["²", "acme%00api"])
+def test_odd_references_are_not_found(client, world: World, creds: Credentials, reference: str):
+    assert (
+        client.get(f"/api/v4/projects/{reference}/deploy_tokens", headers=creds["admin"]).status_code == 404
+    )
+
+
+def test_revoke_by_value_needs_the_api_scope(client, world: World, creds: Credentials):
+    created = create(client, creds["admin"], "project", world.project).get_json()
+    assert world.users and world.admin.user_id is not None
+    read_only = world.runtime.service.create_personal_access_token(
+        world.admin, world.admin.user_id, name="ro", scopes=["read_api"]
+    ).value
+    response = client.delete(
+        "/api/v4/admin/token", json={"token": created["token"]}, headers={"PRIVATE-TOKEN": read_only}
+    )
+    assert response.status_code == 403

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import Failure, FailureGroup
-from schemathesis.openapi.checks import UndefinedContentType, UndefinedStatusCode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -108,20 +107,6 @@ MAX_EXAMPLES = 25  # per operation; about 55 operations keep each backend's run 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-def known_elsewhere(case: Any, failure: Failure) -> bool:
-    """Findings outside the directory's files, reported to their owners; every other failure fails the test.
-
-    - ``api/openapi.py`` documents ``<int:...>`` path parameters as any integer, but Werkzeug's converter
-      only matches non-negative ones, so a negative id falls through to another rule: 405 (or 404).
-    - ``/internal/auth_request`` (``api/auth_checks.py``) answers 401 with an empty ``text/html`` body
-      while the document says ``application/json``.
-    """
-    negative_id = any(isinstance(value, int) and value < 0 for value in (case.path_parameters or {}).values())
-    if isinstance(failure, UndefinedStatusCode) and failure.status_code == 405 and negative_id:
-        return True
-    return isinstance(failure, UndefinedContentType) and case.operation.path == "/internal/auth_request"
-
-
 @pytest.fixture
 def live_server(app: Flask, runtime: Runtime) -> Iterator[str]:
     werkzeug_log = logging.getLogger("werkzeug")
@@ -193,7 +178,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(live_server: s
             case.call_and_validate(base_url=live_server, headers=headers, checks=CHECKS, timeout=30)
         except (FailureGroup, Failure) as error:
             failures = list(error.exceptions) if isinstance(error, FailureGroup) else [error]
-            unexpected = [failure for failure in failures if not known_elsewhere(case, failure)]
+            unexpected = list(failures)
             if unexpected:
                 reproduce = case.as_curl_command(headers=headers, base_url=live_server)
                 problems.setdefault(case.operation.label, []).extend(

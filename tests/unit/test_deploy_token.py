@@ -268,3 +268,8 @@ def test_a_failed_send_releases_the_claim_at_once():
     assert token.release_notification(7, message_id="<m>", error="451 later", actor=ACTOR, now=NOW)
     assert not token.release_notification(7, message_id="<m>", error="again", actor=ACTOR, now=NOW)
     assert token.claim_notification(7, message_id="<m>", lease_until=lease_end, actor=ACTOR, now=NOW)
+
+
+@pytest.mark.parametrize("bad", ["nul\x00", "bell\x07", "del\x7f", "lone\ud800"])
+def test_names_with_control_characters_never_enter_an_event(bad):
+    assert "name" in errors_of(name=bad)
