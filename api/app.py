@@ -12,6 +12,7 @@ from api.errors import register_error_handlers
 from api.health import health
 from api.metrics import metrics
 from api.openapi import build_spec
+from api.resources import EncodedPathMiddleware
 from deploy_tokens.activity import ACTIVITY_KEY
 from deploy_tokens.runtime import Runtime
 
@@ -26,6 +27,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.register_blueprint(auth_checks)
     app.register_blueprint(metrics)
     register_error_handlers(app)
+    app.wsgi_app = EncodedPathMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     app.extensions[ACTIVITY_KEY] = runtime.activity
 
     @app.get("/api/v4/openapi.json")

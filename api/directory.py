@@ -222,13 +222,6 @@ def _stored_id(number: int, what: str) -> int:
     return number
 
 
-def _reference(reference: str, resolve: Callable[[str], int], what: str) -> int:
-    """An id or a full path; text no path can contain (NUL, non-ASCII digits) simply names nothing."""
-    if "\x00" in reference or (reference.isdigit() and not reference.isascii()):
-        raise NotFound(what)
-    return resolve(reference)
-
-
 def _load(cls: type[A], stream: UUID, what: str) -> A:
     try:
         aggregate: Aggregate = service().store.repository.get(stream)
@@ -258,7 +251,7 @@ def _namespace(number: int) -> NamespaceRecord:
 
 def visible_group(principal: Principal | None, reference: str) -> NamespaceRecord:
     """Groups are private: without a role there (or above it) a group does not exist (404)."""
-    number = _reference(reference, group_id, "404 Group")
+    number = group_id(reference)
     if _group_level(principal, number) < AccessLevel.GUEST:
         raise NotFound("404 Group")
     group = runtime().read.namespace(number)
@@ -268,7 +261,7 @@ def visible_group(principal: Principal | None, reference: str) -> NamespaceRecor
 
 
 def visible_project(principal: Principal | None, reference: str) -> ProjectRecord:
-    number = _reference(reference, project_id, "404 Project")
+    number = project_id(reference)
     if _project_level(principal, number) < AccessLevel.GUEST:
         raise NotFound("404 Project")
     project = runtime().read.project(number)

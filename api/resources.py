@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import unquote
+
 from api.context import runtime
 from domain.errors import NotFound
 
@@ -20,7 +23,7 @@ def project_id(reference: str) -> int:
         raise NotFound("404 Project")
     if _numeric(reference):
         return int(reference)
-    project = runtime().read.project_by_path(reference)
+    project = runtime().read.project_by_path(reference.replace(":", "/"))
     if project is None:
         raise NotFound("404 Project")
     return project.project_id
@@ -31,7 +34,7 @@ def group_id(reference: str) -> int:
         raise NotFound("404 Group")
     if _numeric(reference):
         return int(reference)
-    namespace = runtime().read.namespace_by_path(reference)
+    namespace = runtime().read.namespace_by_path(reference.replace(":", "/"))
     if namespace is None or namespace.kind != "group":
         raise NotFound("404 Group")
     return namespace.namespace_id
@@ -39,3 +42,30 @@ def group_id(reference: str) -> int:
 
 def holder_id(kind: str, reference: str) -> int:
     return project_id(reference) if kind == "project" else group_id(reference)
+
+
+class EncodedPathMiddleware:
+    """Keeps a URL-encoded full path (``acme%2Fdeploy_tokens``) one segment, as GitLab does.
+
+    The server decodes ``%2F`` before routing, so ``/projects/acme%2Fdeploy_tokens`` would otherwise be read
+    as the deploy-token list of project ``acme``. For the ``projects`` and ``groups`` trees the id segment is
+    taken from the raw request URI and its slashes are written as ``:`` (never part of a GitLab path), which
+    ``project_id``/``group_id`` turn back into slashes.
+    """
+
+    _PREFIXES = ("/api/v4/projects/", "/api/v4/groups/")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
+        path = raw.split("?", 1)[0]
+        for prefix in self._PREFIXES:
+            if path.startswith(prefix):
+                segment, slash, rest = path[len(prefix) :].partition("/")
+                if "%2f" in segment.lower():
+                    decoded = unquote(segment).replace("/", ":")
+                    environ["PATH_INFO"] = prefix + decoded + slash + unquote(rest)
+                break
+        return self.app(environ, start_response)

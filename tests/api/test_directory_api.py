@@ -717,3 +717,15 @@ def test_read_only_token_cannot_write(client: FlaskClient, world: World):
     )
     assert response.status_code == 403
     assert "insufficient_scope" in response.get_json()["message"]
+
+
+def test_an_encoded_path_ending_like_a_subresource_names_the_project(client, world, creds):
+    service = world.runtime.service
+    project_id = service.create_project(
+        world.admin, name="deploy_tokens", path="deploy_tokens", namespace_id=world.top
+    )
+    response = client.get("/api/v4/projects/acme%2Fdeploy_tokens", headers=creds["admin"])
+    assert response.status_code == 200
+    assert response.get_json()["id"] == project_id
+    tokens = client.get("/api/v4/projects/acme%2Fdeploy_tokens/deploy_tokens", headers=creds["admin"])
+    assert tokens.status_code == 200
