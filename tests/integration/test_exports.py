@@ -64,11 +64,9 @@ def test_manifest_hash_and_count_match_the_content(runtime: Runtime):
 
 
 def test_re_running_with_the_manifest_bound_gives_the_same_bytes(runtime: Runtime):
-    _world_with_activity(runtime)
+    world, _, _ = _world_with_activity(runtime)
     content, export = _run(runtime, ExportRequest("lifecycle", "jsonl"))
-    runtime.service.create_group(
-        runtime.service.authenticate(World.__name__ and _admin_token(runtime)).actor, name="Z", path="z"
-    )
+    runtime.service.create_group(world.admin, name="Z", path="z")
     again, _ = _run(runtime, ExportRequest("lifecycle", "jsonl", upto=export.manifest.upto))
     assert again == content
     grown, _ = _run(runtime, ExportRequest("lifecycle", "jsonl"))
