@@ -26,6 +26,9 @@ def create_app(runtime: Runtime) -> Flask:
     app.register_blueprint(directory)
     app.register_blueprint(auth_checks)
     app.register_blueprint(metrics)
+    from api.ui import ui  # the web UI: Settings > Repository > Deploy tokens (R15, R16)
+
+    app.register_blueprint(ui)
     register_error_handlers(app)
     app.wsgi_app = EncodedPathMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     app.extensions[ACTIVITY_KEY] = runtime.activity

@@ -253,7 +253,7 @@ class DeployTokenService:
         self.check_token_reader(actor, holder_kind, holder_id)
         return self._token_record_of(holder_kind, holder_id, token_id)
 
-    def _check_token_manager(self, actor: Actor, holder_kind: HolderKind, holder_id: int) -> None:
+    def check_token_manager(self, actor: Actor, holder_kind: HolderKind, holder_id: int) -> None:
         """R14/R15: managing a project's tokens needs Maintainer or higher; a group's needs Owner."""
         if holder_kind == "project":
             self._visible_project(actor, holder_id, AccessLevel.MAINTAINER)
@@ -285,7 +285,7 @@ class DeployTokenService:
         expires_at: date | datetime | None = None,
         username: str | None = None,
     ) -> IssuedToken:
-        self._check_token_manager(actor, holder_kind, holder_id)
+        self.check_token_manager(actor, holder_kind, holder_id)
         value = generate_token(DEPLOY_TOKEN_PREFIX)
         digest = self.keys.digest(value)
         scope_list = list(scopes)
@@ -325,7 +325,7 @@ class DeployTokenService:
         command: Callable[[DeployToken], object],
     ) -> DeployToken:
         """R15: revoking and deleting need the same role as creating, within the token's own holder."""
-        self._check_token_manager(actor, holder_kind, holder_id)
+        self.check_token_manager(actor, holder_kind, holder_id)
         result: list[DeployToken] = []
 
         def attempt() -> list[Aggregate]:
