@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 
+from api.audit import audit
 from api.auth_checks import auth_checks
 from api.deploy_tokens import deploy_tokens
 from api.directory import directory
@@ -23,6 +24,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(health)
     app.register_blueprint(deploy_tokens)
+    app.register_blueprint(audit)
     app.register_blueprint(directory)
     app.register_blueprint(auth_checks)
     app.register_blueprint(metrics)

@@ -47,11 +47,21 @@ def operation(summary: str, *, tag: str, **options: Any) -> Callable[[F], F]:
     return decorate
 
 
-_CONVERTER_TYPES = {
+_CONVERTER_TYPES: dict[str, dict[str, Any]] = {
     "int": {"type": "integer", "minimum": 0},
     "path": {"type": "string"},
     "string": {"type": "string"},
 }
+
+
+# Werkzeug placeholders: <name>, <int:name>, <path:name>, <any(a, b):name>
+_PLACEHOLDER = re.compile(r"<(?:([^:<>]+):)?(\w+)>")
+
+
+def _converter_schema(kind: str) -> dict[str, Any]:
+    if kind.startswith("any("):
+        return {"type": "string", "enum": [choice.strip() for choice in kind[4:-1].split(",")]}
+    return dict(_CONVERTER_TYPES.get(kind or "string", {"type": "string"}))
 
 
 def build_spec(app: Flask) -> dict[str, Any]:
@@ -76,15 +86,15 @@ def build_spec(app: Flask) -> dict[str, Any]:
         described: Operation | None = getattr(view, "openapi_operation", None)
         if described is None:
             continue
-        path = re.sub(r"<(?:(\w+):)?(\w+)>", r"{\2}", rule.rule)
+        path = _PLACEHOLDER.sub(r"{\2}", rule.rule)
         parameters = [
             {
                 "name": name,
                 "in": "path",
                 "required": True,
-                "schema": _CONVERTER_TYPES.get(kind or "string", {}),
+                "schema": _converter_schema(kind),
             }
-            for kind, name in re.findall(r"<(?:(\w+):)?(\w+)>", rule.rule)
+            for kind, name in _PLACEHOLDER.findall(rule.rule)
         ]
         if described.query is not None:
             parameters += converter.schema2parameters(described.query(), location="query")

@@ -32,7 +32,7 @@ from deploy_tokens.runtime import Runtime
 from ..conftest import World
 
 SPEC_URL = "/api/v4/openapi.json"
-_PLACEHOLDER = re.compile(r"<(?:(\w+):)?(\w+)>")
+_PLACEHOLDER = re.compile(r"<(?:([^:<>]+):)?(\w+)>")
 
 
 def served_operations(app: Flask) -> set[tuple[str, str]]:

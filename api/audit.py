@@ -1,0 +1,294 @@
+"""Auditors' API (R21, administrators): audit events, per-token activity, point-in-time answers, exports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, stream_with_context
+from flask.typing import ResponseReturnValue
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from api.auth import require_admin
+from api.context import runtime
+from api.openapi import operation
+from api.params import load
+from api.resources import group_id, project_id
+from api.schemas import GitLabDateTime
+from deploy_tokens.activity import activity_rows
+from deploy_tokens.exports import Export, ExportRequest
+from domain.clock import as_utc
+from projections.access import Action
+from projections.audit import AuditQuery, audit_events
+from projections.point_in_time import token_state_at, who_could
+
+audit = Blueprint("audit", __name__, url_prefix="/api/v4")
+
+_ACTIONS = [action.value for action in Action if action is not Action.API]
+
+
+def _instant(value: Any) -> Any:
+    """Dates and datetimes from ``GitLabDateTime`` as aware UTC instants (a date: 00:00 UTC)."""
+    from datetime import date, datetime
+
+    from domain.clock import start_of_day
+
+    if value is None or isinstance(value, datetime):
+        return None if value is None else as_utc(value)
+    assert isinstance(value, date)
+    return start_of_day(value)
+
+
+class AuditEventsQuerySchema(Schema):
+    token_id = fields.Integer(validate=validate.Range(min=1))
+    namespace_kind = fields.String(validate=validate.OneOf(["project", "group", "user", "instance"]))
+    namespace_id = fields.Integer(validate=validate.Range(min=1))
+    actor_username = fields.String(validate=validate.Length(min=1, max=255))
+    since = GitLabDateTime(load_default=None, allow_none=True)
+    until = GitLabDateTime(load_default=None, allow_none=True)
+    after_position = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    per_page = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+    @validates_schema
+    def _namespace_pair(self, data: dict[str, Any], **_: Any) -> None:
+        if "namespace_id" in data and "namespace_kind" not in data:
+            raise ValidationError("is missing", "namespace_kind")
+
+
+class AuditEventSchema(Schema):
+    position = fields.Integer()
+    occurred_at = GitLabDateTime()
+    event_type = fields.String()
+    actor_kind = fields.String()
+    actor_id = fields.Integer(allow_none=True)
+    actor_username = fields.String()
+    actor_address = fields.String(allow_none=True)
+    target_type = fields.String()
+    target_id = fields.Integer(allow_none=True)
+    target_name = fields.String()
+    namespace_kind = fields.String()
+    namespace_id = fields.Integer(allow_none=True)
+    message = fields.String()
+    details = fields.Dict()
+
+
+@audit.get("/audit_events")
+@operation(
+    "Audit events (one per lifecycle event), oldest first",
+    tag="audit",
+    query=AuditEventsQuerySchema,
+    response=AuditEventSchema,
+    many=True,
+)
+def list_audit_events() -> ResponseReturnValue:
+    require_admin()
+    params = load(AuditEventsQuerySchema())
+    query = AuditQuery(
+        token_id=params.get("token_id"),
+        namespace_kind=params.get("namespace_kind"),
+        namespace_id=params.get("namespace_id"),
+        actor_username=params.get("actor_username"),
+        since=_instant(params["since"]),
+        until=_instant(params["until"]),
+        after_position=params["after_position"],
+        limit=params["per_page"],
+    )
+    records = audit_events(runtime().db, query)
+    return jsonify(AuditEventSchema(many=True).dump([record.__dict__ for record in records]))
+
+
+class ActivityQuerySchema(Schema):
+    since = GitLabDateTime(load_default=None, allow_none=True)
+    until = GitLabDateTime(load_default=None, allow_none=True)
+    after_id = fields.Integer(load_default=None, validate=validate.Range(min=0))
+    per_page = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class ActivitySchema(Schema):
+    id = fields.Integer()
+    occurred_at = GitLabDateTime()
+    token_id = fields.Integer(allow_none=True)
+    token_ref = fields.String(allow_none=True)
+    endpoint = fields.String()
+    action = fields.String()
+    resource_kind = fields.String(allow_none=True)
+    resource_ref = fields.String(allow_none=True)
+    allowed = fields.Boolean()
+    reason = fields.String()
+    status = fields.Integer()
+    client_addr = fields.String(allow_none=True)
+    user_agent = fields.String(allow_none=True)
+
+
+@audit.get("/deploy_tokens/<int:token_id>/activity")
+@operation(
+    "A deploy token's recorded uses (allowed and denied)",
+    tag="audit",
+    query=ActivityQuerySchema,
+    response=ActivitySchema,
+    many=True,
+)
+def token_activity(token_id: int) -> ResponseReturnValue:
+    require_admin()
+    params = load(ActivityQuerySchema())
+    rows = activity_rows(
+        runtime().db,
+        token_id,
+        _instant(params["since"]),
+        _instant(params["until"]),
+        after_id=params["after_id"],
+        limit=params["per_page"],
+    )
+    return jsonify(ActivitySchema(many=True).dump([row.__dict__ for row in rows]))
+
+
+class AtSchema(Schema):
+    at = GitLabDateTime(required=True, error_messages={"required": "is missing"})
+
+    @validates_schema
+    def _at_given(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("at") is None:
+            raise ValidationError("is missing", "at")
+
+
+class TokenStateSchema(Schema):
+    token_id = fields.Integer()
+    at = GitLabDateTime()
+    version = fields.Integer()
+    name = fields.String()
+    username = fields.String()
+    holder_kind = fields.String()
+    holder_id = fields.Integer()
+    scopes = fields.List(fields.String())
+    expires_at = GitLabDateTime(allow_none=True)
+    revoked = fields.Boolean()
+    expired = fields.Boolean()
+    deleted = fields.Boolean()
+
+
+@audit.get("/deploy_tokens/<int:token_id>/state")
+@operation(
+    "A deploy token's state as of a past instant, by replaying its events",
+    tag="audit",
+    query=AtSchema,
+    response=TokenStateSchema,
+)
+def token_state(token_id: int) -> ResponseReturnValue:
+    require_admin()
+    params = load(AtSchema())
+    return jsonify(
+        TokenStateSchema().dump(token_state_at(runtime().store, token_id, _instant(params["at"])).as_dict())
+    )
+
+
+class AccessQuerySchema(AtSchema):
+    action = fields.String(
+        required=True, validate=validate.OneOf(_ACTIONS), error_messages={"required": "is missing"}
+    )
+
+
+class AccessSchema(Schema):
+    token_id = fields.Integer()
+    name = fields.String()
+    username = fields.String()
+    holder_kind = fields.String()
+    holder_id = fields.Integer()
+    scopes = fields.List(fields.String())
+    created_at = GitLabDateTime()
+    created_by = fields.String(allow_none=True)
+
+
+@audit.get("/projects/<path:reference>/deploy_token_access")
+@operation(
+    "Which deploy tokens could perform an action on the project at an instant, and who created them",
+    tag="audit",
+    query=AccessQuerySchema,
+    response=AccessSchema,
+    many=True,
+)
+def deploy_token_access(reference: str) -> ResponseReturnValue:
+    require_admin()
+    params = load(AccessQuerySchema())
+    answers = who_could(
+        runtime().store,
+        action=Action(params["action"]),
+        project=project_id(reference),
+        at=_instant(params["at"]),
+    )
+    return jsonify(AccessSchema(many=True).dump([answer.as_dict() for answer in answers]))
+
+
+class ExportQuerySchema(Schema):
+    token_id = fields.Integer(validate=validate.Range(min=1))
+    project = fields.String(validate=validate.Length(min=1, max=1000))
+    group = fields.String(validate=validate.Length(min=1, max=1000))
+    since = GitLabDateTime(load_default=None, allow_none=True)
+    until = GitLabDateTime(load_default=None, allow_none=True)
+    upto = fields.Integer(validate=validate.Range(min=0))
+
+
+class ManifestSchema(Schema):
+    dataset = fields.String()
+    format = fields.String()
+    filters = fields.Dict()
+    upto = fields.Integer()
+    rows = fields.Integer()
+    bytes = fields.Integer()
+    sha256 = fields.String()
+    log_range = fields.Dict()
+    chain_head = fields.Dict()
+
+
+def _export(dataset: str, kind: str) -> Export:
+    params = load(ExportQuerySchema())
+    namespace_kind, namespace_id = None, None
+    if "project" in params:
+        namespace_kind, namespace_id = "project", project_id(params["project"])
+    elif "group" in params:
+        namespace_kind, namespace_id = "group", group_id(params["group"])
+    request = ExportRequest(
+        dataset=dataset,  # type: ignore[arg-type]
+        format=kind,  # type: ignore[arg-type]
+        token_id=params.get("token_id"),
+        namespace_kind=namespace_kind,
+        namespace_id=namespace_id,
+        since=_instant(params["since"]),
+        until=_instant(params["until"]),
+        upto=params.get("upto"),
+    )
+    return Export(runtime().db, request, runtime().keys.chain_key)
+
+
+_MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+
+
+@audit.get("/audit/exports/<any(lifecycle, usage):dataset>.<any(csv, jsonl):kind>")
+@operation(
+    "Compliance export, streamed (repeat with upto= from X-Export-Upto for the same bytes)",
+    tag="audit",
+    query=ExportQuerySchema,
+    extra_responses={200: "the export"},
+)
+def export(dataset: str, kind: str) -> ResponseReturnValue:
+    require_admin()
+    job = _export(dataset, kind)
+    response = Response(stream_with_context(job.chunks()), mimetype=_MEDIA[kind])
+    response.headers["X-Export-Upto"] = str(job.manifest.upto)
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="{dataset}-upto-{job.manifest.upto}.{kind}"'
+    )
+    return response
+
+
+@audit.get("/audit/exports/<any(lifecycle, usage):dataset>.<any(csv, jsonl):kind>/manifest")
+@operation(
+    "The manifest of an export: filters, rows, SHA-256, log range and chain head",
+    tag="audit",
+    query=ExportQuerySchema,
+    response=ManifestSchema,
+)
+def export_manifest(dataset: str, kind: str) -> ResponseReturnValue:
+    require_admin()
+    job = _export(dataset, kind)
+    for _ in job.chunks():  # the hash needs the bytes; they are produced and dropped, page by page
+        pass
+    return jsonify(ManifestSchema().dump(job.manifest.__dict__))
