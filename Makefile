@@ -31,3 +31,9 @@ bench: $(BIN)/deploy-tokens
 
 clean:
 	rm -rf $(VENV) var
+
+# The end-to-end stack (service + nginx/git/pypiserver/docker-registry) for trying real clients by hand.
+.PHONY: e2e-stack
+e2e-stack: $(BIN)/deploy-tokens
+	.ci/tools
+	$(BIN)/python scripts/e2e_stack.py $(E2E_ARGS)
