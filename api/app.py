@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
+from werkzeug.routing import IntegerConverter, Map
 
 from api.audit import audit
 from api.auth_checks import auth_checks
@@ -18,8 +21,17 @@ from deploy_tokens.activity import ACTIVITY_KEY
 from deploy_tokens.runtime import Runtime
 
 
+class DatabaseId(IntegerConverter):
+    """``<int:…>`` ids fit a BIGINT: a larger number names nothing (404), instead of overflowing the driver."""
+
+    def __init__(self, map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
 def create_app(runtime: Runtime) -> Flask:
     app = Flask("deploy_tokens")
+    app.url_map.converters["int"] = DatabaseId  # before any route is added
     app.config["RUNTIME"] = runtime
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(health)

@@ -23,6 +23,8 @@ from projections.point_in_time import token_state_at, who_could
 
 audit = Blueprint("audit", __name__, url_prefix="/api/v4")
 
+BIGINT_MAX = 2**63 - 1  # ids and positions are BIGINT: larger numbers name nothing
+
 _ACTIONS = [action.value for action in Action if action is not Action.API]
 
 
@@ -39,13 +41,13 @@ def _instant(value: Any) -> Any:
 
 
 class AuditEventsQuerySchema(Schema):
-    token_id = fields.Integer(validate=validate.Range(min=1))
+    token_id = fields.Integer(validate=validate.Range(min=1, max=BIGINT_MAX))
     namespace_kind = fields.String(validate=validate.OneOf(["project", "group", "user", "instance"]))
-    namespace_id = fields.Integer(validate=validate.Range(min=1))
+    namespace_id = fields.Integer(validate=validate.Range(min=1, max=BIGINT_MAX))
     actor_username = fields.String(validate=validate.Length(min=1, max=255))
     since = GitLabDateTime(load_default=None, allow_none=True)
     until = GitLabDateTime(load_default=None, allow_none=True)
-    after_position = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    after_position = fields.Integer(load_default=0, validate=validate.Range(min=0, max=BIGINT_MAX))
     per_page = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
     @validates_schema
@@ -99,7 +101,7 @@ def list_audit_events() -> ResponseReturnValue:
 class ActivityQuerySchema(Schema):
     since = GitLabDateTime(load_default=None, allow_none=True)
     until = GitLabDateTime(load_default=None, allow_none=True)
-    after_id = fields.Integer(load_default=None, validate=validate.Range(min=0))
+    after_id = fields.Integer(load_default=None, validate=validate.Range(min=0, max=BIGINT_MAX))
     per_page = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
 
@@ -218,12 +220,12 @@ def deploy_token_access(reference: str) -> ResponseReturnValue:
 
 
 class ExportQuerySchema(Schema):
-    token_id = fields.Integer(validate=validate.Range(min=1))
+    token_id = fields.Integer(validate=validate.Range(min=1, max=BIGINT_MAX))
     project = fields.String(validate=validate.Length(min=1, max=1000))
     group = fields.String(validate=validate.Length(min=1, max=1000))
     since = GitLabDateTime(load_default=None, allow_none=True)
     until = GitLabDateTime(load_default=None, allow_none=True)
-    upto = fields.Integer(validate=validate.Range(min=0))
+    upto = fields.Integer(validate=validate.Range(min=0, max=BIGINT_MAX))
 
 
 class ManifestSchema(Schema):

@@ -48,7 +48,7 @@ def operation(summary: str, *, tag: str, **options: Any) -> Callable[[F], F]:
 
 
 _CONVERTER_TYPES: dict[str, dict[str, Any]] = {
-    "int": {"type": "integer", "minimum": 0},
+    "int": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
     "path": {"type": "string"},
     "string": {"type": "string"},
 }
