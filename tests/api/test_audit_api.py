@@ -88,4 +88,6 @@ def test_numbers_beyond_bigint_name_nothing(client, world: World, creds: Credent
     huge = 10**22
     assert client.get(f"/api/v4/deploy_tokens/{huge}/activity", headers=creds["admin"]).status_code == 404
     assert client.get(f"/api/v4/projects/1/deploy_tokens/{huge}", headers=creds["admin"]).status_code == 404
-    assert client.get(f"/api/v4/audit_events?after_position={huge}", headers=creds["admin"]).status_code == 400
+    assert (
+        client.get(f"/api/v4/audit_events?after_position={huge}", headers=creds["admin"]).status_code == 400
+    )
