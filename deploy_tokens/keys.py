@@ -19,7 +19,8 @@ def _subkey(secret: bytes, purpose: bytes) -> bytes:
 
 class Keyring:
     def __init__(self, secret: bytes) -> None:
-        self._digest_key = _subkey(secret, b"token-digest")
+        # Keyed once; each digest copies the keyed state instead of re-running the key schedule.
+        self._digest_base = hmac.new(_subkey(secret, b"token-digest"), digestmod=hashlib.sha256)
         self.vault_key = _subkey(secret, b"ci-token-vault")
         self.registry_seed = _subkey(secret, b"registry-signing")
         self.chain_key = _subkey(secret, b"audit-chain-checkpoints")
@@ -29,7 +30,9 @@ class Keyring:
 
         Tokens carry 144 random bits, so a fast keyed hash is enough; a slow KDF would only slow the hot path.
         """
-        return hmac.new(self._digest_key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+        keyed = self._digest_base.copy()
+        keyed.update(value.encode("utf-8"))
+        return keyed.hexdigest()
 
     def __repr__(self) -> str:
         return "Keyring(<derived keys hidden>)"
