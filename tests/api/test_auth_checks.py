@@ -5,16 +5,9 @@ recording and /metrics (SPEC R3, R6, R10-R13, R20, §9.1; gitlab-behaviour.md §
 from __future__ import annotations
 
 import base64
-import gzip
-import hashlib
-import io
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import tarfile
 import threading
 import time
 import urllib.error
@@ -45,6 +38,7 @@ from domain.token_values import generate_token
 from projections.credential_index import StaleIndex
 
 from ..conftest import T0, World
+from ..e2e import harness
 
 CLIENT_ADDRESS = "203.0.113.7"
 CLONE = "/acme/api.git/info/refs?service=git-upload-pack"
@@ -858,7 +852,6 @@ def test_long_free_text_is_cut_before_it_is_queued(
 
 
 def test_activity_is_written_in_the_background(client: FlaskClient, world: World, recorder: ActivityRecorder):
-    import time
 
     token = issue(world, "project", world.project, "read_repository")
     nginx(client, CLONE, headers=git_auth(token))
@@ -924,51 +917,21 @@ def test_metrics_count_stale_answers(client: FlaskClient, world: World, stale: N
 
 
 def _tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (.ci/tools installs it)")
-        pytest.skip(f"{name} is not installed")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _http(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(urllib.request.Request(url, headers=headers or {}), timeout=10) as response:
-            return int(response.status), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers)
+        return harness.tool(name)
+    except harness.MissingTool as missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(missing))
+        pytest.skip(str(missing))
 
 
-def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{process.args!r} exited early:\n{log.read_text(errors='replace')}")
-        try:
-            _http(url)
-            return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"{url} did not answer:\n{log.read_text(errors='replace')}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop a server this test started, with its whole process group (fcgiwrap's children survive alone)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+_free_port, _http, _wait_for, _stop, _oci_image = (
+    harness.free_port,
+    harness.http,
+    harness.wait_for,
+    harness.stop,
+    harness.oci_image,
+)
 
 
 @pytest.fixture
@@ -1121,48 +1084,6 @@ def test_e2e_git_clone_through_nginx_auth_request(
     )
     assert status == 503
     assert headers.get("Retry-After") == "1"
-
-
-def _oci_image(folder: Path, tag: str) -> None:
-    """A one-layer OCI image layout written by hand (real-clients.md §1), readable as ``oci:folder:tag``."""
-    blobs = folder / "blobs/sha256"
-    blobs.mkdir(parents=True)
-
-    def blob(data: bytes) -> dict[str, object]:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
-    layer_tar = io.BytesIO()
-    with tarfile.open(fileobj=layer_tar, mode="w") as archive:
-        content = b"hello from a deploy token\n"
-        info = tarfile.TarInfo("hello.txt")
-        info.size, info.mtime = len(content), 1_700_000_000
-        archive.addfile(info, io.BytesIO(content))
-    raw = layer_tar.getvalue()
-    layer = {**blob(gzip.compress(raw, mtime=0)), "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(raw).hexdigest()}"]},
-    }
-    config_ref = {
-        **blob(json.dumps(config).encode()),
-        "mediaType": "application/vnd.oci.image.config.v1+json",
-    }
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config_ref,
-        "layers": [layer],
-    }
-    manifest_ref = {
-        **blob(json.dumps(manifest).encode()),
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "annotations": {"org.opencontainers.image.ref.name": tag},
-    }
-    (folder / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    (folder / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest_ref]}))
 
 
 @pytest.fixture
