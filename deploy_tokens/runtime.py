@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
@@ -28,12 +30,20 @@ def all_projections(keys: Keyring) -> list[Projection]:
     return [CredentialLookup(), Directory(), AuditTrail(), ExpiryNotifications(), EventChain(keys.chain_key)]
 
 
-def ensure_schema(location: DatabaseLocation) -> None:
-    """The event store creates its tables, but not the PostgreSQL schema they live in."""
-    if location.dialect != "postgresql" or location.schema == "public":
+@contextmanager
+def setup_lock(location: DatabaseLocation) -> Iterator[None]:
+    """Serialises start-up across processes: concurrent ``CREATE TABLE IF NOT EXISTS`` races on PostgreSQL's
+    catalog (several gunicorn workers start at once). SQLite's write lock already serialises it."""
+    if location.dialect != "postgresql":
+        yield
         return
     with psycopg.connect(location.conninfo(), autocommit=True) as connection:
+        connection.execute(
+            "SELECT pg_advisory_lock(hashtext(%s))", (f"deploy-tokens-setup:{location.schema}",)
+        )
+        # The event store creates its tables, but not the schema they live in.
         connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"')
+        yield
 
 
 @dataclass
@@ -54,16 +64,16 @@ class Runtime:
     @classmethod
     def open(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
         clock = clock or SystemClock()
-        ensure_schema(settings.database)
-        db = Database(settings.database)
-        store = EventStore(settings.database)
         keys = Keyring(settings.secret_key)
-        projector = Projector(store, db, all_projections(keys), batch_size=settings.projection_batch_size)
-        projector.setup()
-        vault = CiTokenVault(db, keys.vault_key)
-        with db.transaction() as cursor:
-            vault.create_table(cursor)
-        create_activity_table(db)
+        with setup_lock(settings.database):
+            db = Database(settings.database)
+            store = EventStore(settings.database)
+            projector = Projector(store, db, all_projections(keys), batch_size=settings.projection_batch_size)
+            projector.setup()
+            vault = CiTokenVault(db, keys.vault_key)
+            with db.transaction() as cursor:
+                vault.create_table(cursor)
+            create_activity_table(db)
         activity = ActivityRecorder(db)
         activity.start_on_first_record()
         read = ReadModel(db)
