@@ -68,3 +68,14 @@ def test_concurrent_creation_gives_distinct_dense_ids(pg_runtime: Runtime):
             runtime.close()
     assert len(set(ids)) == len(ids)
     assert sorted(ids) == list(range(1, len(ids) + 1))
+
+
+def test_processes_starting_together_on_a_new_schema_do_not_race(tmp_path, postgres_schema: str):
+    from ..conftest import make_settings
+
+    settings = make_settings("postgres", tmp_path, postgres_schema)
+
+    def start() -> None:
+        Runtime.open(settings).close()
+
+    _run_all([start] * 4)  # before the start-up lock, some raised UniqueViolation on the catalog
