@@ -7,6 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
+from api.params import PaginationSchema
 from domain.scopes import SCOPES
 
 
@@ -89,9 +90,7 @@ class DeployTokenCreateSchema(Schema):
     username = fields.String(load_default=None, allow_none=True)
 
 
-class DeployTokenListSchema(Schema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=100_000))
-    per_page = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+class DeployTokenListSchema(PaginationSchema):
     active = Flag(load_default=False)
 
 

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from domain.deploy_token import INTERVALS
+
 __all__ = [
     "ExpiryNotice",
     "MailDeliveryError",
@@ -44,7 +46,7 @@ __all__ = [
     "message_id",
 ]
 
-NOTICE_INTERVALS = (60, 30, 7)
+NOTICE_INTERVALS = INTERVALS  # the domain decides which intervals exist
 
 # Message-ID right-hand sides must be a plain dot-atom; anything looser would let a misconfigured domain
 # break the header or produce ids that relays rewrite (and then de-duplication stops working).
