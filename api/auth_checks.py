@@ -42,6 +42,7 @@ one is counted (``api.metrics``) and recorded (``api.activity``) without touchin
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -285,11 +286,12 @@ class Target:
     resource: Resource | None
     protocol: Protocol
     exact_group_only: bool = False
+    # Git compares the Basic username with the token's (R10); package endpoints ignore it (§10). A field set
+    # once rather than a property: targets are cached (map_original_request) and read on every check.
+    check_username: bool = dataclasses.field(init=False)
 
-    @property
-    def check_username(self) -> bool:
-        """Git compares the Basic username with the token's (R10); package endpoints ignore it (§10)."""
-        return self.protocol is Protocol.GIT
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "check_username", self.protocol is Protocol.GIT)
 
 
 NOT_A_DEPLOY_TOKEN_ROUTE: Final = Target(Action.API, None, Protocol.API)
@@ -466,7 +468,6 @@ def _decide(
     action: Action,
     resource: Resource | None,
     now: datetime,
-    *,
     check_username: bool,
     exact_group_only: bool = False,
 ) -> Decision:
@@ -493,41 +494,35 @@ def _runtime(app: Flask) -> Runtime:
     return runtime
 
 
-def _client_address(environ: Mapping[str, Any]) -> str | None:
-    """nginx's ``X-Original-Remote-Addr``, else the peer (headers read from the WSGI environ: the hot path)."""
-    return environ.get("HTTP_X_ORIGINAL_REMOTE_ADDR") or environ.get("REMOTE_ADDR")
-
-
 def _resource_ref(resource: Resource) -> str:
     return str(resource.id) if resource.id is not None else resource.path or ""
 
 
-class _Observed(NamedTuple):
-    action: Action
-    resource: Resource | None
-    decision: Decision | None  # None: the index was stale
+# One decision as recorded: what was asked, of what, and the answer (None: the index was stale). A plain
+# tuple: one is built per decision on the hot path.
+_Observed = tuple[Action, Resource | None, Decision | None]
 
 
 def _record(
     app: Flask,
     runtime: Runtime,
+    environ: Mapping[str, Any],
     endpoint: str,
     observed: Sequence[_Observed],
-    *,
     status: int,
     value: str | None,
     now: datetime,
-    metrics: Metrics | None = None,
+    metrics: Metrics,
 ) -> None:
     """Count every decision and queue its activity row (never the token value, R7).
 
-    ``Action`` and ``Reason`` are ``StrEnum``s, used as the strings they are (``.value`` costs a descriptor
-    call per access on this path).
+    ``environ`` is the request's WSGI environ, read once by the view (each ``flask.request`` access goes
+    through a context-local proxy). ``Action`` and ``Reason`` are ``StrEnum``s, used as the strings they are.
     """
-    counter = (metrics or metrics_of(app)).auth_decisions
+    counter = metrics.auth_decisions
     recorder = activity_of(app)
-    environ = request.environ
-    client = _client_address(environ)
+    # nginx's X-Original-Remote-Addr, else the peer
+    client = environ.get("HTTP_X_ORIGINAL_REMOTE_ADDR") or environ.get("REMOTE_ADDR")
     user_agent = environ.get("HTTP_USER_AGENT")
     if user_agent is not None and len(user_agent) > ACTIVITY_TEXT_LIMIT:
         user_agent = user_agent[
@@ -577,6 +572,7 @@ def _event(fields: tuple[Any, ...]) -> ActivityEvent:
 # nginx may proxy the sub-request with the client's method; the body is never sent.
 _ANY_METHOD: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 _STALE_HEADERS: Final = (("Retry-After", "1"), ("X-Auth-Error", "unavailable"))
+_CHALLENGE_HEADERS: Final = (("WWW-Authenticate", AUTH_CHALLENGE),)
 
 
 @auth_checks.route("/internal/auth_request", methods=_ANY_METHOD)
@@ -591,7 +587,9 @@ def auth_request() -> Response:
     started = perf_counter()
     app = _app()
     runtime = _runtime(app)
-    environ = request.environ
+    # The proxy's documented accessor: ``request.environ`` resolves the proxy through several Python calls
+    # (measured 2.4 against 0.3 microseconds).
+    environ = request._get_current_object().environ  # type: ignore[attr-defined]
     target = map_original_request(environ.get("HTTP_X_ORIGINAL_URI"), environ.get("HTTP_X_ORIGINAL_METHOD"))
     credentials = presented_credentials(
         parse_authorization(environ.get("HTTP_AUTHORIZATION")),
@@ -607,36 +605,26 @@ def auth_request() -> Response:
             target.action,
             target.resource,
             now,
-            check_username=target.check_username,
-            exact_group_only=target.exact_group_only,
+            target.check_username,
+            target.exact_group_only,
         )
     except StaleIndex:
         decision = None
     status = 403 if decision is None else status_for(decision)
-    response = app.response_class(status=status)
-    headers = response.headers
+    headers: Sequence[tuple[str, str]]
     if decision is None:
-        for name, value in _STALE_HEADERS:
-            headers.add(name, value)
-    elif decision.allowed:
-        headers.add("X-Auth-User", decision.username or "")
-        headers.add("X-Deploy-Token-Id", str(decision.token_id))
+        headers = _STALE_HEADERS
+    elif status == 200:
+        headers = (("X-Auth-User", decision.username or ""), ("X-Deploy-Token-Id", str(decision.token_id)))
     elif status == 401:
-        headers.add("WWW-Authenticate", AUTH_CHALLENGE)
+        headers = _CHALLENGE_HEADERS
+    else:
+        headers = ()
     metrics = metrics_of(app)
-    observed = (_Observed(target.action, target.resource, decision),)
-    _record(
-        app,
-        runtime,
-        "auth_request",
-        observed,
-        status=status,
-        value=credentials.value,
-        now=now,
-        metrics=metrics,
-    )
+    observed = ((target.action, target.resource, decision),)
+    _record(app, runtime, environ, "auth_request", observed, status, credentials.value, now, metrics)
     metrics.auth_duration.observe(perf_counter() - started, "auth_request")
-    return response
+    return app.response_class(status=status, headers=headers)
 
 
 # Docker registry token server --------------------------------------------------------------------------
@@ -727,7 +715,7 @@ def _grant(
         if action is None:
             continue
         decision = _decide(index, credentials, action, resource, now, check_username=True)
-        observed.append(_Observed(action, resource, decision))
+        observed.append((action, resource, decision))
         if decision.allowed:
             granted.append(requested)
     if not granted:
@@ -789,15 +777,15 @@ def _jwt_auth(app: Flask) -> Response:
         if service == DEPENDENCY_PROXY:
             login_resource = _token_group(index, credentials, now)
         login = _decide(index, credentials, login_action, login_resource, now, check_username=True)
-        observed.append(_Observed(login_action, login_resource, login))
+        observed.append((login_action, login_resource, login))
         if login.allowed:
             for scope in scopes:
                 entry = _grant(index, credentials, service, scope, now, observed)
                 if entry is not None:
                     access.append(entry)
     except StaleIndex:
-        observed.append(_Observed(login_action, login_resource, None))
-        _record(app, runtime, "jwt", observed, status=503, value=credentials.value, now=now)
+        observed.append((login_action, login_resource, None))
+        _record(app, runtime, request.environ, "jwt", observed, 503, credentials.value, now, metrics_of(app))
         response = _registry_response(
             503, registry_error("UNAVAILABLE", "credential data is not current; try again")
         )
@@ -806,14 +794,16 @@ def _jwt_auth(app: Flask) -> Response:
 
     if not login.allowed:
         status = 401 if login.reason in BAD_CREDENTIALS else 403
-        _record(app, runtime, "jwt", observed, status=status, value=credentials.value, now=now)
+        _record(
+            app, runtime, request.environ, "jwt", observed, status, credentials.value, now, metrics_of(app)
+        )
         if status == 401:
             return _registry_response(
                 401, registry_error("UNAUTHORIZED", "HTTP Basic: Access denied"), challenge=True
             )
         return _registry_response(403, registry_error("DENIED", "access forbidden"))
 
-    _record(app, runtime, "jwt", observed, status=200, value=credentials.value, now=now)
+    _record(app, runtime, request.environ, "jwt", observed, 200, credentials.value, now, metrics_of(app))
     username = login.username or ""
     body = issue_token(
         registry_signing_key(runtime.keys),
@@ -936,8 +926,8 @@ def _auth_check(app: Flask) -> Response:
     except StaleIndex:
         decision = None
     status = 503 if decision is None else 200
-    observed = (_Observed(action, resource, decision),)
-    _record(app, runtime, "check", observed, status=status, value=credentials.value, now=now)
+    observed = ((action, resource, decision),)
+    _record(app, runtime, request.environ, "check", observed, status, credentials.value, now, metrics_of(app))
     if decision is None:
         response = jsonify(message="503 Service Unavailable - credential data is not current; try again")
         response.status_code = 503

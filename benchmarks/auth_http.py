@@ -37,7 +37,7 @@ from benchmarks.common import SECRET, admin_world, bench_runtime, report
 
 EMPTY_ROUTE = "/_bench/empty"
 AUTH_ROUTE = "/internal/auth_request"
-PAIRS = 8
+PAIRS = 12
 SECONDS = 3
 CONNECTIONS = 8
 TARGET_RATIO = 0.8

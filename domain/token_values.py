@@ -3,13 +3,14 @@
 A value is ``<prefix><body><checksum>``: the body is 24 URL-safe characters from ``secrets`` (144 bits) and
 the checksum is CRC32 of prefix+body written as 6 URL-safe base64 characters (GitHub's format does the same
 with base62; base64 keeps the check in C and the whole value in one URL-safe alphabet). The
-checksum is not a secret; it lets the auth path and secret scanners reject mistyped or forged values before
-any lookup, and makes a leaked ``gldt-`` value recognisable with no database at hand (R20).
+checksum is not a secret; it tells a mistyped value from an unknown one (the auth path checks it when a
+lookup found nothing: a value whose digest matched is one we issued) and makes a leaked ``gldt-`` value
+recognisable to secret scanners with no database at hand (R20).
 """
 
 from __future__ import annotations
 
-import base64
+import binascii
 import re
 import secrets
 import zlib
@@ -24,14 +25,27 @@ _CHECKSUM_LENGTH: Final = 6
 _SHAPE: Final = re.compile(rf"[A-Za-z0-9_-]{{{_BODY_LENGTH + _CHECKSUM_LENGTH}}}")
 
 
+_URL_SAFE: Final = bytes.maketrans(b"+/", b"-_")
+
+
 def _checksum(text: str) -> str:
+    # base64.urlsafe_b64encode, spelled with the binascii call it wraps: this runs on every auth check
     crc = zlib.crc32(text.encode("ascii")).to_bytes(4, "big")
-    return base64.urlsafe_b64encode(crc)[:_CHECKSUM_LENGTH].decode("ascii")
+    return binascii.b2a_base64(crc, newline=False)[:_CHECKSUM_LENGTH].translate(_URL_SAFE).decode("ascii")
 
 
 def generate_token(prefix: str = DEPLOY_TOKEN_PREFIX) -> str:
     body = secrets.token_urlsafe(_BODY_BYTES)
     return f"{prefix}{body}{_checksum(prefix + body)}"
+
+
+def has_token_length(value: str, prefix: str = DEPLOY_TOKEN_PREFIX) -> bool:
+    """The prefix and the length of a value we issue: all the auth path checks before a lookup.
+
+    The alphabet and the checksum (``is_well_formed``) are checked only when the lookup found nothing: a value
+    whose digest matched is one we issued, and this bound is what keeps anything else from being hashed.
+    """
+    return len(value) == len(prefix) + _BODY_LENGTH + _CHECKSUM_LENGTH and value.startswith(prefix)
 
 
 def is_well_formed(value: str, prefix: str = DEPLOY_TOKEN_PREFIX) -> bool:

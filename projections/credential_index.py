@@ -23,7 +23,7 @@ from deploy_tokens.db import Database
 from deploy_tokens.keys import Keyring
 from deploy_tokens.store import EventStore
 from domain.directory import KNOWN_FEATURES
-from domain.token_values import DEPLOY_TOKEN_PREFIX, is_well_formed
+from domain.token_values import DEPLOY_TOKEN_PREFIX, has_token_length, is_well_formed
 from projections.access import Action, AuthRequest, Decision, Reason, decide
 from projections.base import PROJECTIONS_CHANNEL
 from projections.credentials import (
@@ -228,10 +228,12 @@ class CredentialIndex:
         """One auth decision. Raises ``StaleIndex`` rather than answer from data it cannot vouch for."""
         if not value:
             return Decision.deny(Reason.NO_CREDENTIALS)
-        if not is_well_formed(value, DEPLOY_TOKEN_PREFIX):
+        if not has_token_length(value, DEPLOY_TOKEN_PREFIX):
             return Decision.deny(Reason.MALFORMED_TOKEN)  # rejected before any lookup
         self.ensure_fresh()
         token = self.lookup(value, now)
+        if token is None and not is_well_formed(value, DEPLOY_TOKEN_PREFIX):
+            return Decision.deny(Reason.MALFORMED_TOKEN)  # a mistyped value: its checksum fails
         request = AuthRequest(action, username, check_username, exact_group_only)
         return decide(
             request,

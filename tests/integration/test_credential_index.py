@@ -11,6 +11,7 @@ import pytest
 from deploy_tokens.runtime import Runtime
 from domain.actors import Actor
 from domain.deploy_token import DeployToken, deploy_token_uuid
+from domain.token_values import generate_token
 from projections.access import Action, Reason
 from projections.credential_index import CredentialIndex, Resource, StaleIndex
 
@@ -67,6 +68,19 @@ def test_resources_resolve_by_path_case_insensitively(world: World):
 def test_malformed_values_are_rejected_before_any_lookup(world: World):
     decision = git_check(world.runtime.index, world, "gldt-not-a-real-token", "x", world.project)
     assert decision.reason is Reason.MALFORMED_TOKEN
+
+
+def test_a_mistyped_value_is_malformed_and_an_unissued_one_unknown(world: World):
+    issued = world.runtime.service.create_token(
+        world.admin, "project", world.project, name="t", scopes=["read_repository"]
+    )
+    value = issued.value
+    mistyped = value[:10] + ("A" if value[10] != "A" else "B") + value[11:]  # same shape, checksum fails
+    decision = git_check(world.runtime.index, world, mistyped, issued.token.username, world.project)
+    assert decision.reason is Reason.MALFORMED_TOKEN
+    unissued = generate_token()  # a valid checksum, but no such token
+    decision = git_check(world.runtime.index, world, unissued, issued.token.username, world.project)
+    assert decision.reason is Reason.UNKNOWN_TOKEN
 
 
 def test_rotated_secret_works_only_during_grace(world: World):

@@ -4,6 +4,7 @@ from domain.token_values import (
     DEPLOY_TOKEN_PREFIX,
     PERSONAL_ACCESS_TOKEN_PREFIX,
     generate_token,
+    has_token_length,
     is_well_formed,
 )
 
@@ -37,3 +38,13 @@ def test_wrong_prefix_is_rejected():
 
 def test_truncated_value_is_rejected():
     assert not is_well_formed(generate_token()[:-1])
+
+
+def test_only_values_of_the_issued_prefix_and_length_are_worth_a_lookup():
+    value = generate_token()
+    assert has_token_length(value)
+    assert has_token_length(value[:-1] + "!")  # the alphabet and checksum are checked after a miss
+    assert not has_token_length(value[:-1])
+    assert not has_token_length(value + "x")
+    assert not has_token_length("glpat-" + value[5:])
+    assert not has_token_length("x" * len(value))
