@@ -234,7 +234,8 @@ class CredentialIndex:
         token = self.lookup(value, now)
         if token is None and not is_well_formed(value, DEPLOY_TOKEN_PREFIX):
             return Decision.deny(Reason.MALFORMED_TOKEN)  # a mistyped value: its checksum fails
-        request = AuthRequest(action, username, check_username, exact_group_only)
+        # tuple.__new__: a named tuple's generated __new__ is a Python call, and this runs on every check
+        request = tuple.__new__(AuthRequest, (action, username, check_username, exact_group_only))
         return decide(
             request,
             token,
