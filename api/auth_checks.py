@@ -84,6 +84,7 @@ __all__ = [
     "CONTAINER_REGISTRY",
     "DEPENDENCY_PROXY",
     "PACKAGE_FORMATS",
+    "AuthRequestAnswer",
     "AuthorizationHeader",
     "Credentials",
     "Protocol",
@@ -575,6 +576,16 @@ _STALE_HEADERS: Final = (("Retry-After", "1"), ("X-Auth-Error", "unavailable"))
 _CHALLENGE_HEADERS: Final = (("WWW-Authenticate", AUTH_CHALLENGE),)
 
 
+class AuthRequestAnswer(Response):
+    """An ``auth_request`` answer: a status and headers, never a body, so no ``Content-Type`` either.
+
+    nginx reads only the status and the ``X-`` headers of a sub-request; a ``Content-Type`` for an empty body
+    would be one more header to build, validate and send on every check.
+    """
+
+    default_mimetype = None
+
+
 @auth_checks.route("/internal/auth_request", methods=_ANY_METHOD)
 @operation(
     "nginx auth_request check for Git over HTTP and package registries (200, 401 or 403 only)",
@@ -624,7 +635,7 @@ def auth_request() -> Response:
     observed = ((target.action, target.resource, decision),)
     _record(app, runtime, environ, "auth_request", observed, status, credentials.value, now, metrics)
     metrics.auth_duration.observe(perf_counter() - started, "auth_request")
-    return app.response_class(status=status, headers=headers)
+    return AuthRequestAnswer(status=status, headers=headers)
 
 
 # Docker registry token server --------------------------------------------------------------------------

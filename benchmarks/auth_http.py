@@ -12,12 +12,20 @@ and the figure is the median of the per-pair ratios, so load that drifts between
 worker's CPU time per request (from ``/proc``) is reported too, as a second view less sensitive to noise.
 
 ``python -m benchmarks.auth_http`` (installs Debian's ``wrk`` when it is missing). Prints one JSON line.
+
+``python -m benchmarks.auth_http --instructions`` gives the same comparison free of noise: the gunicorn worker
+runs under ``valgrind --tool=callgrind`` (Debian's ``valgrind``, installed when missing), one client sends
+the same number of keep-alive requests to each route, and the figure is user-space instructions per
+request (activity writer included), which repeat exactly from run to run. Timer-driven threads (projector,
+index follower, scheduler) are off in this mode so that the counts depend on the requests only. Kernel work
+(sockets) is not counted; it is the same for both routes.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import os
 import re
 import shutil
@@ -26,17 +34,24 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response
 
 from benchmarks.common import SECRET, admin_world, bench_runtime, report
+from deploy_tokens.runtime import Runtime
 
 EMPTY_ROUTE = "/_bench/empty"
 AUTH_ROUTE = "/internal/auth_request"
+MARK_ROUTE = "/_bench/mark"  # --instructions: ends a counted segment
+MARK_SYSCALL = "getsid"  # callgrind dumps its counts before each call; gunicorn itself never makes it
+COUNTED_REQUESTS = 1000
 PAIRS = 12
 SECONDS = 3
 CONNECTIONS = 8
@@ -46,17 +61,26 @@ TARGET_RATIO = 0.8
 # The server (child process) ------------------------------------------------------------------------------
 
 
-def build_app(data_dir: str) -> Flask:
-    """The production app, with activity recording, plus the empty route (this benchmark only)."""
+def build_app(data_dir: str, *, counting: bool = False) -> Flask:
+    """The production app, with activity recording, plus the empty route (this benchmark only).
+
+    ``counting``: no timer-driven threads (the index is loaded once and trusted for the run) and a route
+    that marks the end of a counted segment.
+    """
     from api.activity import install_activity
     from api.app import create_app
     from api.server import BackgroundThreads
     from deploy_tokens.runtime import Runtime
     from deploy_tokens.settings import Settings
 
-    settings = Settings.from_env({"DEPLOY_TOKENS_DATA_DIR": data_dir, "DEPLOY_TOKENS_SECRET_KEY": SECRET})
-    runtime = Runtime.open(settings)
-    BackgroundThreads(runtime, embedded=True).start()
+    env = {"DEPLOY_TOKENS_DATA_DIR": data_dir, "DEPLOY_TOKENS_SECRET_KEY": SECRET}
+    if counting:
+        env["DEPLOY_TOKENS_AUTH_MAX_STALENESS"] = "86400"
+    runtime = Runtime.open(Settings.from_env(env))
+    if counting:
+        runtime.index.refresh()
+    else:
+        BackgroundThreads(runtime, embedded=True).start()
     app = create_app(runtime)
     install_activity(app, runtime)
 
@@ -64,10 +88,17 @@ def build_app(data_dir: str) -> Flask:
     def empty() -> Response:
         return app.response_class(status=200)
 
+    if counting:
+
+        @app.route(MARK_ROUTE, methods=["GET"])
+        def mark() -> Response:
+            getattr(os, MARK_SYSCALL)(0)
+            return app.response_class(status=200)
+
     return app
 
 
-def serve(data_dir: str, port: int, cpu: int | None) -> None:
+def serve(data_dir: str, port: int, cpu: int | None, *, counting: bool = False) -> None:
     from gunicorn.app.base import BaseApplication
 
     if cpu is not None:
@@ -80,14 +111,15 @@ def serve(data_dir: str, port: int, cpu: int | None) -> None:
                 "workers": 1,
                 "worker_class": "gthread",
                 "threads": 8,
-                "keepalive": 5,
+                "keepalive": 600 if counting else 5,
+                "timeout": 600 if counting else 30,  # callgrind runs the worker some 50 times slower
                 "loglevel": "warning",
             }
             for key, value in options.items():
                 self.cfg.set(key, value)
 
         def load(self) -> Flask:  # type: ignore[override]
-            return build_app(data_dir)  # after the fork, like the embedded server
+            return build_app(data_dir, counting=counting)  # after the fork, like the embedded server
 
     Server().run()
 
@@ -95,18 +127,19 @@ def serve(data_dir: str, port: int, cpu: int | None) -> None:
 # The driver ----------------------------------------------------------------------------------------------
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
+def ensure_tool(name: str) -> str:
+    """The path of a command from the Debian package of the same name, installed when it is missing."""
+    found = shutil.which(name)
     if found:
         return found
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "wrk"]
+    install = ["apt-get", "install", "-y", "--no-install-recommends", name]
     if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
         subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
         subprocess.run(install, env=env, capture_output=True, check=True)
-    found = shutil.which("wrk")
+    found = shutil.which(name)
     if not found:
-        raise RuntimeError("wrk is not installed and could not be installed with apt-get")
+        raise RuntimeError(f"{name} is not installed and could not be installed with apt-get")
     return found
 
 
@@ -125,23 +158,23 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def get(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+def get(url: str, headers: dict[str, str], timeout: float = 5) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=5) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.status, dict(response.headers), response.read()
 
 
-def wait_until_up(base: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+def wait_until_up(base: str, server: subprocess.Popen[bytes], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"the server exited with status {server.returncode}")
         try:
-            if get(base + "/-/health", {})[0] == 200:
+            if get(base + "/-/health", {}, timeout=seconds)[0] == 200:
                 return
         except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("the server did not start within 30 s")
+            time.sleep(0.2)
+    raise RuntimeError(f"the server did not start within {seconds:.0f} s")
 
 
 def worker_cpu_seconds(master_pid: int) -> float:
@@ -200,15 +233,14 @@ def _median(series: list[dict[str, float]], key: str) -> float:
     return statistics.median(result[key] for result in series)
 
 
-def run() -> dict[str, Any]:
-    server_cpu, pin_wrk = cpu_plan()
-    wrk = [*pin_wrk, ensure_wrk()]
+@contextmanager
+def bench_world() -> Iterator[tuple[Runtime, dict[str, str], str]]:
+    """A throwaway data folder with one project token; the headers nginx would send for a clone with it."""
     with bench_runtime("sqlite") as runtime:
         admin, _, project = admin_world(runtime)
         issued = runtime.service.create_token(
             admin, "project", project, name="bench", scopes=["read_repository"]
         )
-        data_dir = str(runtime.settings.data_dir)
         credentials = base64.b64encode(f"{issued.token.username}:{issued.value}".encode()).decode()
         headers = {
             "Authorization": f"Basic {credentials}",
@@ -216,17 +248,29 @@ def run() -> dict[str, Any]:
             "X-Original-Method": "GET",
             "X-Original-Remote-Addr": "203.0.113.7",
         }
+        yield runtime, headers, issued.token.username
+
+
+def start_server(
+    data_dir: str, port: int, prefix: Sequence[str] = (), extra: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    command = [*prefix, sys.executable, "-m", "benchmarks.auth_http", "--serve", "--data-dir", data_dir]
+    command += ["--port", str(port), *extra]
+    return subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+
+
+def run() -> dict[str, Any]:
+    server_cpu, pin_wrk = cpu_plan()
+    wrk = [*pin_wrk, ensure_tool("wrk")]
+    with bench_world() as (runtime, headers, username):
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "benchmarks.auth_http", "--serve", "--data-dir", data_dir]
-        command += ["--port", str(port)]
-        if server_cpu is not None:
-            command += ["--cpu", str(server_cpu)]
-        server = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+        pinned = [] if server_cpu is None else ["--cpu", str(server_cpu)]
+        server = start_server(str(runtime.settings.data_dir), port, extra=pinned)
         try:
-            wait_until_up(base, server)
+            wait_until_up(base, server, 30)
             status, answer, _ = get(base + AUTH_ROUTE, headers)
-            assert status == 200 and answer.get("X-Auth-User") == issued.token.username, (status, answer)
+            assert status == 200 and answer.get("X-Auth-User") == username, (status, answer)
             run_wrk(wrk, base + EMPTY_ROUTE, headers, 1)  # warm both paths
             run_wrk(wrk, base + AUTH_ROUTE, headers, 1)
             results: dict[str, list[dict[str, float]]] = {EMPTY_ROUTE: [], AUTH_ROUTE: []}
@@ -268,17 +312,85 @@ def run() -> dict[str, Any]:
     }
 
 
+# Instruction counts (--instructions) ------------------------------------------------------------------
+
+
+def send(connection: http.client.HTTPConnection, path: str, headers: dict[str, str], count: int) -> None:
+    for _ in range(count):
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}")
+
+
+def segment_counts(out_dir: Path) -> list[int]:
+    """Instructions of each segment the worker dumped before a mark, in order (``callgrind.out.<pid>.<n>``)."""
+    dumps: dict[str, dict[int, int]] = {}
+    for path in out_dir.glob("callgrind.out.*.*"):
+        pid, part = path.name.split(".")[2:4]
+        with path.open() as dump:
+            summary = next(line for line in dump if line.startswith("summary:"))
+        dumps.setdefault(pid, {})[int(part)] = int(summary.split()[1])
+    marked = [parts for parts in dumps.values() if len(parts) >= 3]
+    if len(marked) != 1:
+        raise RuntimeError(f"expected one process with three counted segments, found {len(marked)}")
+    return [count for _, count in sorted(marked[0].items())]
+
+
+def count_instructions() -> dict[str, Any]:
+    valgrind = ensure_tool("valgrind")
+    count = COUNTED_REQUESTS
+    with bench_world() as (runtime, headers, _), tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        callgrind = [valgrind, "--tool=callgrind", f"--dump-before={MARK_SYSCALL}", "--trace-children=yes"]
+        callgrind += [
+            f"--callgrind-out-file={folder}/callgrind.out.%p",
+            f"--log-file={folder}/valgrind.%p.log",
+        ]
+        server = start_server(str(runtime.settings.data_dir), port, callgrind, ["--count"])
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}", server, 300)
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            send(connection, EMPTY_ROUTE, headers, count // 5)  # warm both paths
+            send(connection, AUTH_ROUTE, headers, count // 5)
+            for route in (MARK_ROUTE, EMPTY_ROUTE, MARK_ROUTE, AUTH_ROUTE):
+                send(connection, route, headers, 1 if route == MARK_ROUTE else count)
+                time.sleep(3)  # the activity writer drains within its 0.2 s interval (slower under callgrind)
+            send(connection, MARK_ROUTE, headers, 1)
+            connection.close()
+        finally:
+            stop(server)
+        # Segments: start-up and warm-up, then [mark, empty...], [mark, auth...].
+        _, empty_total, auth_total = segment_counts(Path(folder))[:3]
+    empty, auth = empty_total / count, auth_total / count
+    return {
+        "benchmark": "auth_request_instructions",
+        "server": "gunicorn gthread, 1 worker x 8 threads, keep-alive; activity recording on; under callgrind",
+        "client": f"one keep-alive connection, {count} requests per route",
+        "empty_route_instructions_per_request": round(empty),
+        "auth_request_instructions_per_request": round(auth),
+        "ratio": round(empty / auth, 3),
+        "target_ratio_at_least": TARGET_RATIO,
+        "meets_target": empty / auth >= TARGET_RATIO,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions per request under callgrind"
+    )
     arguments = parser.parse_args()
     if arguments.serve:
-        serve(arguments.data_dir, arguments.port, arguments.cpu)
+        serve(arguments.data_dir, arguments.port, arguments.cpu, counting=arguments.count)
         return
-    report(run())
+    report(count_instructions() if arguments.instructions else run())
 
 
 if __name__ == "__main__":

@@ -134,6 +134,20 @@ def test_git_clone_is_allowed_with_read_repository(client: FlaskClient, world: W
         assert response.get_data() == b""
 
 
+def test_answers_are_a_status_and_headers_with_no_body_and_no_content_type(client: FlaskClient, world: World):
+    token = issue(world, "project", world.project, "read_repository")
+    answers = [
+        nginx(client, CLONE, headers=git_auth(token)),  # 200
+        nginx(client, CLONE),  # 401
+        nginx(client, "/other/project.git/info/refs?service=git-upload-pack", headers=git_auth(token)),  # 403
+    ]
+    assert [answer.status_code for answer in answers] == [200, 401, 403]
+    for answer in answers:
+        assert answer.get_data() == b""
+        assert answer.headers["Content-Length"] == "0"
+        assert "Content-Type" not in answer.headers
+
+
 def test_project_addressed_without_the_git_suffix_and_case_insensitively(client: FlaskClient, world: World):
     token = issue(world, "project", world.project, "read_repository")
     assert (
