@@ -17,18 +17,10 @@ def _subkey(secret: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"deploy-tokens/v1", info=purpose).derive(secret)
 
 
-_SHA256_BLOCK = 64
-
-
 class Keyring:
     def __init__(self, secret: bytes) -> None:
-        digest_key = _subkey(secret, b"token-digest")  # 32 bytes: shorter than a block, so used as is
-        # HMAC-SHA256 (RFC 2104) with the states after the inner and outer padded key computed once, as
-        # RFC 2104 section 4 suggests: a digest then copies two SHA-256 states, half the cost of copying an
-        # OpenSSL HMAC context (which copies three), and this runs on every auth check.
-        padded = digest_key.ljust(_SHA256_BLOCK, b"\0")
-        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
-        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
+        # Keyed once; each digest copies the keyed state instead of re-running the key schedule.
+        self._digest_base = hmac.new(_subkey(secret, b"token-digest"), digestmod=hashlib.sha256)
         self.vault_key = _subkey(secret, b"ci-token-vault")
         self.registry_seed = _subkey(secret, b"registry-signing")
         self.chain_key = _subkey(secret, b"audit-chain-checkpoints")
@@ -38,11 +30,9 @@ class Keyring:
 
         Tokens carry 144 random bits, so a fast keyed hash is enough; a slow KDF would only slow the hot path.
         """
-        inner = self._inner.copy()
-        inner.update(value.encode("utf-8"))
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest()
+        keyed = self._digest_base.copy()
+        keyed.update(value.encode("utf-8"))
+        return keyed.hexdigest()
 
     def __repr__(self) -> str:
         return "Keyring(<derived keys hidden>)"

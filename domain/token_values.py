@@ -10,7 +10,7 @@ recognisable to secret scanners with no database at hand (R20).
 
 from __future__ import annotations
 
-import binascii
+import base64
 import re
 import secrets
 import zlib
@@ -25,13 +25,9 @@ _CHECKSUM_LENGTH: Final = 6
 _SHAPE: Final = re.compile(rf"[A-Za-z0-9_-]{{{_BODY_LENGTH + _CHECKSUM_LENGTH}}}")
 
 
-_URL_SAFE: Final = bytes.maketrans(b"+/", b"-_")
-
-
 def _checksum(text: str) -> str:
-    # base64.urlsafe_b64encode, spelled with the binascii call it wraps: this runs on every auth check
     crc = zlib.crc32(text.encode("ascii")).to_bytes(4, "big")
-    return binascii.b2a_base64(crc, newline=False)[:_CHECKSUM_LENGTH].translate(_URL_SAFE).decode("ascii")
+    return base64.urlsafe_b64encode(crc)[:_CHECKSUM_LENGTH].decode("ascii")
 
 
 def generate_token(prefix: str = DEPLOY_TOKEN_PREFIX) -> str:

@@ -853,10 +853,13 @@ def test_long_free_text_is_cut_before_it_is_queued(
 ):
     token = issue(world, "project", world.project, "read_repository")
     long_path = "/acme/" + "x" * 2000 + ".git/info/refs"
-    nginx(client, long_path, headers={**git_auth(token), "User-Agent": "a" * 5000})
+    long_address = "203.0.113.7, " * 400  # a forwarded-for chain as an unchecked proxy might pass it on
+    headers = {**git_auth(token), "User-Agent": "a" * 5000, "X-Original-Remote-Addr": long_address}
+    nginx(client, long_path, headers=headers)
     queued = list(recorder._queue)
     assert len(queued[-1].user_agent or "") == 512
     assert len(queued[-1].resource_ref or "") == 512
+    assert len(queued[-1].client_addr or "") == 512
     recorder.flush()
     row = activity_rows(world.runtime.db)[-1]
     assert (len(row.user_agent or ""), len(row.resource_ref or ""), row.status) == (512, 512, 403)

@@ -18,6 +18,6 @@ def test_digest_is_hmac_sha256_under_the_digest_subkey():
 
 def test_digest_of_a_known_value_is_stable():
     # Digests are stored in events and read models: a change here would orphan every issued token.
-    # (Value computed with the previous implementation, hmac.new(...).copy().)
+    # (The value hmac.new(subkey, value, sha256) gives.)
     expected = "ee54779e11446cb642f053c0cc307a7dee6809cac33b0893ba2901d47bb0f253"
     assert Keyring(b"s" * 32).digest("gldt-example") == expected
