@@ -38,6 +38,7 @@ from domain.directory import (
     User,
     UserNamespace,
     stream_id,
+    validate_access_level,
 )
 from domain.errors import Conflict, NotFound, PermissionDenied, Unauthenticated, ValidationError
 from domain.token_values import (
@@ -755,23 +756,22 @@ class DeployTokenService:
     def set_member(
         self, actor: Actor, source_kind: HolderKind, source_id: int, user_id: int, access_level: int
     ) -> None:
-        """Group members are managed by Owners, project members by Maintainers (who cannot grant Owner)."""
+        """Group members are managed by Owners, project members by Maintainers, and nobody acts above their own
+        role: no level above the actor's, no change to a member above the actor. A group keeps an Owner."""
         now = self.clock.now()
+        level = validate_access_level(access_level)
         if self.read.user(user_id) is None:
             raise NotFound("404 User")
 
         def attempt() -> list[Aggregate]:
-            source: Group | Project
-            if source_kind == "group":
-                source = self._visible_group(actor, source_id, AccessLevel.OWNER)
-            else:
-                source = self._visible_project(actor, source_id, AccessLevel.MAINTAINER)
-                if (
-                    access_level >= AccessLevel.OWNER
-                    and self.project_access(actor, source) < AccessLevel.OWNER
-                ):
-                    raise PermissionDenied("403 Forbidden - only an Owner can grant Owner")
-            source.set_member(user_id, access_level, actor=actor, now=now)
+            source, actor_level = self._managed_source(actor, source_kind, source_id)
+            if level > actor_level:
+                raise PermissionDenied("403 Forbidden - you cannot give a role above your own")
+            if user_id in source.members:
+                self._check_member_within_reach(source, user_id, actor_level)
+                if level < AccessLevel.OWNER:
+                    self._check_group_keeps_an_owner(source, user_id)
+            source.set_member(user_id, level, actor=actor, now=now)
             return [source]
 
         self._retry(attempt)
@@ -780,17 +780,63 @@ class DeployTokenService:
         now = self.clock.now()
 
         def attempt() -> list[Aggregate]:
-            source: Group | Project
-            if source_kind == "group":
-                source = self._visible_group(actor, source_id, AccessLevel.OWNER)
-            else:
-                source = self._visible_project(actor, source_id, AccessLevel.MAINTAINER)
+            source, actor_level = self._managed_source(actor, source_kind, source_id)
             if user_id not in source.members:
                 raise NotFound("404 Member")
+            self._check_member_within_reach(source, user_id, actor_level)
+            self._check_group_keeps_an_owner(source, user_id)
             source.remove_member(user_id, actor=actor, now=now)
             return [source]
 
         self._retry(attempt)
+
+    def _managed_source(
+        self, actor: Actor, source_kind: HolderKind, source_id: int
+    ) -> tuple[Group | Project, int]:
+        """The group or project whose members the actor manages, loaded fresh, and the actor's level there.
+
+        Called inside each retried attempt: every rule below decides on the state the save is checked against.
+        """
+        if source_kind == "group":
+            group = self._visible_group(actor, source_id, AccessLevel.OWNER)
+            return group, self.group_access(actor, group)
+        project = self._visible_project(actor, source_id, AccessLevel.MAINTAINER)
+        return project, self.project_access(actor, project)
+
+    def _member_level(self, source: Group | Project, user_id: int) -> int:
+        """A member's effective level on the source: direct, or inherited from a group above it, as the actor's is
+        counted. An administrator flag does not count: it is no membership, and no member change takes it away."""
+        if isinstance(source, Group):
+            groups = [source, *(self._group(ancestor) for ancestor in source.ancestor_ids)]
+            return max(group.members.get(user_id, 0) for group in groups)
+        if source.namespace_kind == "user":
+            namespace = self._get(UserNamespace, stream_id("namespace", source.namespace_id), "404 Namespace")
+            if namespace.user_id == user_id:
+                return AccessLevel.OWNER
+        levels = [source.members.get(user_id, 0)]
+        levels += [self._group(group_id).members.get(user_id, 0) for group_id in source.group_ids]
+        return max(levels)
+
+    def _check_member_within_reach(self, source: Group | Project, user_id: int, actor_level: int) -> None:
+        """A Maintainer may not demote or remove an Owner (administrators and the system hold Owner here)."""
+        if self._member_level(source, user_id) > actor_level:
+            raise PermissionDenied("403 Forbidden - you cannot change a member whose role is above your own")
+
+    def _check_group_keeps_an_owner(self, source: Group | Project, user_id: int) -> None:
+        """A group must keep an Owner: removing or demoting ``user_id``'s direct Owner membership is refused
+        when no other Owner remains, counting Owners of the groups above it (they own it too). Administrators
+        included: nobody could manage the group's members and tokens without an administrator any more.
+
+        Deciding on this group's own state is enough under concurrency: two commands on its members both
+        save this aggregate, so the later one retries on the earlier one's result. Owners inherited from above
+        stay safe too: each of those groups keeps an Owner by the same rule, who owns this group as well."""
+        if not isinstance(source, Group) or source.members.get(user_id, 0) < AccessLevel.OWNER:
+            return
+        if any(other != user_id for other in source.owner_ids()):
+            return
+        if any(self._group(ancestor).owner_ids() for ancestor in source.ancestor_ids):
+            return
+        raise PermissionDenied("403 Forbidden - the last Owner of a group cannot be removed or demoted")
 
     def set_external_authorization(self, actor: Actor, enabled: bool) -> None:
         self._require_admin(actor)

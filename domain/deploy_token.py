@@ -27,6 +27,9 @@ HolderKind = Literal["project", "group"]
 NAME_MAX_LENGTH: Final = 255
 USERNAME_MAX_LENGTH: Final = 255
 USERNAME_PATTERN: Final = re.compile(r"\A[a-zA-Z0-9.+_-]+\Z")
+# Default usernames (``default_username``) are kept for tokens created without one: a custom name of that
+# shape would pass for another token's default in Git's username check and in audit records.
+DEFAULT_USERNAME_PATTERN: Final = re.compile(r"\Agitlab\+deploy-token-[0-9]+\Z", re.IGNORECASE)
 CI_TOKEN_NAME: Final = "gitlab-deploy-token"
 
 # Notification intervals (R17), most distant first; the value is GitLab's ``days_to_expire``.
@@ -54,13 +57,19 @@ def validate_name(name: str | None) -> str:
 
 
 def validate_username(username: str | None) -> str | None:
-    """R2: an empty username means "use the default"; anything else must match GitLab's pattern."""
+    """R2: an empty username means "use the default"; anything else must match GitLab's pattern and must not
+    look like a default username."""
     if username is None or username == "":
         return None
     if len(username) > USERNAME_MAX_LENGTH:
         raise ValidationError.single("username", f"is too long (maximum is {USERNAME_MAX_LENGTH} characters)")
     if not USERNAME_PATTERN.match(username):
         raise ValidationError.single("username", "can contain only letters, digits, '_', '-', '+', and '.'")
+    if DEFAULT_USERNAME_PATTERN.match(username):
+        raise ValidationError.single(
+            "username",
+            "is reserved for default usernames (gitlab+deploy-token-<id>): leave it empty for the default",
+        )
     return username
 
 

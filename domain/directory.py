@@ -59,8 +59,123 @@ def path_claim_id(full_path: str) -> UUID:
 
 SETTINGS_ID: Final = uuid5(_ID_NAMESPACE, "instance-settings")
 
+# Reserved paths. A namespace or project path becomes the start of URLs, so a path that a route already
+# owns makes URLs ambiguous: a group ``api`` with subgroups ``v4/projects/1/packages/generic`` let a
+# project's Git URL read as a package API URL to the nginx auth check. The lists are GitLab's
+# (``Gitlab::PathRegex``; entries are lower case and compared case-insensitively, as GitLab does), plus the
+# routes this service answers itself. They are checked when a path is chosen, never on replay: a path
+# recorded before a name was reserved keeps working.
 
-def validate_path(path: str | None, field: str = "path") -> str:
+# GitLab's TOP_LEVEL_ROUTES, the union of its recent releases: reserving a name that GitLab has since
+# released costs nothing, and a name this service might route later stays free.
+GITLAB_TOP_LEVEL_ROUTES: Final = frozenset(
+    {
+        "-",
+        ".well-known",
+        "404.html",
+        "422.html",
+        "500.html",
+        "502.html",
+        "503.html",
+        "admin",
+        "api",
+        "apple-touch-icon-precomposed.png",
+        "apple-touch-icon.png",
+        "assets",
+        "dashboard",
+        "deploy.html",
+        "explore",
+        "favicon.ico",
+        "favicon.png",
+        "files",
+        "groups",
+        "health_check",
+        "help",
+        "import",
+        "jwt",
+        "login",
+        "o",
+        "oauth",
+        "profile",
+        "projects",
+        "public",
+        "robots.txt",
+        "s",
+        "search",
+        "sitemap",
+        "sitemap.xml",
+        "sitemap.xml.gz",
+        "slash-command-logo.png",
+        "snippets",
+        "unsubscribes",
+        "uploads",
+        "users",
+        "v2",
+    }
+)
+# The first path segment of every route served at this service's address, whatever GitLab's list says: its
+# own (API, auth checks, UI, Flask's ``/static``) and those of the deployment around it (registry ``/v2``).
+SERVICE_TOP_LEVEL_ROUTES: Final = frozenset(
+    {
+        "-",
+        "admin",
+        "api",
+        "assets",
+        "dashboard",
+        "explore",
+        "favicon.ico",
+        "groups",
+        "help",
+        "internal",
+        "jwt",
+        "metrics",
+        "oauth",
+        "projects",
+        "static",
+        "uploads",
+        "users",
+        "v2",
+    }
+)
+# Top-level group paths and usernames (a user's namespace is top level too).
+RESERVED_TOP_LEVEL_PATHS: Final = GITLAB_TOP_LEVEL_ROUTES | SERVICE_TOP_LEVEL_ROUTES
+# GitLab's GROUP_ROUTES: what may follow ``/groups/<full path>/``; subgroup paths.
+GROUP_ROUTES: Final = frozenset({"-"})
+# GitLab's PROJECT_WILDCARD_ROUTES: what may follow ``<namespace>/<project>/`` before a second wildcard.
+# Its multi-segment entries can never equal one path segment; they are kept so the list stays GitLab's.
+PROJECT_WILDCARD_ROUTES: Final = frozenset(
+    {
+        "-",
+        "badges",
+        "blame",
+        "blob",
+        "builds",
+        "commits",
+        "create",
+        "create_dir",
+        "edit",
+        "environments/folders",
+        "files",
+        "find_file",
+        "gitlab-lfs/objects",
+        "info/lfs/objects",
+        "new",
+        "preview",
+        "raw",
+        "refs",
+        "tree",
+        "update",
+        "wikis",
+    }
+)
+# Git's smart and dumb HTTP paths after a repository (``<project>/info/refs``, ``<project>/HEAD``, ...): the
+# auth check finds the project as the part before them, so no project may be named like them.
+GIT_ROUTES: Final = frozenset({"info", "git-upload-pack", "git-receive-pack", "objects", "head"})
+RESERVED_PROJECT_PATHS: Final = PROJECT_WILDCARD_ROUTES | GIT_ROUTES
+
+
+def validate_path(path: str | None, field: str = "path", reserved: frozenset[str] = frozenset()) -> str:
+    """GitLab's path rules: the format first; a well-formed path that a route owns is "a reserved name"."""
     if not path:
         raise ValidationError.single(field, "can't be blank")
     if len(path) > NAME_MAX_LENGTH:
@@ -71,6 +186,8 @@ def validate_path(path: str | None, field: str = "path") -> str:
             "can contain only letters, digits, '_', '-' and '.'. Cannot start with '-', "
             "end in '.git' or end in '.atom'",
         )
+    if path.lower() in reserved:
+        raise ValidationError.single(field, f"{path} is a reserved name")
     return path
 
 
@@ -135,6 +252,10 @@ class _Membership(Aggregate):
 
     def _member_removed_event(self) -> type[Aggregate.Event]:
         raise NotImplementedError
+
+    def owner_ids(self) -> frozenset[int]:
+        """Users holding Owner directly on this group or project."""
+        return frozenset(user_id for user_id, level in self.members.items() if level >= AccessLevel.OWNER)
 
     def set_member(self, user_id: int, level: int, *, actor: Actor, now: datetime) -> bool:
         checked = validate_access_level(level)
@@ -231,7 +352,9 @@ class User(Aggregate):
         now: datetime,
     ) -> User:
         errors = ErrorCollector()
-        checked_username = errors.check(lambda value: validate_path(value, "username"), username)
+        checked_username = errors.check(
+            lambda value: validate_path(value, "username", RESERVED_TOP_LEVEL_PATHS), username
+        )
         checked_email = errors.check(validate_email, email)
         checked_name = errors.check(validate_display_name, name or username)
         errors.raise_if_any()
@@ -459,7 +582,8 @@ class Group(_Membership):
     ) -> Group:
         errors = ErrorCollector()
         checked_name = errors.check(validate_display_name, name)
-        checked_path = errors.check(validate_path, path)
+        reserved = GROUP_ROUTES if parent else RESERVED_TOP_LEVEL_PATHS
+        checked_path = errors.check(lambda value: validate_path(value, "path", reserved), path)
         errors.raise_if_any()
         assert checked_name and checked_path
         full_path = f"{parent.full_path}/{checked_path}" if parent else checked_path
@@ -580,7 +704,9 @@ class Project(_Membership):
     ) -> Project:
         errors = ErrorCollector()
         checked_name = errors.check(validate_display_name, name)
-        checked_path = errors.check(validate_path, path or _path_from_name(name))
+        checked_path = errors.check(
+            lambda value: validate_path(value, "path", RESERVED_PROJECT_PATHS), path or _path_from_name(name)
+        )
         errors.raise_if_any()
         assert checked_name and checked_path
         if isinstance(namespace, Group):

@@ -262,3 +262,23 @@ def test_revoke_by_value_needs_the_api_scope(client, world: World, creds: Creden
         "/api/v4/admin/token", json={"token": created["token"]}, headers={"PRIVATE-TOKEN": read_only}
     )
     assert response.status_code == 403
+
+
+@pytest.mark.parametrize("username", ["gitlab+deploy-token-1", "GITLAB+Deploy-Token-42"])
+def test_a_custom_username_shaped_like_a_default_is_400(
+    client, world: World, creds: Credentials, username: str
+):
+    """``gitlab+deploy-token-<n>`` belongs to token n: a custom one would pass for it in Git's username check."""
+    response = create(client, creds["admin"], "project", world.project, username=username)
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "message": {
+            "username": [
+                "is reserved for default usernames (gitlab+deploy-token-<id>): leave it empty for the default"
+            ]
+        }
+    }
+    listing = client.get(f"/api/v4/projects/{world.project}/deploy_tokens", headers=creds["admin"])
+    assert listing.get_json() == []
+    default = create(client, creds["admin"], "project", world.project, username="").get_json()
+    assert default["username"] == f"gitlab+deploy-token-{default['id']}"
