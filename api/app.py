@@ -14,6 +14,7 @@ from api.deploy_tokens import deploy_tokens
 from api.directory import directory
 from api.errors import register_error_handlers
 from api.health import health
+from api.input_limits import RoutableEnviron, install
 from api.metrics import metrics
 from api.openapi import build_spec
 from api.resources import EncodedPathMiddleware
@@ -34,6 +35,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.url_map.converters["int"] = DatabaseId  # before any route is added
     app.config["RUNTIME"] = runtime
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    install(app)  # body cap, JSON bounds, parameter checks: before any view or blueprint hook
     app.register_blueprint(health)
     app.register_blueprint(deploy_tokens)
     app.register_blueprint(audit)
@@ -44,7 +46,7 @@ def create_app(runtime: Runtime) -> Flask:
 
     app.register_blueprint(ui)
     register_error_handlers(app)
-    app.wsgi_app = EncodedPathMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = EncodedPathMiddleware(RoutableEnviron(app.wsgi_app))  # type: ignore[method-assign]
     app.extensions[ACTIVITY_KEY] = runtime.activity
 
     @app.get("/api/v4/openapi.json")

@@ -13,6 +13,7 @@ import marshmallow
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from api.input_limits import is_rejection
 from domain.errors import Conflict, NotFound, PermissionDenied, TokenDeleted, Unauthenticated, ValidationError
 from projections.credential_index import StaleIndex
 
@@ -75,6 +76,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         status = error.code or 500
+        if is_rejection(error):  # the edge's refusals say what was wrong with the request
+            return _json(status, error=error.description)
         return _json(status, error=f"{status} {error.name}")
 
     @app.errorhandler(Exception)

@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
 __all__ = [
+    "MAX_SCOPES",
+    "MAX_SCOPE_LENGTH",
     "InvalidScope",
     "RegistrySigningKey",
     "RequestedScope",
@@ -181,6 +183,11 @@ _NAME_RE = re.compile(rf"(?:{_HOSTNAME}/)?{_COMPONENT}(?:/{_COMPONENT})*")
 _NAME_MAX_LENGTH = 255
 # Error messages echo the client's value; a cap keeps a huge query string out of the response and logs.
 _ECHO_MAX_LENGTH = 200
+# Scopes in one request: Docker asks for one or two (``skopeo delete`` two), so 32 is generous. Every scope
+# costs a decision, an activity row and an entry in the signed JWT; the cap bounds all three per request.
+MAX_SCOPES = 32
+# One ``type:name:actions`` entry: a name of at most 255 characters leaves ample room for type and actions.
+MAX_SCOPE_LENGTH = 512
 
 
 def _echo(value: str) -> str:
@@ -209,16 +216,31 @@ def _parse_one(raw: str) -> RequestedScope:
 
 
 def parse_scopes(values: Iterable[str]) -> list[RequestedScope]:
-    """Parse every ``scope`` query parameter, in request order.
+    """Parse every ``scope`` query parameter, in request order, each distinct scope once.
 
     Docker clients repeat the parameter (``scope=a&scope=b``) while OAuth-style clients put several
     scopes in one space-separated value (RFC 6749 section 3.3); GitLab accepts both, and so does this.
     Empty values yield nothing, as GitLab treats ``scope=`` like an absent scope (``skopeo login``).
+    More than ``MAX_SCOPES`` entries, or one longer than ``MAX_SCOPE_LENGTH``, is refused before any entry
+    is parsed, so a hostile request costs no more than a well-behaved one.
     """
     if isinstance(values, str | bytes):
         # A bare string is an Iterable[str] of characters, which would report every letter as malformed.
         raise TypeError("parse_scopes expects the list of scope values, not a single string")
-    return [_parse_one(raw) for value in values for raw in value.split()]
+    entries: list[str] = []
+    for value in values:
+        # Longer than the most a well-formed request can send (every entry at the longest, one space apart):
+        # refused before it is split, whatever it holds.
+        if len(value) > MAX_SCOPES * (MAX_SCOPE_LENGTH + 1):
+            raise InvalidScope(f"too many or too long scopes (at most {MAX_SCOPES} per request)")
+        entries.extend(value.split())
+        if len(entries) > MAX_SCOPES:
+            raise InvalidScope(f"too many scopes: at most {MAX_SCOPES} per request")
+    for raw in entries:
+        if len(raw) > MAX_SCOPE_LENGTH:
+            raise InvalidScope(f"scope {_echo(raw)} is longer than {MAX_SCOPE_LENGTH} characters")
+    # A repeated scope would be decided, recorded and granted twice; asking twice means asking once.
+    return list(dict.fromkeys(_parse_one(raw) for raw in entries))
 
 
 def registry_error(code: str, message: str) -> dict[str, object]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from api.context import runtime
 from domain.errors import NotFound
@@ -65,7 +65,8 @@ class EncodedPathMiddleware:
             if path.startswith(prefix):
                 segment, slash, rest = path[len(prefix) :].partition("/")
                 if "%2f" in segment.lower():
-                    decoded = unquote(segment).replace("/", ":")
-                    environ["PATH_INFO"] = prefix + decoded + slash + unquote(rest)
+                    # PATH_INFO holds bytes read as Latin-1 (PEP 3333), which werkzeug decodes as UTF-8.
+                    decoded = unquote_to_bytes(segment).decode("latin-1").replace("/", ":")
+                    environ["PATH_INFO"] = prefix + decoded + slash + unquote_to_bytes(rest).decode("latin-1")
                 break
         return self.app(environ, start_response)
