@@ -9,12 +9,15 @@ from flask import Flask
 
 from deploy_tokens.activity import (
     ACTIVITY_KEY,
+    STALL_AFTER,
     ActivityEvent,
     ActivityRecorder,
     ActivityRow,
     ActivityStats,
+    RejectedActivityRow,
     activity_rows,
     create_activity_table,
+    rejected_activity_rows,
 )
 from deploy_tokens.db import Database
 from deploy_tokens.runtime import Runtime
@@ -24,9 +27,11 @@ __all__ = [
     "ActivityRecorder",
     "ActivityRow",
     "ActivityStats",
+    "RejectedActivityRow",
     "activity_of",
     "activity_rows",
     "install_activity",
+    "rejected_activity_rows",
 ]
 
 
@@ -37,20 +42,24 @@ def install_activity(
     capacity: int = 100_000,
     batch_size: int = 500,
     interval: float = 0.2,
+    stall_after: float = STALL_AFTER,
     start: bool = True,
 ) -> ActivityRecorder:
     """Create the table, attach a recorder to ``app`` and start its writer thread.
 
     ``source`` is the runtime (``install_activity(app, runtime)``) or its ``Database``. The writer stops
     and flushes at interpreter exit; call ``recorder.close()`` to stop it sooner (tests do, before the
-    runtime closes its database).
+    runtime closes its database). ``/-/readiness`` fails once rows have waited ``stall_after`` seconds
+    without the writer making progress.
     """
     database = source if isinstance(source, Database) else source.db
     create_activity_table(database)
     previous = activity_of(app)
     if previous is not None:
         previous.close()
-    recorder = ActivityRecorder(database, capacity=capacity, batch_size=batch_size, interval=interval)
+    recorder = ActivityRecorder(
+        database, capacity=capacity, batch_size=batch_size, interval=interval, stall_after=stall_after
+    )
     app.extensions[ACTIVITY_KEY] = recorder
     if start:
         recorder.start()

@@ -257,13 +257,16 @@ def _export(dataset: str, kind: str) -> Export:
         until=_instant(params["until"]),
         upto=params.get("upto"),
     )
-    return Export(runtime().db, request, runtime().keys.chain_key)
+    try:
+        return Export(runtime().db, request, runtime().keys.chain_key)
+    except ValueError as error:  # a filter that does not apply to this dataset
+        raise ValidationError({"dataset": [str(error)]}) from None
 
 
 _MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
 
-@audit.get("/audit/exports/<any(lifecycle, usage):dataset>.<any(csv, jsonl):kind>")
+@audit.get("/audit/exports/<any(lifecycle, usage, usage_set_aside):dataset>.<any(csv, jsonl):kind>")
 @operation(
     "Compliance export, streamed (repeat with upto= from X-Export-Upto for the same bytes)",
     tag="audit",
@@ -281,7 +284,7 @@ def export(dataset: str, kind: str) -> ResponseReturnValue:
     return response
 
 
-@audit.get("/audit/exports/<any(lifecycle, usage):dataset>.<any(csv, jsonl):kind>/manifest")
+@audit.get("/audit/exports/<any(lifecycle, usage, usage_set_aside):dataset>.<any(csv, jsonl):kind>/manifest")
 @operation(
     "The manifest of an export: filters, rows, SHA-256, log range and chain head",
     tag="audit",

@@ -42,24 +42,21 @@ one is counted (``api.metrics``) and recorded (``api.activity``) without touchin
 from __future__ import annotations
 
 import binascii
-import dataclasses
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from functools import lru_cache
 from time import perf_counter
 from typing import Any, Final, NamedTuple
-from urllib.parse import parse_qs, unquote
 
 import marshmallow
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from marshmallow import Schema, fields, validate, validates_schema
+from werkzeug.routing import Rule
 
 from api.activity import activity_of
+from api.client_address import ClientAddresses, normalise_address
 from api.metrics import Metrics, metrics_of
 from api.openapi import operation
 from api.registry_token import (
@@ -71,10 +68,12 @@ from api.registry_token import (
     parse_scopes,
     registry_error,
 )
+from api.request_mapping import Protocol, map_original_request, resource_from_reference
 from deploy_tokens.activity import ACTIVITY_TEXT_LIMIT, TOKEN_REF_LENGTH, ActivityEvent
 from deploy_tokens.keys import Keyring
 from deploy_tokens.runtime import Runtime
 from deploy_tokens.settings import ConfigurationError, Settings
+from domain.text import has_unstorable_characters
 from projections.access import Action, Decision, Reason
 from projections.credential_index import CredentialIndex, Resource, StaleIndex
 
@@ -83,16 +82,13 @@ __all__ = [
     "BAD_CREDENTIALS",
     "CONTAINER_REGISTRY",
     "DEPENDENCY_PROXY",
-    "PACKAGE_FORMATS",
+    "FAILED_CREDENTIALS",
     "AuthRequestAnswer",
     "AuthorizationHeader",
     "Credentials",
-    "Protocol",
-    "Target",
     "auth_checks",
     "dependency_proxy_group",
     "longest_existing_prefix",
-    "map_original_request",
     "parse_authorization",
     "presented_credentials",
     "registry_action",
@@ -100,7 +96,6 @@ __all__ = [
     "registry_issuer",
     "registry_signing_key",
     "registry_token_ttl",
-    "resource_from_reference",
     "status_for",
 ]
 
@@ -133,27 +128,10 @@ BAD_CREDENTIALS: Final = frozenset(
     }
 )
 
-# The path segment after ``packages/`` on GitLab's package-registry routes (R13). A fixed list rather than
-# "any word" because other API routes live under ``packages/`` too (``packages/protection/rules``).
-PACKAGE_FORMATS: Final = frozenset(
-    {
-        "cargo",
-        "composer",
-        "conan",
-        "debian",
-        "generic",
-        "go",
-        "helm",
-        "maven",
-        "ml_models",
-        "npm",
-        "nuget",
-        "pypi",
-        "rpm",
-        "rubygems",
-        "terraform",
-    }
-)
+# Bad credentials that count towards a ban of the client's address: a guess that failed. Not a missing one
+# (git's first request never carries any) and not a valid token on a route that never takes one.
+FAILED_CREDENTIALS: Final = BAD_CREDENTIALS - {Reason.NO_CREDENTIALS, Reason.API_NOT_ALLOWED}
+_BANNED: Final = Decision.deny(Reason.IP_BANNED)
 
 
 # Settings ----------------------------------------------------------------------------------------------
@@ -181,6 +159,18 @@ def _configure(state: BlueprintSetupState) -> None:
     """Read the settings when the blueprint is registered: a bad value fails at start-up, not per request."""
     state.app.config.setdefault(REGISTRY_ISSUER_ENV, registry_issuer())
     state.app.config.setdefault(REGISTRY_TOKEN_TTL_ENV, registry_token_ttl())
+    runtime = state.app.config["RUNTIME"]
+    assert isinstance(runtime, Runtime)
+    state.app.extensions[_CLIENT_ADDRESSES] = ClientAddresses(runtime.settings.trusted_proxies)
+
+
+_CLIENT_ADDRESSES: Final = "deploy_tokens.client_addresses"
+
+
+def _client_addresses(app: Flask) -> ClientAddresses:
+    found = app.extensions[_CLIENT_ADDRESSES]
+    assert isinstance(found, ClientAddresses)
+    return found
 
 
 # The registry signing key --------------------------------------------------------------------------------
@@ -270,138 +260,6 @@ def presented_credentials(
     if authorization.scheme == "bearer" and authorization.secret:
         return Credentials(None, authorization.secret)
     return Credentials(malformed=authorization.malformed)
-
-
-# Mapping an nginx sub-request to (action, resource) (pure) -------------------------------------------
-
-
-class Protocol(StrEnum):
-    GIT = "git"
-    PACKAGES = "packages"
-    API = "api"  # any route that never accepts deploy tokens (R13), or one we cannot recognise
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    action: Action
-    resource: Resource | None
-    protocol: Protocol
-    exact_group_only: bool = False
-    # Git compares the Basic username with the token's (R10); package endpoints ignore it (§10). A field set
-    # once rather than a property: targets are cached (map_original_request) and read on every check.
-    check_username: bool = dataclasses.field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "check_username", self.protocol is Protocol.GIT)
-
-
-NOT_A_DEPLOY_TOKEN_ROUTE: Final = Target(Action.API, None, Protocol.API)
-
-_READ_METHODS: Final = frozenset({"GET", "HEAD"})
-_REF = r"(?P<ref>[^/]+)"
-_FORMAT = r"(?P<format>[a-z_]+)"
-_PROJECT_PACKAGES: Final = re.compile(rf"/api/v4/projects/{_REF}/packages/{_FORMAT}(?:/|$)")
-_GROUP_PACKAGES: Final = re.compile(rf"/api/v4/groups/{_REF}/-/packages/{_FORMAT}(?:/|$)")
-_INSTANCE_PACKAGES: Final = re.compile(rf"/api/v4/packages/{_FORMAT}(?:/|$)")
-# ``/<full/path>.git/<rest>``: the first ``.git/`` ends the project path (GitLab paths cannot end in .git).
-_GIT_REPOSITORY: Final = re.compile(r"/(?P<project>[^?#]+?)\.git(?P<rest>/.*)")
-# Smart HTTP also works without the suffix: ``/<full/path>/info/refs`` and the two service endpoints.
-_GIT_BARE: Final = re.compile(
-    r"/(?P<project>[^?#]+?)(?P<rest>/(?:info/refs|git-upload-pack|git-receive-pack))"
-)
-_NUMERIC_ID: Final = re.compile(r"[0-9]{1,18}")
-
-
-def resource_from_reference(kind: str, raw: str) -> Resource | None:
-    """A project or group as the API addresses it: a numeric id, or the URL-encoded full path."""
-    reference = unquote(raw)
-    if not reference:
-        return None
-    if _NUMERIC_ID.fullmatch(reference):
-        return Resource(kind, id=int(reference))
-    return Resource(kind, path=reference)
-
-
-def _package_action(method: str) -> Action:
-    # Anything but GET/HEAD, including an unknown or missing method, is treated as a write: fail closed.
-    return Action.PACKAGE_READ if method in _READ_METHODS else Action.PACKAGE_WRITE
-
-
-def _map_api(path: str, method: str) -> Target:
-    match = _PROJECT_PACKAGES.match(path)
-    if match and match["format"] in PACKAGE_FORMATS:
-        resource = resource_from_reference("project", match["ref"])
-        return Target(_package_action(method), resource, Protocol.PACKAGES)
-    match = _GROUP_PACKAGES.match(path)
-    if match and match["format"] in PACKAGE_FORMATS:
-        resource = resource_from_reference("group", match["ref"])
-        # Group-level package endpoints accept only the token's own group, not its subgroups (§5).
-        return Target(_package_action(method), resource, Protocol.PACKAGES, exact_group_only=True)
-    match = _INSTANCE_PACKAGES.match(path)
-    if match and match["format"] in PACKAGE_FORMATS:
-        # Instance-level package routes name no project; the decision denies them (resource not found).
-        return Target(_package_action(method), None, Protocol.PACKAGES)
-    return NOT_A_DEPLOY_TOKEN_ROUTE
-
-
-def _map_git(decoded_path: str, decoded_uri: str, query: str, method: str) -> Target | None:
-    match = _GIT_REPOSITORY.fullmatch(decoded_path) or _GIT_BARE.fullmatch(decoded_path)
-    if match is None:
-        return None
-    resource = Resource("project", path=match["project"])
-    rest = match["rest"]
-    # Push is the one write Git has; real-clients.md: push <=> git-receive-pack appears in the URI.
-    if "git-receive-pack" in decoded_uri.lower():
-        action = Action.GIT_WRITE
-    elif rest == "/info/refs":
-        services = parse_qs(query).get("service", [])
-        # Smart clone asks for git-upload-pack; no service is the dumb protocol (a read). Anything else
-        # (git-upload-archive, a repeated or unknown service) is not a read we recognise.
-        action = Action.GIT_READ if services in ([], ["git-upload-pack"]) else Action.GIT_WRITE
-    elif rest == "/git-upload-pack":
-        action = Action.GIT_READ
-    elif method in _READ_METHODS:
-        action = Action.GIT_READ  # dumb-protocol objects, HEAD, LFS object downloads
-    else:
-        # Any other write-shaped request (LFS batch and uploads, locks): without the body, which nginx does
-        # not send, a download cannot be told from an upload, so it is refused.
-        action = Action.GIT_WRITE
-    return Target(action, resource, Protocol.GIT)
-
-
-def map_original_request(uri: str | None, method: str | None) -> Target:
-    """Map nginx's ``X-Original-URI`` (``$request_uri``: raw path and query) and method to what is asked.
-
-    ``$request_uri`` is not normalised, while nginx routes (and the backend serves) the normalised path, so
-    a URI with ``.``/``..`` segments (also percent-encoded) is refused outright: otherwise
-    ``/a/x.git/../../b/y.git/info/refs`` would be checked against ``a/x`` and served from ``b/y``.
-
-    Pure, so memoised: clients repeat the same few URIs (``info/refs``, ``git-upload-pack``, index pages),
-    and the cache makes the mapping a dict lookup on the hot path. Only the mapping is cached, never a
-    decision; long URIs bypass the cache so that its memory stays bounded (4096 x 512 characters).
-    """
-    if uri is not None and len(uri) <= _CACHED_URI_LENGTH:
-        return _map_cached(uri, method)
-    return _map_original_request(uri, method)
-
-
-_CACHED_URI_LENGTH: Final = 512
-
-
-def _map_original_request(uri: str | None, method: str | None) -> Target:
-    if not uri or not uri.startswith("/"):
-        return NOT_A_DEPLOY_TOKEN_ROUTE
-    verb = (method or "").strip().upper()
-    path, _, query = uri.partition("?")
-    decoded_path = unquote(path)
-    if any(segment in (".", "..") for segment in decoded_path.split("/")):
-        return NOT_A_DEPLOY_TOKEN_ROUTE
-    if path.startswith("/api/"):
-        return _map_api(path, verb)
-    return _map_git(decoded_path, unquote(uri), query, verb) or NOT_A_DEPLOY_TOKEN_ROUTE
-
-
-_map_cached: Final = lru_cache(maxsize=4096)(_map_original_request)
 
 
 def status_for(decision: Decision) -> int:
@@ -511,26 +369,27 @@ def _record(
     endpoint: str,
     observed: Sequence[_Observed],
     status: int,
-    value: str | None,
+    credentials: Credentials,
+    client: str | None,
     now: datetime,
     metrics: Metrics,
 ) -> None:
-    """Count every decision and queue its activity row (never the token value, R7).
+    """Count every decision, queue its activity row (never the token value), and count a failed credential
+    against the client's address (once per request, however many scopes it asked for).
 
     ``environ`` is the request's WSGI environ, read once by the view (each ``flask.request`` access goes
     through a context-local proxy). ``Action`` and ``Reason`` are ``StrEnum``s, used as the strings they are.
     """
     counter = metrics.auth_decisions
     recorder = activity_of(app)
-    # The client is nginx's X-Original-Remote-Addr, else the peer. Header texts are cut here, not only in the
-    # writer, so that queued rows stay small while the database is down (the queue holds 100,000 of them).
-    client = environ.get("HTTP_X_ORIGINAL_REMOTE_ADDR") or environ.get("REMOTE_ADDR")
-    if client is not None and len(client) > ACTIVITY_TEXT_LIMIT:
-        client = client[:ACTIVITY_TEXT_LIMIT]
+    value = credentials.value
+    # Header texts are cut here, not only in the writer, so that queued rows stay small while the database is
+    # down (the queue holds 100,000 of them). The client address is already a normalised IP address.
     user_agent = environ.get("HTTP_USER_AGENT")
     if user_agent is not None and len(user_agent) > ACTIVITY_TEXT_LIMIT:
         user_agent = user_agent[:ACTIVITY_TEXT_LIMIT]
     token_ref: str | None = None
+    failed = False
     for action, resource, decision in observed:
         reason: str
         if decision is None:
@@ -538,6 +397,7 @@ def _record(
         else:
             allowed, reason, token_id = decision.allowed, decision.reason, decision.token_id
             result = "allowed" if allowed else "denied"
+            failed = failed or reason in FAILED_CREDENTIALS
         counter.inc(endpoint, action, result, reason)
         if recorder is None:
             continue
@@ -562,6 +422,8 @@ def _record(
                 )
             )
         )
+    if failed and runtime.bans.register_failure(client, now):
+        metrics.auth_bans.inc(endpoint)
 
 
 def _event(fields: tuple[Any, ...]) -> ActivityEvent:
@@ -571,8 +433,11 @@ def _event(fields: tuple[Any, ...]) -> ActivityEvent:
 
 # nginx auth_request ------------------------------------------------------------------------------------
 
-# nginx may proxy the sub-request with the client's method; the body is never sent.
-_ANY_METHOD: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+# nginx may proxy the sub-request with the client's method (the body is never sent), and the view decides from
+# X-Original-Method alone. So every method must reach the view: Flask's automatic OPTIONS answer would be a
+# 200 without credentials, and a 405 for WebDAV's PROPFIND would reach the client as nginx's 500. The methods
+# listed are the documented ones; ``_any_method`` adds a rule that takes every other method.
+_ANY_METHOD: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _STALE_HEADERS: Final = (("Retry-After", "1"), ("X-Auth-Error", "unavailable"))
 _CHALLENGE_HEADERS: Final = (("WWW-Authenticate", AUTH_CHALLENGE),)
 
@@ -587,7 +452,12 @@ class AuthRequestAnswer(Response):
     default_mimetype = None
 
 
-@auth_checks.route("/internal/auth_request", methods=_ANY_METHOD)
+@auth_checks.record_once
+def _any_method(state: BlueprintSetupState) -> None:
+    state.app.url_map.add(Rule("/internal/auth_request", endpoint="auth_checks.auth_request"))
+
+
+@auth_checks.route("/internal/auth_request", methods=_ANY_METHOD, provide_automatic_options=False)
 @operation(
     "nginx auth_request check for Git over HTTP and package registries (200, 401 or 403 only)",
     tag="auth_checks",
@@ -608,18 +478,22 @@ def auth_request() -> Response:
         environ.get("HTTP_DEPLOY_TOKEN"),
         basic_only=target.protocol is Protocol.GIT,
     )
+    client = _client_addresses(app).behind_proxy(environ)
     now = runtime.clock.now()
     decision: Decision | None
     try:
-        decision = _decide(
-            runtime.index,
-            credentials,
-            target.action,
-            target.resource,
-            now,
-            target.check_username,
-            target.exact_group_only,
-        )
+        if runtime.bans.is_banned(client, now):
+            decision = _BANNED
+        else:
+            decision = _decide(
+                runtime.index,
+                credentials,
+                target.action,
+                target.resource,
+                now,
+                target.check_username,
+                target.exact_group_only,
+            )
     except StaleIndex:
         decision = None
     status = 403 if decision is None else status_for(decision)
@@ -634,7 +508,7 @@ def auth_request() -> Response:
         headers = ()
     metrics = metrics_of(app)
     observed = ((target.action, target.resource, decision),)
-    _record(app, runtime, environ, "auth_request", observed, status, credentials.value, now, metrics)
+    _record(app, runtime, environ, "auth_request", observed, status, credentials, client, now, metrics)
     metrics.auth_duration.observe(perf_counter() - started, "auth_request")
     return AuthRequestAnswer(status=status, headers=headers)
 
@@ -700,13 +574,19 @@ def _token_group(index: CredentialIndex, credentials: Credentials, now: datetime
 
 
 def _scope_resource(index: CredentialIndex, service: str, name: str) -> Resource:
+    """The project (registry) or group (dependency proxy) a repository name belongs to, by its canonical
+    spelling only: the registry compares names exactly, so ``ACME/web`` is another repository than
+    ``acme/web`` and a grant for it would reach outside the project's own images."""
+    kind = "project" if service == CONTAINER_REGISTRY else "group"
+
+    def exists(path: str) -> bool:
+        return index.resolve(Resource(kind, path=path, exact_path=True)) is not None
+
     if service == CONTAINER_REGISTRY:
-        project = longest_existing_prefix(
-            name, lambda path: index.resolve(Resource("project", path=path)) is not None
-        )
-        return Resource("project", path=project or name)
-    group = dependency_proxy_group(name, lambda path: index.resolve(Resource("group", path=path)) is not None)
-    return Resource("group", path=group or name)
+        owner = longest_existing_prefix(name, exists)
+    else:
+        owner = dependency_proxy_group(name, exists)
+    return Resource(kind, path=owner or name, exact_path=True)
 
 
 def _grant(
@@ -778,17 +658,23 @@ def _jwt_auth(app: Flask) -> Response:
         credentials = presented_credentials(authorization, None, basic_only=True)
 
     index = runtime.index
+    # Docker clients call the token server directly: no proxy in front, so only the peer says who they are.
+    client = _client_addresses(app).peer(request.environ)
+    metrics = metrics_of(app)
     now = runtime.clock.now()
     observed: list[_Observed] = []
     access: list[dict[str, object]] = []
     login_action = Action.REGISTRY_LOGIN if service == CONTAINER_REGISTRY else Action.DEPENDENCY_PROXY_READ
     login_resource: Resource | None = None
     try:
-        # Login first (§8, §9): bad credentials are a 401; a token with no registry ability (or, for the
-        # dependency proxy, not a group token with the proxy scopes) is a 403 even if it asked for nothing.
-        if service == DEPENDENCY_PROXY:
-            login_resource = _token_group(index, credentials, now)
-        login = _decide(index, credentials, login_action, login_resource, now, check_username=True)
+        # Login first: bad credentials are a 401; a token with no registry ability (or, for the dependency
+        # proxy, not a group token with the proxy scopes) is a 403 even if it asked for nothing.
+        if runtime.bans.is_banned(client, now):
+            login = _BANNED
+        else:
+            if service == DEPENDENCY_PROXY:
+                login_resource = _token_group(index, credentials, now)
+            login = _decide(index, credentials, login_action, login_resource, now, check_username=True)
         observed.append((login_action, login_resource, login))
         if login.allowed:
             for scope in scopes:
@@ -797,7 +683,7 @@ def _jwt_auth(app: Flask) -> Response:
                     access.append(entry)
     except StaleIndex:
         observed.append((login_action, login_resource, None))
-        _record(app, runtime, request.environ, "jwt", observed, 503, credentials.value, now, metrics_of(app))
+        _record(app, runtime, request.environ, "jwt", observed, 503, credentials, client, now, metrics)
         response = _registry_response(
             503, registry_error("UNAVAILABLE", "credential data is not current; try again")
         )
@@ -806,16 +692,14 @@ def _jwt_auth(app: Flask) -> Response:
 
     if not login.allowed:
         status = 401 if login.reason in BAD_CREDENTIALS else 403
-        _record(
-            app, runtime, request.environ, "jwt", observed, status, credentials.value, now, metrics_of(app)
-        )
+        _record(app, runtime, request.environ, "jwt", observed, status, credentials, client, now, metrics)
         if status == 401:
             return _registry_response(
                 401, registry_error("UNAUTHORIZED", "HTTP Basic: Access denied"), challenge=True
             )
         return _registry_response(403, registry_error("DENIED", "access forbidden"))
 
-    _record(app, runtime, request.environ, "jwt", observed, 200, credentials.value, now, metrics_of(app))
+    _record(app, runtime, request.environ, "jwt", observed, 200, credentials, client, now, metrics)
     username = login.username or ""
     body = issue_token(
         registry_signing_key(runtime.keys),
@@ -864,19 +748,40 @@ class ProjectOrGroupReference(fields.Field[Resource]):
             if value < 1:
                 raise self.make_error("invalid")
             return Resource(self.kind, id=value)
-        if isinstance(value, str) and 0 < len(value) <= 1024:
+        if isinstance(value, str) and 0 < len(value) <= 1024 and not has_unstorable_characters(value):
             resource = resource_from_reference(self.kind, value.strip())
             if resource is not None:
                 return resource
         raise self.make_error("invalid")
 
 
+def _storable(value: str) -> None:
+    # Control characters, NUL and lone surrogates could not be recorded with the decision: refused here.
+    if has_unstorable_characters(value):
+        raise marshmallow.ValidationError("contains characters that are not allowed (control characters)")
+
+
+class ClientAddressField(fields.String):
+    default_error_messages = {"invalid_address": "must be an IP address"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        address = normalise_address(text) if len(text) <= 64 else None
+        if address is None:
+            raise self.make_error("invalid_address")
+        return address
+
+
 class AuthCheckSchema(Schema):
-    username = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
-    token = fields.String(required=True, validate=validate.Length(min=1, max=1024))
+    username = fields.String(
+        load_default=None, allow_none=True, validate=[validate.Length(max=255), _storable]
+    )
+    token = fields.String(required=True, validate=[validate.Length(min=1, max=1024), _storable])
     action = fields.Enum(Action, by_value=True, required=True)
     project = ProjectOrGroupReference("project", load_default=None, allow_none=True)
     group = ProjectOrGroupReference("group", load_default=None, allow_none=True)
+    # The address of the client the resource server asks for, believed from trusted proxies only.
+    client_address = ClientAddressField(load_default=None, allow_none=True)
 
     @validates_schema
     def _one_resource(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -921,25 +826,33 @@ def _auth_check(app: Flask) -> Response:
     resource: Resource | None = params["project"] or params["group"]
     package = action in _PACKAGE_ACTIONS
     credentials = Credentials(params["username"], params["token"])
+    addresses = _client_addresses(app)
+    client = addresses.peer(request.environ)
+    if params["client_address"] is not None and client is not None and addresses.is_trusted(client):
+        client = params["client_address"]
     now = runtime.clock.now()
     decision: Decision | None
     try:
-        decision = _decide(
-            runtime.index,
-            credentials,
-            action,
-            resource,
-            now,
-            # Package endpoints ignore the username (§10); everything else compares it.
-            check_username=not package and action is not Action.API,
-            # A group addressed by a package endpoint is a group-level endpoint: the exact group only (§5).
-            exact_group_only=package and resource is not None and resource.kind == "group",
-        )
+        if runtime.bans.is_banned(client, now):
+            decision = _BANNED
+        else:
+            decision = _decide(
+                runtime.index,
+                credentials,
+                action,
+                resource,
+                now,
+                # Package endpoints ignore the username; everything else compares it.
+                check_username=not package and action is not Action.API,
+                # A group addressed by a package endpoint is a group-level endpoint: the exact group only.
+                exact_group_only=package and resource is not None and resource.kind == "group",
+            )
     except StaleIndex:
         decision = None
     status = 503 if decision is None else 200
     observed = ((action, resource, decision),)
-    _record(app, runtime, request.environ, "check", observed, status, credentials.value, now, metrics_of(app))
+    metrics = metrics_of(app)
+    _record(app, runtime, request.environ, "check", observed, status, credentials, client, now, metrics)
     if decision is None:
         response = jsonify(message="503 Service Unavailable - credential data is not current; try again")
         response.status_code = 503

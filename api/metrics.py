@@ -15,8 +15,12 @@ Series (all names prefixed ``deploy_tokens_``):
   from ``runtime.projector.status()`` at scrape time; ``projection_status_up`` is 0 when that failed.
 * ``credential_index_age_seconds`` gauge: time since the in-memory index was last confirmed current;
   ``credential_index_tokens`` gauge.
-* ``activity_queue_depth`` gauge and ``activity_dropped_total``, ``activity_written_total``,
-  ``activity_write_errors_total`` counters (present once activity recording is installed).
+* ``activity_queue_depth``, ``activity_oldest_queued_age_seconds`` (by the oldest unwritten row's own
+  timestamp), ``activity_stalled_seconds`` (time without progress while rows wait; readiness fails past
+  the recorder's ``stall_after``) and ``activity_last_write_timestamp_seconds`` (Unix time; 0: never)
+  gauges; ``activity_dropped_total``, ``activity_written_total``, ``activity_write_errors_total`` and
+  ``activity_set_aside_total`` (rows the database refused on their own, kept in
+  ``token_activity_rejected``) counters. Present once activity recording is installed.
 
 Values are per process: with several gunicorn workers each keeps its own counters (as with
 ``prometheus_client`` outside its multiprocess mode); the embedded server runs one worker.
@@ -169,9 +173,14 @@ class Metrics:
             "Time to answer one auth request, by endpoint.",
             ("endpoint",),
         )
+        self.auth_bans = Counter(
+            "deploy_tokens_auth_bans_total",
+            "Client addresses banned after repeated failed credentials, by the endpoint of the last failure.",
+            ("endpoint",),
+        )
 
     def render(self, app: Flask) -> str:
-        lines = self.auth_decisions.render() + self.auth_duration.render()
+        lines = self.auth_decisions.render() + self.auth_duration.render() + self.auth_bans.render()
         lines += _runtime_lines(app)
         lines += _activity_lines(app)
         return "\n".join(lines) + "\n"
@@ -233,6 +242,11 @@ def _runtime_lines(app: Flask) -> list[str]:
     lines += _gauge(
         "deploy_tokens_credential_index_tokens", "Tokens held by the credential index.", [("", len(index))]
     )
+    lines += _gauge(
+        "deploy_tokens_auth_banned_addresses",
+        "Client addresses refused by every auth endpoint right now (failed-credential bans in force).",
+        [("", runtime.bans.stats().banned_addresses)],
+    )
     return lines
 
 
@@ -243,13 +257,40 @@ def _activity_lines(app: Flask) -> list[str]:
     if recorder is None:
         return []
     stats = recorder.stats()
-    lines = _gauge(
-        "deploy_tokens_activity_queue_depth", "Activity rows waiting to be written.", [("", stats.depth)]
-    )
+    last_write = 0.0 if stats.last_write_at is None else stats.last_write_at.timestamp()
+    lines: list[str] = []
+    for gauge, help_text, sample in (
+        ("queue_depth", "Activity rows waiting to be written.", float(stats.depth)),
+        (
+            "oldest_queued_age_seconds",
+            "Age of the oldest activity row not written yet, by its own timestamp (0: none waiting).",
+            stats.oldest_queued_age,
+        ),
+        (
+            "stalled_seconds",
+            "Seconds the activity writer has made no progress while rows wait (0: none waiting).",
+            stats.stalled_for,
+        ),
+        (
+            "last_write_timestamp_seconds",
+            "Unix time of the activity writer's last commit (0: none yet).",
+            last_write,
+        ),
+    ):
+        lines += _gauge(f"deploy_tokens_activity_{gauge}", help_text, [("", sample)])
     for name, help_text, value in (
-        ("dropped", "Activity rows dropped because the queue was full.", stats.dropped),
+        (
+            "dropped",
+            "Activity rows dropped because the queue was full or they could not be kept.",
+            stats.dropped,
+        ),
         ("written", "Activity rows written to token_activity.", stats.written),
         ("write_errors", "Failed activity batch writes.", stats.write_errors),
+        (
+            "set_aside",
+            "Activity rows the database refused on their own, kept in token_activity_rejected.",
+            stats.set_aside,
+        ),
     ):
         series = f"deploy_tokens_activity_{name}_total"
         lines += [*_header(series, help_text, "counter"), f"{series} {value}"]

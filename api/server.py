@@ -36,6 +36,7 @@ class BackgroundThreads:
     def start(self) -> None:
         runtime = self.runtime
         self._spawn("credential-index", runtime.index.follow)
+        self._spawn("auth-bans", runtime.bans.follow)
         if self.embedded:
             from workers.embedded import EmbeddedScheduler
 

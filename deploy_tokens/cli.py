@@ -259,7 +259,11 @@ def cmd_export(runtime: Runtime, args: argparse.Namespace) -> int:
         until=_instant(args.until) if args.until else None,
         upto=args.upto,
     )
-    export = Export(runtime.db, request, runtime.keys.chain_key)
+    try:
+        export = Export(runtime.db, request, runtime.keys.chain_key)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     total = export.count()
 
     def progress(rows: int) -> None:
@@ -386,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     export = commands.add_parser("export", help="compliance export (CSV or JSON Lines) with a manifest")
-    export.add_argument("--dataset", choices=["lifecycle", "usage"], required=True)
+    export.add_argument("--dataset", choices=["lifecycle", "usage", "usage_set_aside"], required=True)
     export.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
     export.add_argument(
         "--output", required=True, help="file to write; the manifest goes to FILE.manifest.json"

@@ -8,12 +8,15 @@ on PostgreSQL callers lock the rows they depend on (``FOR UPDATE``).
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import lru_cache, partial
+from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
 from psycopg_pool import ConnectionPool
@@ -21,6 +24,44 @@ from psycopg_pool import ConnectionPool
 from deploy_tokens.settings import DatabaseLocation
 
 Dialect = Literal["sqlite", "postgresql"]
+
+# Files SQLite keeps beside the database; it creates them with the database file's own permissions.
+_SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Make sure the SQLite database file exists with mode 0600 before anything opens it.
+
+    The file holds token digests, the CI vault's ciphertext and web sessions: no other local user may read
+    it. sqlite3 would create it with 0644 (less the umask); SQLite gives its ``-wal``, ``-shm`` and
+    ``-journal`` files the database file's permissions, so creating the database file 0600 first keeps all
+    of them private whatever the umask. A database file or companion left group/other-readable by an older
+    version is tightened when this process owns it. Failing to create the file is left to sqlite3 to report
+    (it names the problem when it connects).
+    """
+    name = str(path)
+    if name in ("", ":memory:"):  # sqlite3's in-memory databases (no URI mode here: "file:" is a file name)
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        _tighten(os.fstat(fd), lambda mode: os.fchmod(fd, mode))
+    finally:
+        os.close(fd)
+    for suffix in _SQLITE_COMPANIONS:
+        companion = f"{name}{suffix}"
+        try:
+            _tighten(os.stat(companion), partial(os.chmod, companion))
+        except OSError:  # absent (the usual case), or gone meanwhile
+            continue
+
+
+def _tighten(status: os.stat_result, chmod: Callable[[int], None]) -> None:
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o077 and status.st_uid == os.geteuid():
+        chmod(mode & 0o700)
 
 
 def _adapt_datetime(moment: datetime) -> str:
@@ -112,6 +153,9 @@ class Database:
         self._sqlite_connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
+        if location.sqlite_path is not None:
+            # Here, not only on the first connection: the event store opens the same file, maybe first.
+            private_sqlite_file(location.sqlite_path)
         if self.dialect == "postgresql":
             self._pool = ConnectionPool(
                 conninfo=self.conninfo(),
@@ -134,6 +178,7 @@ class Database:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             assert self.location.sqlite_path is not None
+            private_sqlite_file(self.location.sqlite_path)  # again: the file may have been removed meanwhile
             connection = sqlite3.connect(
                 self.location.sqlite_path, timeout=30, isolation_level=None, check_same_thread=False
             )

@@ -22,7 +22,7 @@ from typing import Any, Final, Literal
 from deploy_tokens.db import Database, as_utc_text
 from projections.chain import chain_head
 
-Dataset = Literal["lifecycle", "usage"]
+Dataset = Literal["lifecycle", "usage", "usage_set_aside"]
 Format = Literal["csv", "jsonl"]
 
 PAGE: Final = 5000
@@ -59,9 +59,16 @@ _COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "client_addr",
         "user_agent",
     ),
+    # Activity rows the writer could not store as they were (docs/architecture.md, "Per-token activity").
+    "usage_set_aside": ("id", "set_aside_at", "error", "row_json"),
 }
-_TABLE: Final = {"lifecycle": "audit_events", "usage": "token_activity"}
-_KEY: Final = {"lifecycle": "position", "usage": "id"}
+_TABLE: Final = {
+    "lifecycle": "audit_events",
+    "usage": "token_activity",
+    "usage_set_aside": "token_activity_rejected",
+}
+_KEY: Final = {"lifecycle": "position", "usage": "id", "usage_set_aside": "id"}
+_TIME: Final = {"lifecycle": "occurred_at", "usage": "occurred_at", "usage_set_aside": "set_aside_at"}
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,9 @@ class Export:
             raise ValueError(f"unknown dataset {request.dataset!r}")
         if request.format not in ("csv", "jsonl"):
             raise ValueError(f"unknown format {request.format!r}")
+        if request.dataset == "usage_set_aside" and (request.token_id or request.namespace_kind):
+            # A set-aside row is kept as the text it arrived as: it has no token or namespace to filter by.
+            raise ValueError("set-aside activity rows can be filtered by time only")
         self.db = db
         self.request = request
         self.columns = _COLUMNS[request.dataset]
@@ -161,11 +171,12 @@ class Export:
                     "token_id IN (SELECT token_id FROM cred_tokens WHERE holder_kind = ? AND holder_id = ?)"
                 )
             params += [request.namespace_kind, request.namespace_id]
+        time_column = _TIME[request.dataset]
         if request.since is not None:
-            clauses.append("occurred_at >= ?")
+            clauses.append(f"{time_column} >= ?")
             params.append(request.since)
         if request.until is not None:
-            clauses.append("occurred_at < ?")
+            clauses.append(f"{time_column} < ?")
             params.append(request.until)
         return " AND ".join(clauses), params
 

@@ -31,7 +31,9 @@ class Keyring:
         Tokens carry 144 random bits, so a fast keyed hash is enough; a slow KDF would only slow the hot path.
         """
         keyed = self._digest_base.copy()
-        keyed.update(value.encode("utf-8"))
+        # surrogatepass: any text a caller can send (a lone surrogate from JSON) has a digest, never an error;
+        # every value we issue is ASCII, so its digest is unchanged.
+        keyed.update(value.encode("utf-8", "surrogatepass"))
         return keyed.hexdigest()
 
     def __repr__(self) -> str:

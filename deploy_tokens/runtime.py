@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from deploy_tokens.activity import ActivityRecorder, create_activity_table
+from deploy_tokens.bans import AddressBans, address_bans
 from deploy_tokens.db import Database
 from deploy_tokens.keys import Keyring
 from deploy_tokens.service import DeployTokenService
@@ -59,6 +60,7 @@ class Runtime:
     service: DeployTokenService
     index: CredentialIndex
     activity: ActivityRecorder
+    bans: AddressBans
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -82,7 +84,8 @@ class Runtime:
         projector.add_listener(index.on_projected)
         projector.catch_up()
         index.refresh()
-        return cls(settings, clock, db, store, projector, read, keys, vault, service, index, activity)
+        bans = address_bans(settings.auth_bans, clock, settings.redis_url)
+        return cls(settings, clock, db, store, projector, read, keys, vault, service, index, activity, bans)
 
     def close(self) -> None:
         self.activity.close()  # writes what is queued while the database is still open

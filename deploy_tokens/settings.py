@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
+import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from deploy_tokens.bans import LOOPBACK, BanPolicy, IPNetwork
 
 
 class ConfigurationError(Exception):
@@ -80,6 +84,9 @@ class Settings:
     projection_batch_size: int
     notification_lease: float
     mail_from: str
+    # Peers whose forwarded-address headers are believed (nginx in front of /internal/auth_request).
+    trusted_proxies: tuple[IPNetwork, ...] = LOOPBACK
+    auth_bans: BanPolicy = field(default_factory=BanPolicy)
 
     @property
     def jobs_in_process(self) -> bool:
@@ -100,7 +107,7 @@ class Settings:
         database = DatabaseLocation.parse(url)
         if database.dialect == "sqlite":
             assert database.sqlite_path is not None
-            database.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(database.sqlite_path.parent, own=(database.sqlite_path.name,))
         secret = env.get("DEPLOY_TOKENS_SECRET_KEY")
         if secret:
             if len(secret) < 32:
@@ -142,7 +149,40 @@ class Settings:
             notification_lease=lease,
             mail_from=env.get("DEPLOY_TOKENS_MAIL_FROM")
             or f"deploy-tokens@{urlsplit(external_url).hostname}",
+            trusted_proxies=_networks(env, "DEPLOY_TOKENS_TRUSTED_PROXIES", LOOPBACK),
+            auth_bans=BanPolicy(
+                max_retry=_whole_number(env, "DEPLOY_TOKENS_BAN_MAXRETRY", 10),
+                find_time=_whole_number(env, "DEPLOY_TOKENS_BAN_FINDTIME", 60, minimum=1),
+                ban_time=_whole_number(env, "DEPLOY_TOKENS_BAN_BANTIME", 3600, minimum=1),
+                allowlist=_networks(env, "DEPLOY_TOKENS_BAN_ALLOWLIST", LOOPBACK),
+            ),
         )
+
+
+def _whole_number(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isascii() or not raw.isdigit() or int(raw) < minimum:
+        raise ConfigurationError(f"{name} must be a whole number, at least {minimum}")
+    return int(raw)
+
+
+def _networks(env: Mapping[str, str], name: str, default: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDRs. Unset means ``default``; set but empty means none at all."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    networks = []
+    for item in raw.split(","):
+        text = item.strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ConfigurationError(f"{name}: {text[:64]!r} is not an IP address or CIDR") from None
+    return tuple(networks)
 
 
 def _embedded_secret(data_dir: Path) -> bytes:
@@ -150,8 +190,9 @@ def _embedded_secret(data_dir: Path) -> bytes:
 
     Written to a private temporary file and hard-linked into place, so two processes starting at once
     agree on one secret and neither ever reads a half-written file.
+    A secret left group/other-readable (by hand, or by a restore) is tightened back to 0600.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(data_dir)
     path = data_dir / "secret_key"
     if not path.exists():
         candidate = data_dir / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
@@ -164,4 +205,41 @@ def _embedded_secret(data_dir: Path) -> bytes:
             pass
         finally:
             candidate.unlink()
+    status = path.stat()
+    if stat.S_IMODE(status.st_mode) & 0o077 and status.st_uid == os.geteuid():
+        path.chmod(0o600)
     return path.read_bytes().strip()
+
+
+# What the service itself writes into its data folder (``.secret_key.*`` only for an instant).
+_SERVICE_ENTRIES = frozenset({"secret_key", "maildir"})
+_SQLITE_FILE = "deploy-tokens.sqlite3"
+_SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def private_folder(folder: Path, *, own: tuple[str, ...] = ()) -> None:
+    """Create ``folder`` with mode 0700, or tighten an existing one to 0700 if it is the service's own.
+
+    Missing parents are created as the umask says: only the folder itself holds secrets. An existing folder
+    is tightened only when this process owns it and everything in it is something the service writes there
+    (``own`` adds names, e.g. a SQLite file kept outside the data folder; a name also covers its
+    ``-wal``/``-shm`` companions), an empty one included: that is the data folder an older version created
+    with 0755, or one made ready for the service (a volume's mount point). A folder holding anything else is
+    left as it is: the data folder may have been pointed at a shared place (the default ``./var`` run from
+    ``/`` is ``/var``), and taking it away from its other users would break them.
+    """
+    try:
+        folder.mkdir(mode=0o700, parents=True)
+        return
+    except FileExistsError:
+        pass
+    status = folder.stat()
+    mode = stat.S_IMODE(status.st_mode)
+    if not mode & 0o077 or status.st_uid != os.geteuid():
+        return
+    service = _SERVICE_ENTRIES | {
+        name + suffix for name in (_SQLITE_FILE, *own) for suffix in _SQLITE_COMPANIONS
+    }
+    with os.scandir(folder) as entries:
+        if all(entry.name in service or entry.name.startswith(".secret_key.") for entry in entries):
+            folder.chmod(mode & 0o700)

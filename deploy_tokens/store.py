@@ -14,6 +14,7 @@ from eventsourcing.persistence import IntegrityError, Recording
 # Importing the aggregates registers their pinned topics before any stored event is read.
 import domain.deploy_token
 import domain.directory  # noqa: F401
+from deploy_tokens.db import private_sqlite_file
 from deploy_tokens.settings import DatabaseLocation
 
 
@@ -23,6 +24,8 @@ class EventStore(Application[UUID]):
     name = "DeployTokens"
 
     def __init__(self, location: DatabaseLocation) -> None:
+        if location.sqlite_path is not None:
+            private_sqlite_file(location.sqlite_path)  # before the library's sqlite3 connection creates it
         super().__init__(env=persistence_env(location))
 
     def head(self) -> int:

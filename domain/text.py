@@ -7,14 +7,20 @@ have no place in names. Such an event would stop every projection at its positio
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 from domain.errors import ValidationError
+
+_UNSTORABLE: Final = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def has_unstorable_characters(value: str) -> bool:
+    """NUL and other control characters, or a lone surrogate."""
+    return _UNSTORABLE.search(value) is not None
 
 
 def check_text(value: str, field: str) -> str:
-    for character in value:
-        code = ord(character)
-        if code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
-            raise ValidationError.single(
-                field, "contains characters that are not allowed (control characters)"
-            )
+    if has_unstorable_characters(value):
+        raise ValidationError.single(field, "contains characters that are not allowed (control characters)")
     return value

@@ -41,7 +41,12 @@ def has_token_length(value: str, prefix: str = DEPLOY_TOKEN_PREFIX) -> bool:
     The alphabet and the checksum (``is_well_formed``) are checked only when the lookup found nothing: a value
     whose digest matched is one we issued, and this bound is what keeps anything else from being hashed.
     """
-    return len(value) == len(prefix) + _BODY_LENGTH + _CHECKSUM_LENGTH and value.startswith(prefix)
+    # isascii() is O(1) in CPython and keeps text that could not even be encoded away from the digest.
+    return (
+        len(value) == len(prefix) + _BODY_LENGTH + _CHECKSUM_LENGTH
+        and value.isascii()
+        and value.startswith(prefix)
+    )
 
 
 def is_well_formed(value: str, prefix: str = DEPLOY_TOKEN_PREFIX) -> bool:

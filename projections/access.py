@@ -58,6 +58,8 @@ class Reason(StrEnum):
     DEPENDENCY_PROXY_DISABLED = "dependency_proxy_disabled"
     GROUP_TOKEN_REQUIRED = "group_token_required"
     API_NOT_ALLOWED = "deploy_tokens_not_accepted_here"
+    # Never returned by ``decide``: the endpoints refuse a banned address before any decision.
+    IP_BANNED = "ip_banned"
 
 
 _ALLOWED = Reason.ALLOWED  # bound once: see decide()

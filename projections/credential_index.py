@@ -54,6 +54,9 @@ class Resource:
     kind: str  # "project" or "group"
     id: int | None = None
     path: str | None = None
+    # Paths resolve case-insensitively, as GitLab's routes do; a name that another system compares exactly
+    # (a container registry's repository) must match the canonical spelling or it names nothing.
+    exact_path: bool = False
 
 
 class CredentialIndex:
@@ -206,12 +209,16 @@ class CredentialIndex:
         if resource.kind == "project":
             if resource.id is not None:
                 return self._projects.get(resource.id)
-            return self._projects_by_path.get((resource.path or "").lower())
-        namespace = (
-            self._namespaces.get(resource.id)
-            if resource.id is not None
-            else self._namespaces_by_path.get((resource.path or "").lower())
-        )
+            project = self._projects_by_path.get((resource.path or "").lower())
+            if project is not None and resource.exact_path and project.full_path != resource.path:
+                return None
+            return project
+        if resource.id is not None:
+            namespace = self._namespaces.get(resource.id)
+        else:
+            namespace = self._namespaces_by_path.get((resource.path or "").lower())
+            if namespace is not None and resource.exact_path and namespace.full_path != resource.path:
+                return None
         return namespace if namespace is not None and namespace.kind == "group" else None
 
     def check(

@@ -20,6 +20,7 @@ import os
 import re
 import smtplib
 import ssl
+import stat
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,9 +30,10 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from deploy_tokens.settings import private_folder
 from domain.deploy_token import INTERVALS
 
 __all__ = [
@@ -500,21 +502,38 @@ def _quit_quietly(client: smtplib.SMTP) -> None:
         client.close()
 
 
+class _PrivateMaildir(mailbox.Maildir):
+    """A Maildir whose message files are 0600 whatever the umask (mailbox creates them 0666 less the umask)."""
+
+    def _create_tmp(self) -> BinaryIO:
+        # typeshed leaves this hook out; it is where mailbox.Maildir creates every message file.
+        handle: BinaryIO = super()._create_tmp()  # type: ignore[misc]
+        # Still empty: nothing was readable before this, and the folders are 0700 besides.
+        os.fchmod(handle.fileno(), 0o600)
+        return handle
+
+
 class MaildirMailer:
     """Deliver into a local Maildir, for development and embedded mode.
 
     mailbox.Maildir writes each message to ``tmp/``, fsyncs it and renames it into ``new/``, so a reader
     never sees a half-written message; the ``new/`` directory is fsynced afterwards so the rename itself
-    survives a power loss.
+    survives a power loss. The Maildir and its subfolders are 0700 (tightened if an older version left them
+    open) and every message file 0600: the mails name tokens and their owners.
     """
 
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
         # mailbox.Maildir only creates the folder when it is missing entirely, so an existing but empty
         # directory would fail on first delivery; create every subfolder up front instead.
+        self._path.mkdir(mode=0o700, parents=True, exist_ok=True)
         for sub in ("tmp", "new", "cur"):
-            (self._path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._maildir = mailbox.Maildir(self._path, create=False)
+            (self._path / sub).mkdir(mode=0o700, exist_ok=True)
+        for folder in (self._path, *(self._path / sub for sub in ("tmp", "new", "cur"))):
+            status = folder.stat()
+            if stat.S_IMODE(status.st_mode) & 0o077 and status.st_uid == os.geteuid():
+                folder.chmod(0o700)
+        self._maildir = _PrivateMaildir(self._path, create=False)
 
     def __repr__(self) -> str:
         return f"MaildirMailer({str(self._path)!r})"
@@ -540,5 +559,7 @@ def mailer_from_url(url: str | None, *, data_dir: Path) -> Mailer:
     """Build the mailer configured by ``DEPLOY_TOKENS_SMTP_URL``; unset or empty means a Maildir in
     ``data_dir / "maildir"``."""
     if not url:
+        # The data folder may not exist yet (PostgreSQL with an explicit secret creates nothing else there).
+        private_folder(Path(data_dir))
         return MaildirMailer(Path(data_dir) / "maildir")
     return SmtpMailer(url)

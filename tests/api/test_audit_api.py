@@ -91,3 +91,11 @@ def test_numbers_beyond_bigint_name_nothing(client, world: World, creds: Credent
     assert (
         client.get(f"/api/v4/audit_events?after_position={huge}", headers=creds["admin"]).status_code == 400
     )
+
+
+def test_set_aside_activity_exports_by_time_only(client, world: World, creds: Credentials):
+    url = "/api/v4/audit/exports/usage_set_aside.jsonl"
+    assert client.get(url, headers=creds["admin"]).status_code == 200
+    refused = client.get(url, query_string={"token_id": 1}, headers=creds["admin"])
+    assert refused.status_code == 400
+    assert "time only" in refused.get_json()["error"]

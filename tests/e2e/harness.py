@@ -223,6 +223,12 @@ def tiny_wheel(folder: Path, name: str, version: str = "0.1.0") -> Path:
 
 # Server configurations ------------------------------------------------------------------------------------
 
+# The locations that put auth_request in front of a backend, shared by the stack and by the routing probe
+# (ROUTING_PROBE_CONF), so that the differential test checks the very locations the end-to-end tests use.
+GIT_LOCATION = r"^/.+\.git/"
+PYPI_LOCATION = r"^/api/v4/projects/(?<projid>\d+)/packages/pypi(/.*)?$"
+GENERIC_LOCATION = r"^/api/v4/projects/(?<generic_project>\d+)/packages/generic/[^/]+/[^/]+/[^/]+$"
+
 NGINX_CONF = """
 worker_processes 1;
 pid {run}/nginx.pid;
@@ -249,7 +255,7 @@ http {{
       return 403;
     }}
     # Git over HTTP: git http-backend through fcgiwrap; REMOTE_USER comes from the service's X-Auth-User.
-    location ~ ^/.+\\.git/ {{
+    location ~ {git_location} {{
       auth_request /_auth;
       auth_request_set $auth_user $upstream_http_x_auth_user;
       auth_request_set $auth_error $upstream_http_x_auth_error;
@@ -264,7 +270,7 @@ http {{
       fastcgi_buffering off;
     }}
     # PyPI: pypiserver (its own auth off); links carry the GitLab prefix through X-Forwarded-Host.
-    location ~ ^/api/v4/projects/(?<projid>\\d+)/packages/pypi(/.*)?$ {{
+    location ~ {pypi_location} {{
       auth_request /_auth;
       auth_request_set $auth_error $upstream_http_x_auth_error;
       error_page 403 = @auth_denied;
@@ -274,7 +280,7 @@ http {{
       proxy_set_header Authorization "";
     }}
     # GitLab-style generic packages: nginx WebDAV file storage.
-    location ~ ^/api/v4/projects/\\d+/packages/generic/[^/]+/[^/]+/[^/]+$ {{
+    location ~ {generic_location} {{
       auth_request /_auth;
       auth_request_set $auth_error $upstream_http_x_auth_error;
       error_page 403 = @auth_denied;
@@ -283,6 +289,28 @@ http {{
       create_full_put_path on;
       dav_access user:rw group:r all:r;
     }}
+  }}
+}}
+"""
+
+# nginx with the stack's locations, each answering what nginx made of the request instead of serving it:
+# the location's name, the project id it captured, $args and $uri ($uri last: it may hold a decoded newline).
+ROUTING_PROBE_CONF = """
+worker_processes 1;
+pid {run}/probe.pid;
+error_log {run}/probe-error.log warn;
+events {{ worker_connections 128; }}
+http {{
+  access_log off;
+  default_type text/plain;
+  client_body_temp_path {run}/tmp/body; proxy_temp_path {run}/tmp/proxy; fastcgi_temp_path {run}/tmp/fastcgi;
+  uwsgi_temp_path {run}/tmp/uwsgi; scgi_temp_path {run}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location ~ {git_location} {{ return 200 "git\\n\\n$args\\n$uri"; }}
+    location ~ {pypi_location} {{ return 200 "pypi\\n$projid\\n$args\\n$uri"; }}
+    location ~ {generic_location} {{ return 200 "generic\\n$generic_project\\n$args\\n$uri"; }}
+    location / {{ return 200 "other\\n\\n$args\\n$uri"; }}
   }}
 }}
 """
@@ -422,6 +450,9 @@ class Stack:
             app=self.app_url,
             pypi_port=self.pypi_port,
             git_backend=GIT_BACKEND,
+            git_location=GIT_LOCATION,
+            pypi_location=PYPI_LOCATION,
+            generic_location=GENERIC_LOCATION,
         )
         if os.geteuid() == 0:  # nginx drops to "nobody" otherwise, which cannot read the run directory
             conf = "user root;\n" + conf
@@ -472,3 +503,73 @@ class Stack:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(self.run_dir / "seed/seed.git", target)
         return target
+
+
+@dataclass
+class Routed:
+    """What nginx made of one request: 400 (refused), or the location, captured project id, $args and $uri."""
+
+    status: int
+    location: str = ""
+    project_id: str = ""
+    args: bytes = b""
+    uri: bytes = b""
+
+
+class RoutingProbe:
+    """nginx with the stack's locations, answering how it routed each raw request line (never a backend)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> RoutingProbe:
+        run = self.run_dir
+        for folder in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (run / "tmp" / folder).mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        conf = ROUTING_PROBE_CONF.format(
+            run=run,
+            port=self.port,
+            git_location=GIT_LOCATION,
+            pypi_location=PYPI_LOCATION,
+            generic_location=GENERIC_LOCATION,
+        )
+        (run / "probe.conf").write_text(conf)
+        log = run / "probe.log"
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [tool("nginx"), "-p", str(run), "-c", str(run / "probe.conf"), "-g", "daemon off;"],
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        wait_for(f"http://127.0.0.1:{self.port}/", self.process, run / "probe-error.log")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+    def route(self, method: str, request_uri: bytes) -> Routed:
+        """Send the request line exactly as given (no client normalises it) and read nginx's answer.
+
+        nginx chooses a location by path alone, so a HEAD is routed as the GET it is sent as here (a HEAD
+        answer would carry no body to report in).
+        """
+        verb = "GET" if method == "HEAD" else method
+        request = verb.encode("ascii") + b" " + request_uri + b" HTTP/1.1\r\nHost: probe\r\n"
+        request += b"Connection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as connection:
+            connection.sendall(request)
+            chunks = []
+            while chunk := connection.recv(65536):
+                chunks.append(chunk)
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if status != 200:
+            return Routed(status)
+        location, project_id, args, uri = body.split(b"\n", 3)
+        return Routed(status, location.decode(), project_id.decode(), args, uri)

@@ -110,3 +110,34 @@ def test_exports_hold_no_token_values(runtime: Runtime):
         for kind in ("csv", "jsonl"):
             content, _ = _run(runtime, ExportRequest(dataset, kind))  # type: ignore[arg-type]
             assert value.encode() not in content
+
+
+def test_set_aside_activity_rows_are_exported_for_auditors(runtime: Runtime):
+    _, first, _ = _world_with_activity(runtime)
+    unwritable = ActivityEvent(
+        occurred_at=datetime(2026, 1, 10, 13, 0, tzinfo=UTC),
+        token_id=2**63,  # beyond BIGINT: this row cannot be stored as it is
+        token_ref=None,
+        endpoint="auth_request",
+        action="git_read",
+        resource_kind="project",
+        resource_ref="acme/api",
+        allowed=False,
+        reason="unknown_token",
+        status=401,
+        client_addr="192.0.2.9",
+        user_agent="git/2.39",
+    )
+    runtime.activity.record(unwritable)
+    runtime.activity.flush()
+    content, export = _run(runtime, ExportRequest("usage_set_aside", "jsonl"))
+    rows = [json.loads(line) for line in content.decode().splitlines()]
+    assert export.manifest.rows == 1
+    assert [sorted(row) for row in rows] == [["error", "id", "row_json", "set_aside_at"]]
+    assert json.loads(rows[0]["row_json"])["token_id"] == 2**63
+    try:
+        Export(runtime.db, ExportRequest("usage_set_aside", token_id=first), runtime.keys.chain_key)
+    except ValueError as error:
+        assert "time only" in str(error)
+    else:
+        raise AssertionError("a token filter on set-aside rows must be refused")

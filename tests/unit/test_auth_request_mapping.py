@@ -9,25 +9,27 @@ import pytest
 
 from api.auth_checks import (
     DEFAULT_REGISTRY_ISSUER,
-    NOT_A_DEPLOY_TOKEN_ROUTE,
     REGISTRY_ISSUER_ENV,
     REGISTRY_TOKEN_TTL_ENV,
     AuthorizationHeader,
     Credentials,
-    Protocol,
-    Target,
     dependency_proxy_group,
     longest_existing_prefix,
-    map_original_request,
     parse_authorization,
     presented_credentials,
     registry_action,
     registry_issuer,
     registry_token_ttl,
-    resource_from_reference,
     status_for,
 )
 from api.metrics import Counter, Histogram
+from api.request_mapping import (
+    NOT_A_DEPLOY_TOKEN_ROUTE,
+    Protocol,
+    Target,
+    map_original_request,
+    resource_from_reference,
+)
 from deploy_tokens.settings import ConfigurationError
 from projections.access import Action, Decision, Reason
 from projections.credential_index import Resource
@@ -135,28 +137,74 @@ def package(action: Action, resource: Resource | None, *, exact: bool = False) -
         ("/api/v4/projects/24/packages/protection/rules", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
         ("/api/v4/projects/24/packages/Generic/x", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
         ("/api/v4/groups/5/packages/maven/x", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
-        ("/api/v4/projects/24//packages/generic/x", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
-        ("/api/v4/projects/24/p%61ckages/generic/x", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
         ("/api/v3/projects/24/packages/generic/x", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
         ("/-/health", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
         ("/acme/api", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
         ("", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
         (None, "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
         ("http://host/acme/api.git/info/refs", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
-        # dot segments: nginx serves the normalised path, so the raw one cannot be trusted
+        # nginx's reading, not the raw one: what nginx routes and serves is what is checked
         (
-            "/other/x.git/../../acme/api.git/info/refs?service=git-upload-pack",
+            "/api/v4/projects/24//packages/generic/x",
             "GET",
-            NOT_A_DEPLOY_TOKEN_ROUTE,
+            package(Action.PACKAGE_READ, Resource("project", id=24)),
         ),
-        ("/acme/api.git/%2E%2E/%2e%2e/other/x.git/info/refs", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
-        ("/acme/./api.git/info/refs", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
+        (
+            "/api/v4/projects/24/p%61ckages/generic/x",
+            "GET",
+            package(Action.PACKAGE_READ, Resource("project", id=24)),
+        ),
+        ("/other/x.git/../../acme/api.git/info/refs?service=git-upload-pack", "GET", git(Action.GIT_READ)),
+        (
+            "/acme/api.git/%2E%2E/%2e%2e/other/x.git/info/refs",
+            "GET",
+            git(Action.GIT_READ, Resource("project", path="other/x")),
+        ),
+        ("/acme/./api.git/info/refs", "GET", git(Action.GIT_READ)),
         (
             "/api/v4/projects/1/packages/generic/../../../2/packages/generic/x",
             "GET",
-            NOT_A_DEPLOY_TOKEN_ROUTE,
+            package(Action.PACKAGE_READ, Resource("project", id=2)),
         ),
-        ("/api/v4/projects/1%2F..%2F2/packages/generic/x", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
+        (
+            "/api/v4/projects/1%2F..%2F2/packages/generic/x",
+            "GET",
+            package(Action.PACKAGE_READ, Resource("project", id=2)),
+        ),
+        # the reported bypass: "/%61pi/..." is the API to nginx, so it is the API here, and a PUT is a write
+        (
+            "/%61pi/v4/projects/7/packages/generic/tool/info/refs",
+            "PUT",
+            package(Action.PACKAGE_WRITE, Resource("project", id=7)),
+        ),
+        ("/%41PI/v4/projects/7/packages/generic/tool/info/refs", "PUT", NOT_A_DEPLOY_TOKEN_ROUTE),
+        # only what git sends for a clone is a read on info/refs and git-upload-pack
+        ("/acme/api.git/info/refs?service=git-upload-pack", "PUT", git(Action.GIT_WRITE)),
+        ("/acme/api/info/refs", "POST", git(Action.GIT_WRITE)),
+        ("/acme/api.git/info/refs?service=", "GET", git(Action.GIT_WRITE)),
+        ("/acme/api.git/git-upload-pack", "PUT", git(Action.GIT_WRITE)),
+        ("/acme/api/git-upload-pack", "GET", git(Action.GIT_WRITE)),
+        # decoded once, as nginx does: "%252F" is a literal "%2F", never a slash
+        (
+            "/api/v4/projects/acme%252Fapi/packages/pypi",
+            "GET",
+            package(Action.PACKAGE_READ, Resource("project", path="acme%2Fapi")),
+        ),
+        # a URL that could name two resources names none
+        ("/api/v4/projects/acme/api/packages/generic/packages/generic/x", "PUT", NOT_A_DEPLOY_TOKEN_ROUTE),
+        ("/acme/x.git/acme/api.git/info/refs", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
+        ("/.git/info/refs", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
+        # what nginx itself refuses with a 400
+        ("/acme/api.git/info/refs%00", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
+        ("/acme/api.git/info/%zzrefs", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
+        ("/acme/api.git/info/refs%2", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
+        ("/../acme/api.git/info/refs", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
+        ("/acme/api.git/info/refs\x01", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
+        ("/acme/api.git/info refs", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
+        ("/acme/\u0101pi.git/info/refs", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
+        # "#" ends the path; decoded "%3F" and "%23" are plain characters
+        ("/acme/api.git/info/refs#x?service=git-upload-pack", "GET", git(Action.GIT_READ)),
+        ("/acme/api.git/info/refs%3Fservice=git-upload-pack", "GET", git(Action.GIT_READ)),
     ],
 )
 def test_map_original_request(uri: str | None, method: str | None, expected: Target):
