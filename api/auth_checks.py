@@ -343,6 +343,22 @@ def _decide(
     )
 
 
+def _first_decision(
+    runtime: Runtime,
+    client: str | None,
+    credentials: Credentials,
+    action: Action,
+    resource: Resource | None,
+    now: datetime,
+    check_username: bool,
+    exact_group_only: bool = False,
+) -> Decision:
+    """A request's first (or only) decision: a banned address is refused before its credentials are looked at."""
+    if runtime.bans.is_banned(client, now):
+        return _BANNED
+    return _decide(runtime.index, credentials, action, resource, now, check_username, exact_group_only)
+
+
 def _app() -> Flask:
     return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
 
@@ -482,18 +498,16 @@ def auth_request() -> Response:
     now = runtime.clock.now()
     decision: Decision | None
     try:
-        if runtime.bans.is_banned(client, now):
-            decision = _BANNED
-        else:
-            decision = _decide(
-                runtime.index,
-                credentials,
-                target.action,
-                target.resource,
-                now,
-                target.check_username,
-                target.exact_group_only,
-            )
+        decision = _first_decision(
+            runtime,
+            client,
+            credentials,
+            target.action,
+            target.resource,
+            now,
+            target.check_username,
+            target.exact_group_only,
+        )
     except StaleIndex:
         decision = None
     status = 403 if decision is None else status_for(decision)
@@ -669,12 +683,11 @@ def _jwt_auth(app: Flask) -> Response:
     try:
         # Login first: bad credentials are a 401; a token with no registry ability (or, for the dependency
         # proxy, not a group token with the proxy scopes) is a 403 even if it asked for nothing.
-        if runtime.bans.is_banned(client, now):
-            login = _BANNED
-        else:
-            if service == DEPENDENCY_PROXY:
-                login_resource = _token_group(index, credentials, now)
-            login = _decide(index, credentials, login_action, login_resource, now, check_username=True)
+        if service == DEPENDENCY_PROXY:
+            login_resource = _token_group(index, credentials, now)
+        login = _first_decision(
+            runtime, client, credentials, login_action, login_resource, now, check_username=True
+        )
         observed.append((login_action, login_resource, login))
         if login.allowed:
             for scope in scopes:
@@ -833,20 +846,18 @@ def _auth_check(app: Flask) -> Response:
     now = runtime.clock.now()
     decision: Decision | None
     try:
-        if runtime.bans.is_banned(client, now):
-            decision = _BANNED
-        else:
-            decision = _decide(
-                runtime.index,
-                credentials,
-                action,
-                resource,
-                now,
-                # Package endpoints ignore the username; everything else compares it.
-                check_username=not package and action is not Action.API,
-                # A group addressed by a package endpoint is a group-level endpoint: the exact group only.
-                exact_group_only=package and resource is not None and resource.kind == "group",
-            )
+        decision = _first_decision(
+            runtime,
+            client,
+            credentials,
+            action,
+            resource,
+            now,
+            # Package endpoints ignore the username; everything else compares it.
+            check_username=not package and action is not Action.API,
+            # A group addressed by a package endpoint is a group-level endpoint: the exact group only.
+            exact_group_only=package and resource is not None and resource.kind == "group",
+        )
     except StaleIndex:
         decision = None
     status = 503 if decision is None else 200
