@@ -3,6 +3,8 @@ revoke, rotate, history, revoke-by-value and the CI variables of R9 (GitLab-styl
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +13,7 @@ from flask.typing import ResponseReturnValue
 
 from api.auth import require_admin, require_principal
 from api.context import runtime, service
+from api.idempotency import idempotency_slot, idempotent, rebuilt
 from api.openapi import operation
 from api.params import load, paginated
 from api.resources import holder_id
@@ -94,6 +97,24 @@ def get_holder_token(kind: str, reference: str, token_id: int) -> ResponseReturn
     return jsonify(DeployTokenSchema().dump(token_fields(record)))
 
 
+def _issued_response(record: TokenRecord, value: str, status: int) -> Response:
+    response: Response = jsonify(CreatedDeployTokenSchema().dump({**token_fields(record), "token": value}))
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"  # the one response that carries a secret
+    return response
+
+
+def _reissued(status: int) -> Callable[..., Response]:
+    """An Idempotency-Key replay whose answer was never kept: the token as it is now, with the value issued."""
+
+    def rebuild(result: Mapping[str, Any], *_: Any, **__: Any) -> Response:
+        record = rebuilt(runtime().read.token(int(result["token_id"])))
+        return _issued_response(record, str(result["token"]), status)
+
+    return rebuild
+
+
+@idempotent(_reissued(201))
 def create_holder_token(kind: str, reference: str) -> ResponseReturnValue:
     principal = require_principal(anonymous=_ANONYMOUS[kind], writes=True)
     holder = holder_id(kind, reference)
@@ -106,12 +127,9 @@ def create_holder_token(kind: str, reference: str) -> ResponseReturnValue:
         scopes=params["scopes"],
         expires_at=params["expires_at"],
         username=params["username"],
+        idempotency=idempotency_slot(),
     )
-    body = CreatedDeployTokenSchema().dump({**token_fields(issued.token), "token": issued.value})
-    response: Response = jsonify(body)
-    response.status_code = 201
-    response.headers["Cache-Control"] = "no-store"  # the one response that carries a secret
-    return response
+    return _issued_response(issued.token, issued.value, 201)
 
 
 def delete_holder_token(kind: str, reference: str, token_id: int) -> ResponseReturnValue:
@@ -126,18 +144,20 @@ def revoke_holder_token(kind: str, reference: str, token_id: int) -> ResponseRet
     return jsonify(DeployTokenSchema().dump(token_fields(record)))
 
 
+@idempotent(_reissued(200))
 def rotate_holder_token(kind: str, reference: str, token_id: int) -> ResponseReturnValue:
     principal = require_principal(anonymous=_ANONYMOUS[kind], writes=True)
     params = load(RotateSchema())
     grace = timedelta(seconds=params["grace_period_seconds"]) if params["grace_period_seconds"] else None
     issued = service().rotate_token(
-        principal.actor, _kind(kind), holder_id(kind, reference), token_id, grace=grace
+        principal.actor,
+        _kind(kind),
+        holder_id(kind, reference),
+        token_id,
+        grace=grace,
+        idempotency=idempotency_slot(),
     )
-    response: Response = jsonify(
-        CreatedDeployTokenSchema().dump({**token_fields(issued.token), "token": issued.value})
-    )
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return _issued_response(issued.token, issued.value, 200)
 
 
 def holder_token_history(kind: str, reference: str, token_id: int) -> ResponseReturnValue:
@@ -216,6 +236,7 @@ for _kind_name, _prefix in (("project", "/projects/<path:reference>"), ("group",
         def _bound(_view: Any = _view, _kind_name: str = _kind_name, **kwargs: Any) -> ResponseReturnValue:
             return _view(_kind_name, **kwargs)  # type: ignore[no-any-return]
 
+        functools.update_wrapper(_bound, _view)  # carries the view's markers (Idempotency-Key) to the route
         _bound.__name__ = f"{_kind_name}_{_view.__name__}"
         deploy_tokens.add_url_rule(
             f"{_prefix}/deploy_tokens{_suffix}",

@@ -8,7 +8,8 @@ anonymous callers see no groups or projects (404 for one, ``[]`` for a list) and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -43,6 +44,7 @@ from api.directory_schemas import (
     UserListSchema,
     UserSchema,
 )
+from api.idempotency import idempotency_slot, idempotent, rebuilt
 from api.openapi import operation
 from api.params import PaginationSchema, load, paginate_list, paginated
 from api.resources import group_id, project_id
@@ -308,6 +310,11 @@ def _admin_writer() -> Principal:
 # Users -----------------------------------------------------------------------------------------------------
 
 
+def _recreated_user(result: Mapping[str, Any]) -> Response:
+    principal = require_principal()
+    return _created(dump_user(rebuilt(runtime().read.user(int(result["user_id"]))), principal))
+
+
 @directory.post("/users")
 @operation(
     "Create a user (administrators)",
@@ -317,6 +324,7 @@ def _admin_writer() -> Principal:
     status=201,
     errors=_WITH_CONFLICT,
 )
+@idempotent(_recreated_user)
 def create_user() -> ResponseReturnValue:
     principal = _admin_writer()
     params = load(UserCreateSchema())
@@ -327,6 +335,7 @@ def create_user() -> ResponseReturnValue:
             email=params["email"],
             name=params["name"],
             is_admin=params["admin"],
+            idempotency=idempotency_slot(),
         )
     except ValidationError as error:
         if error.errors.get("username") == ["has already been taken"]:
@@ -384,6 +393,18 @@ def unblock_user(user_id: int) -> ResponseReturnValue:
     return _set_blocked(user_id, False)
 
 
+def _created_pat(token: PersonalAccessTokenRecord, value: str) -> Response:
+    response = _created(CreatedPersonalAccessTokenSchema().dump({**pat_fields(token), "token": value}))
+    response.headers["Cache-Control"] = "no-store"  # the one response that carries the secret
+    return response
+
+
+def _recreated_pat(result: Mapping[str, Any], *_: Any, **__: Any) -> Response:
+    value = str(result["token"])
+    found = rebuilt(runtime().read.personal_access_token(runtime().keys.digest(value)))
+    return _created_pat(found[0], value)
+
+
 @directory.post("/users/<int:user_id>/personal_access_tokens")
 @operation(
     "Create a personal access token for a user (administrators; the value is in this response only)",
@@ -392,6 +413,7 @@ def unblock_user(user_id: int) -> ResponseReturnValue:
     response=CreatedPersonalAccessTokenSchema,
     status=201,
 )
+@idempotent(_recreated_pat)
 def create_personal_access_token(user_id: int) -> ResponseReturnValue:
     principal = _admin_writer()
     params = load(PersonalAccessTokenCreateSchema())
@@ -401,28 +423,38 @@ def create_personal_access_token(user_id: int) -> ResponseReturnValue:
         name=params["name"],
         scopes=params["scopes"],
         expires_at=params["expires_at"],
+        idempotency=idempotency_slot(),
     )
-    response = _created(
-        CreatedPersonalAccessTokenSchema().dump({**pat_fields(issued.token), "token": issued.value})
-    )
-    response.headers["Cache-Control"] = "no-store"  # the one response that carries the secret
-    return response
+    return _created_pat(issued.token, issued.value)
 
 
 # Groups ----------------------------------------------------------------------------------------------------
+
+
+def _created_group(number: int) -> Response:
+    return _created(GroupSchema().dump(group_fields(_namespace(number))))
+
+
+def _recreated_group(result: Mapping[str, Any]) -> Response:
+    return _created_group(int(result["group_id"]))
 
 
 @directory.post("/groups")
 @operation(
     "Create a group or subgroup", tag="groups", body=GroupCreateSchema, response=GroupSchema, status=201
 )
+@idempotent(_recreated_group)
 def create_group() -> ResponseReturnValue:
     principal = require_principal(writes=True)
     params = load(GroupCreateSchema())
     number = service().create_group(
-        principal.actor, name=params["name"], path=params["path"], parent_id=params["parent_id"]
+        principal.actor,
+        name=params["name"],
+        path=params["path"],
+        parent_id=params["parent_id"],
+        idempotency=idempotency_slot(),
     )
-    return _created(GroupSchema().dump(group_fields(_namespace(number))))
+    return _created_group(number)
 
 
 @directory.get("/groups")
@@ -493,6 +525,12 @@ def _feature_switches(params: dict[str, Any]) -> dict[str, bool | None]:
     }
 
 
+def _recreated_project(result: Mapping[str, Any]) -> Response:
+    return _created(
+        ProjectSchema().dump(project_fields(rebuilt(runtime().read.project(int(result["project_id"])))))
+    )
+
+
 @directory.post("/projects")
 @operation(
     "Create a project (in the caller's namespace unless namespace_id is given)",
@@ -501,16 +539,20 @@ def _feature_switches(params: dict[str, Any]) -> dict[str, bool | None]:
     response=ProjectSchema,
     status=201,
 )
+@idempotent(_recreated_project)
 def create_project() -> ResponseReturnValue:
     principal = require_principal(writes=True)
     params = load(ProjectCreateSchema())
+    # A feature not asked for keeps the service's default (both on).
     switches = {key: value for key, value in _feature_switches(params).items() if value is not None}
     number = service().create_project(
         principal.actor,
         name=params["name"] or params["path"],
         path=params["path"],
         namespace_id=params["namespace_id"],
-        **switches,
+        repository_enabled=switches.get("repository_enabled", True),
+        container_registry_enabled=switches.get("container_registry_enabled", True),
+        idempotency=idempotency_slot(),
     )
     project = runtime().read.project(number)
     assert project is not None  # the service has caught the read model up with its own write
@@ -594,6 +636,12 @@ def get_member(kind: str, reference: str, user_id: int) -> ResponseReturnValue:
     return jsonify(_member(kind, source, user_id))
 
 
+def _recreated_member(result: Mapping[str, Any], kind: str, reference: str) -> Response:
+    source = project_id(reference) if kind == "project" else group_id(reference)
+    return _created(_member(kind, source, int(result["user_id"])))
+
+
+@idempotent(_recreated_member)
 def add_member(kind: str, reference: str) -> ResponseReturnValue:
     principal = require_principal(writes=True)
     source = _source(kind, principal, reference)
@@ -601,7 +649,14 @@ def add_member(kind: str, reference: str) -> ResponseReturnValue:
     # Anyone who can see the source can list its members, so saying "already a member" reveals nothing.
     if params["user_id"] in _members(kind, source):
         raise Conflict("Member already exists")
-    service().set_member(principal.actor, _holder(kind), source, params["user_id"], params["access_level"])
+    service().set_member(
+        principal.actor,
+        _holder(kind),
+        source,
+        params["user_id"],
+        params["access_level"],
+        idempotency=idempotency_slot(),
+    )
     return _created(_member(kind, source, params["user_id"]))
 
 
@@ -672,6 +727,7 @@ for _kind_name, _prefix in (("project", "/projects/<path:reference>"), ("group",
         ) -> ResponseReturnValue:
             return _view(_kind_name, **kwargs)
 
+        functools.update_wrapper(_bound, _view)  # carries the view's markers (Idempotency-Key) to the route
         _bound.__name__ = f"{_kind_name}_{_view.__name__}"
         directory.add_url_rule(
             f"{_prefix}/members{_suffix}",

@@ -8,12 +8,17 @@ GitLab answers parameter errors as ``{"error": "name is missing"}`` and model va
 from __future__ import annotations
 
 import logging
+import time
+from typing import Final
 
 import marshmallow
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from api.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
 from api.input_limits import is_rejection
+from deploy_tokens.db import database_unavailable
+from deploy_tokens.idempotency import IdempotencyKeyBusy, IdempotencyKeyTaken
 from domain.errors import Conflict, NotFound, PermissionDenied, TokenDeleted, Unauthenticated, ValidationError
 from projections.credential_index import StaleIndex
 
@@ -82,5 +87,42 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
+        if database_unavailable(error):
+            # The client can only wait and retry; the cause goes to the log, once per kind of cause.
+            _log_outage(error)
+            response = _json(
+                503, message="503 Service Unavailable - the database is not available; try again"
+            )
+            response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER)
+            return response
         log.exception("unhandled error")
         return _json(500, message="500 Internal Server Error")
+
+    @app.errorhandler(InvalidIdempotencyKey)
+    def invalid_idempotency_key(error: InvalidIdempotencyKey) -> Response:
+        return _json(400, error=str(error))
+
+    @app.errorhandler(IdempotencyKeyReused)
+    def idempotency_key_reused(error: IdempotencyKeyReused) -> Response:
+        return _json(422, message=f"422 Unprocessable Entity - {error}")
+
+    @app.errorhandler(IdempotencyKeyBusy)
+    @app.errorhandler(IdempotencyKeyTaken)
+    def idempotency_key_busy(error: IdempotencyKeyBusy | IdempotencyKeyTaken) -> Response:
+        response = _json(409, message=f"409 Conflict - {error}")
+        response.headers["Retry-After"] = "1"
+        return response
+
+
+DATABASE_RETRY_AFTER: Final = 5
+_OUTAGE_LOG_INTERVAL: Final = 60.0
+_outages_logged_at: dict[str, float] = {}
+
+
+def _log_outage(error: BaseException) -> None:
+    """Once a minute per kind of cause: a request a second during an outage is not a log line a second."""
+    kind = type(error.__cause__ or error).__name__
+    now = time.monotonic()
+    if now - _outages_logged_at.get(kind, -_OUTAGE_LOG_INTERVAL) >= _OUTAGE_LOG_INTERVAL:
+        _outages_logged_at[kind] = now
+        log.warning("database unavailable (%s); answering 503 until it is back", kind, exc_info=error)

@@ -20,8 +20,9 @@ def liveness() -> ResponseReturnValue:
 
 @health.get("/-/readiness")
 def readiness() -> ResponseReturnValue:
-    """Ready when the database answers, the projections are close to the head of the log and the activity
-    writer is not stalled (rows waiting, no progress for longer than its ``stall_after``)."""
+    """Ready when the database answers within the probe's deadline and accepts writes, and the activity writer
+    is not stalled (rows waiting, no progress for longer than its ``stall_after``). The projections' positions
+    are reported beside."""
     from api.app import runtime_of
 
     runtime = runtime_of(current_app)
@@ -29,11 +30,18 @@ def readiness() -> ResponseReturnValue:
     activity_ok = activity is None or activity["status"] == "ok"
     extra = {} if activity is None else {"activity": activity}
     try:
-        statuses = runtime.projector.status()
+        statuses, writable = runtime.probe.ask(
+            lambda: (runtime.projector.status(), runtime.db.accepts_writes())
+        )
     except Exception as error:  # any database failure means "not ready", never a 500
+        message = str(error) if isinstance(error, TimeoutError) else type(error).__name__
+        return jsonify(
+            status="failed", checks={"database": {"status": "failed", "message": message}, **extra}
+        ), 503
+    if not writable:
         return jsonify(
             status="failed",
-            checks={"database": {"status": "failed", "message": type(error).__name__}, **extra},
+            checks={"database": {"status": "failed", "message": "the database refuses writes"}, **extra},
         ), 503
     checks = {
         status.name: {"status": "ok", "position": status.position, "head": status.head, "lag": status.lag}

@@ -207,9 +207,9 @@ def _runtime_lines(app: Flask) -> list[str]:
     runtime = runtime_of(app)
     lines: list[str] = []
     try:
-        statuses = runtime.projector.status()
+        statuses = runtime.probe.ask(runtime.projector.status)
         up = 1.0
-    except Exception:  # the database is down: say so, and never fail the scrape
+    except Exception:  # the database is down or frozen: say so, and never fail or hold the scrape
         statuses = []
         up = 0.0
     lines += _gauge(

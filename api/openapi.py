@@ -16,6 +16,8 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import Schema
 
+from api.idempotency import HEADER, IDEMPOTENT_ATTRIBUTE, MAX_KEY_LENGTH, REPLAYED_HEADER
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ERROR = {
@@ -58,6 +60,18 @@ _CONVERTER_TYPES: dict[str, dict[str, Any]] = {
 _PLACEHOLDER = re.compile(r"<(?:([^:<>]+):)?(\w+)>")
 
 
+_IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes a retry safe for 24 hours: the same key with the same request replays the first answer "
+        f"(with `{REPLAYED_HEADER}: true`); with another request it is refused (422)."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "^[ -~]+$"},
+}
+
+
 def _converter_schema(kind: str) -> dict[str, Any]:
     if kind.startswith("any("):
         return {"type": "string", "enum": [choice.strip() for choice in kind[4:-1].split(",")]}
@@ -98,6 +112,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
         ]
         if described.query is not None:
             parameters += converter.schema2parameters(described.query(), location="query")
+        idempotent = bool(getattr(view, IDEMPOTENT_ATTRIBUTE, False))
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             entry: dict[str, Any] = {
                 "summary": described.summary,
@@ -106,6 +121,9 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 "parameters": parameters,
                 "responses": _responses(described, converter),
             }
+            if idempotent:
+                entry["parameters"] = [*parameters, _IDEMPOTENCY_KEY]
+                _add_idempotency_responses(entry["responses"], described.status)
             if described.body is not None and method in ("POST", "PUT", "PATCH", "DELETE"):
                 body_schema = converter.schema2jsonschema(described.body())  # type: ignore[no-untyped-call]
                 entry["requestBody"] = {
@@ -123,6 +141,18 @@ def build_spec(app: Flask) -> dict[str, Any]:
     document = spec.to_dict()
     document["paths"] = dict(sorted(paths.items()))
     return document
+
+
+def _add_idempotency_responses(responses: dict[str, Any], status: int) -> None:
+    responses[str(status)]["headers"] = {
+        REPLAYED_HEADER: {
+            "description": f"`true` when this is the replayed answer to an earlier request with this {HEADER}",
+            "schema": {"type": "string", "enum": ["true"]},
+        }
+    }
+    error = {"content": {"application/json": {"schema": _ERROR}}}
+    responses["409"] = {"description": f"a request with this {HEADER} is still running", **error}
+    responses["422"] = {"description": f"this {HEADER} was used for a different request", **error}
 
 
 def _responses(described: Operation, converter: Any) -> dict[str, Any]:

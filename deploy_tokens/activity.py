@@ -43,7 +43,6 @@ import logging
 import math
 import os
 import re
-import sqlite3
 import threading
 import time
 import weakref
@@ -54,9 +53,7 @@ from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, NamedTuple
 
-import psycopg
-
-from deploy_tokens.db import Cursor, Database, as_utc_text, to_datetime
+from deploy_tokens.db import Cursor, Database, as_utc_text, database_unavailable, to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -312,30 +309,6 @@ def _rejected_json(event: object) -> str:
 # Failures --------------------------------------------------------------------------------------------------
 
 
-def _database_unavailable(error: BaseException) -> bool:
-    """True when the database cannot take writes now (the batch waits), False when a row's values are at fault.
-
-    Down, unreachable, closed pool, locked, read-only, disk full, table missing: psycopg's and sqlite3's
-    ``OperationalError``, ``InterfaceError`` and ``InternalError``, server-side ``ProgrammingError`` (it has a
-    SQLSTATE: undefined table, permission denied) and ``OSError``. At fault is a row when the driver or the
-    database rejects a value: ``DataError`` (a NUL on PostgreSQL, a number out of range), ``IntegrityError``
-    (a missing NOT NULL field), client-side binding errors (an unsupported type), ``UnicodeEncodeError``
-    (a lone surrogate), ``OverflowError``, and any other exception raised while building the row.
-    """
-    if isinstance(error, psycopg.Error):
-        if isinstance(error, psycopg.DataError | psycopg.IntegrityError):
-            return False
-        if isinstance(error, psycopg.ProgrammingError):
-            return error.sqlstate is not None
-        return True
-    if isinstance(error, sqlite3.Error):
-        row_errors = (
-            sqlite3.DataError | sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError
-        )
-        return not isinstance(error, row_errors)
-    return isinstance(error, OSError | MemoryError)
-
-
 def _error_kind(error: BaseException) -> str:
     """The exception's class (and SQLSTATE): never its message, which may quote the offending value."""
     kind = type(error)
@@ -525,7 +498,7 @@ class ActivityRecorder:
         try:
             self._insert([_row_params(event, sqlite) for event in batch])
         except Exception as error:
-            if _database_unavailable(error):
+            if database_unavailable(error):
                 self._requeue(batch, error)
                 return 0, False
             # Some row cannot be stored. Find it one row at a time, so that its neighbours still go in.
@@ -548,7 +521,7 @@ class ActivityRecorder:
             try:
                 self._insert([_row_params(event, sqlite)])
             except Exception as error:
-                outage = error if _database_unavailable(error) else self._set_aside_row(event, error)
+                outage = error if database_unavailable(error) else self._set_aside_row(event, error)
                 if outage is not None:
                     self._handled(index, written)
                     self._requeue(batch[index:], outage)
@@ -568,7 +541,7 @@ class ActivityRecorder:
             with self.db.transaction() as cursor:
                 cursor.execute(_INSERT_REJECTED, (datetime.now(UTC), kind, _rejected_json(event)))
         except Exception as failure:
-            if _database_unavailable(failure):
+            if database_unavailable(failure):
                 return failure
             with self._stats_lock:
                 self._dropped += 1

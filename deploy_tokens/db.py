@@ -13,16 +13,22 @@ import sqlite3
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
+import psycopg
+from eventsourcing.persistence import InterfaceError as EventStoreInterfaceError
+from eventsourcing.persistence import OperationalError as EventStoreOperationalError
 from psycopg_pool import ConnectionPool
 
 from deploy_tokens.settings import DatabaseLocation
 
+T = TypeVar("T")
 Dialect = Literal["sqlite", "postgresql"]
 
 # Files SQLite keeps beside the database; it creates them with the database file's own permissions.
@@ -143,6 +149,57 @@ class _PortableCursor:
         return nullcontext()
 
 
+# Every wait on PostgreSQL is bounded, so that no caller hangs on a stopped, frozen or unreachable server: a
+# pooled connection within POOL_TIMEOUT, a new one within CONNECT_TIMEOUT; a statement within 15 s (server
+# side); and a peer that stopped acknowledging (a black-holed network) is noticed by TCP keepalives and
+# tcp_user_timeout within about 10 s. A *frozen* server still acknowledges at the TCP level and cannot enforce
+# its own statement timeout, so a statement already sent waits for it to wake; that is why nothing on the auth
+# path ever waits on the database (projections/credential_index.py).
+POOL_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 2
+POSTGRES_BOUNDS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 10_000,  # milliseconds
+    "options": "-c statement_timeout=15000",
+}
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """True when the database cannot serve now (try again later), False when the data is at fault.
+
+    Down, unreachable, closed or exhausted pool, statement or lock timeout, serialization failure, locked,
+    read-only, disk full, table missing: psycopg's and sqlite3's ``OperationalError``, ``InterfaceError`` and
+    ``InternalError``, server-side ``ProgrammingError`` (it has a SQLSTATE: undefined table, permission denied)
+    and ``OSError``. The data is at fault when the driver or the database rejects a value: ``DataError`` (a NUL
+    on PostgreSQL, a number out of range), ``IntegrityError``, client-side binding errors, ``UnicodeEncodeError``
+    and the like. The event store's own exceptions wrap the driver's: the wrapped one decides.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, psycopg.Error):
+            if isinstance(current, psycopg.DataError | psycopg.IntegrityError):
+                return False
+            if isinstance(current, psycopg.ProgrammingError):
+                return current.sqlstate is not None
+            return True
+        if isinstance(current, sqlite3.Error):
+            row_errors = (
+                sqlite3.DataError | sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError
+            )
+            return not isinstance(current, row_errors)
+        if isinstance(current, OSError | MemoryError):
+            return True
+        current = current.__cause__
+    # The event store's connection errors carry no driver exception when they are its own (a closed pool).
+    return isinstance(error, EventStoreOperationalError | EventStoreInterfaceError)
+
+
 class Database:
     """Connections to the service's database; the event store lives in the same database."""
 
@@ -161,7 +218,11 @@ class Database:
                 conninfo=self.conninfo(),
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True},
+                timeout=POOL_TIMEOUT,
+                # A pooled connection is checked before use: after a restart or a failover every pooled
+                # connection is dead, and each would otherwise fail one request before being replaced.
+                check=ConnectionPool.check_connection,
+                kwargs={"autocommit": True, **POSTGRES_BOUNDS},
                 open=True,
                 configure=self._configure_postgres,
                 name="deploy-tokens-read-models",
@@ -221,6 +282,19 @@ class Database:
         finally:
             lite.execute("COMMIT")
 
+    def accepts_writes(self) -> bool:
+        """Whether a write would be accepted now: PostgreSQL neither read-only nor a standby; SQLite's file and
+        folder writable (WAL needs both)."""
+        if self._pool is not None:
+            with self._pool.connection() as connection:
+                row = connection.execute(
+                    "SELECT current_setting('transaction_read_only') = 'off' AND NOT pg_is_in_recovery()"
+                ).fetchone()
+            return bool(row and row[0])
+        path = self.location.sqlite_path
+        assert path is not None
+        return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
@@ -229,3 +303,32 @@ class Database:
                 connection.close()
             self._sqlite_connections.clear()
         self._local = threading.local()
+
+
+class DatabaseProbe:
+    """Asks the database a question from a thread of its own and waits at most ``deadline`` for the answer.
+
+    A frozen server keeps acknowledging at the TCP level, so a statement already sent can wait for as long as
+    the freeze lasts; readiness and metrics must answer anyway. One question at a time: while an earlier one
+    still hangs, the next caller is told at once (``TimeoutError``) instead of stranding another thread.
+    """
+
+    def __init__(self, deadline: float = 2.0) -> None:
+        self.deadline = deadline
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="database-probe")
+        self._pending: Future[Any] | None = None
+
+    def ask(self, question: Callable[[], T]) -> T:
+        with self._lock:
+            if self._pending is not None and not self._pending.done():
+                raise TimeoutError("the database has not answered an earlier probe yet")
+            future = self._executor.submit(question)
+            self._pending = future
+        try:
+            return future.result(timeout=self.deadline)
+        except FutureTimeout:
+            raise TimeoutError(f"the database did not answer within {self.deadline:g} s") from None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,5 @@
-"""Keys derived from the one server secret: the token digest key, the CI-token vault key, the signing seed.
+"""Keys derived from the one server secret: the token digest key, the CI-token vault key, the signing seed,
+and the keys of the idempotency records (their digests and their encrypted answers).
 
 Separate HKDF sub-keys mean that no two purposes ever share key material, and every process that shares
 ``DEPLOY_TOKENS_SECRET_KEY`` derives the same keys with nothing to store.
@@ -24,6 +25,12 @@ class Keyring:
         self.vault_key = _subkey(secret, b"ci-token-vault")
         self.registry_seed = _subkey(secret, b"registry-signing")
         self.chain_key = _subkey(secret, b"audit-chain-checkpoints")
+        # Encrypts what an Idempotency-Key replay hands back (a token value among it); the digest key names
+        # the client-chosen key and the request without storing either.
+        self.idempotency_key = _subkey(secret, b"idempotency-answers")
+        self._idempotency_digest_base = hmac.new(
+            _subkey(secret, b"idempotency-digest"), digestmod=hashlib.sha256
+        )
 
     def digest(self, value: str) -> str:
         """HMAC-SHA256 of a token value: what events and read models hold instead of the value (R7).
@@ -34,6 +41,15 @@ class Keyring:
         # surrogatepass: any text a caller can send (a lone surrogate from JSON) has a digest, never an error;
         # every value we issue is ASCII, so its digest is unchanged.
         keyed.update(value.encode("utf-8", "surrogatepass"))
+        return keyed.hexdigest()
+
+    def idempotency_digest(self, text: str) -> str:
+        """HMAC-SHA256 of an Idempotency-Key or of a canonical request: what the idempotency table holds.
+
+        Keyed, so that a guessable key chosen by a client cannot be confirmed from a copy of the table.
+        """
+        keyed = self._idempotency_digest_base.copy()
+        keyed.update(text.encode("utf-8", "surrogatepass"))
         return keyed.hexdigest()
 
     def __repr__(self) -> str:

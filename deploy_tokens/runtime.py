@@ -10,7 +10,8 @@ import psycopg
 
 from deploy_tokens.activity import ActivityRecorder, create_activity_table
 from deploy_tokens.bans import AddressBans, address_bans
-from deploy_tokens.db import Database
+from deploy_tokens.db import CONNECT_TIMEOUT, Database, DatabaseProbe
+from deploy_tokens.idempotency import IdempotencyRecords
 from deploy_tokens.keys import Keyring
 from deploy_tokens.service import DeployTokenService
 from deploy_tokens.settings import DatabaseLocation, Settings
@@ -38,7 +39,9 @@ def setup_lock(location: DatabaseLocation) -> Iterator[None]:
     if location.dialect != "postgresql":
         yield
         return
-    with psycopg.connect(location.conninfo(), autocommit=True) as connection:
+    # Connects within a bound like every other connection; waiting for another process's start-up is not
+    # bounded by a statement timeout (the lock is held only while that process creates its tables).
+    with psycopg.connect(location.conninfo(), autocommit=True, connect_timeout=CONNECT_TIMEOUT) as connection:
         connection.execute(
             "SELECT pg_advisory_lock(hashtext(%s))", (f"deploy-tokens-setup:{location.schema}",)
         )
@@ -61,6 +64,9 @@ class Runtime:
     index: CredentialIndex
     activity: ActivityRecorder
     bans: AddressBans
+    idempotency: IdempotencyRecords
+    # Readiness and metrics ask the database through it: never longer than its deadline, whatever the server.
+    probe: DatabaseProbe = field(default_factory=DatabaseProbe)
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -73,8 +79,10 @@ class Runtime:
             projector = Projector(store, db, all_projections(keys), batch_size=settings.projection_batch_size)
             projector.setup()
             vault = CiTokenVault(db, keys.vault_key)
+            idempotency = IdempotencyRecords(db, keys)
             with db.transaction() as cursor:
                 vault.create_table(cursor)
+                idempotency.create_table(cursor)
             create_activity_table(db)
         activity = ActivityRecorder(db)
         activity.start_on_first_record()
@@ -85,9 +93,24 @@ class Runtime:
         projector.catch_up()
         index.refresh()
         bans = address_bans(settings.auth_bans, clock, settings.redis_url)
-        return cls(settings, clock, db, store, projector, read, keys, vault, service, index, activity, bans)
+        return cls(
+            settings,
+            clock,
+            db,
+            store,
+            projector,
+            read,
+            keys,
+            vault,
+            service,
+            index,
+            activity,
+            bans,
+            idempotency,
+        )
 
     def close(self) -> None:
+        self.probe.close()
         self.activity.close()  # writes what is queued while the database is still open
         self.store.close()
         self.db.close()

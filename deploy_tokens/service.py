@@ -21,6 +21,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
+from deploy_tokens.idempotency import IdempotencySlot, saving_with
 from deploy_tokens.keys import Keyring
 from deploy_tokens.store import EventStore, IdAllocator
 from deploy_tokens.vault import CiTokenVault
@@ -285,7 +286,9 @@ class DeployTokenService:
         scopes: Iterable[str],
         expires_at: date | datetime | None = None,
         username: str | None = None,
+        idempotency: IdempotencySlot | None = None,
     ) -> IssuedToken:
+        """With ``idempotency``, the key's record (the new id and value) commits with the token's events."""
         self.check_token_manager(actor, holder_kind, holder_id)
         value = generate_token(DEPLOY_TOKEN_PREFIX)
         digest = self.keys.digest(value)
@@ -293,6 +296,8 @@ class DeployTokenService:
         now = self.clock.now()
 
         def build(token_id: int) -> list[Aggregate]:
+            if idempotency is not None:
+                idempotency.result = {"token_id": token_id, "token": value}
             return [
                 DeployToken.issue(
                     token_id=token_id,
@@ -308,7 +313,8 @@ class DeployTokenService:
                 )
             ]
 
-        token_id, recordings = self._token_ids.save_new(build)
+        with saving_with(idempotency):
+            token_id, recordings = self._token_ids.save_new(build)
         if name == CI_TOKEN_NAME:
             self.vault.put(token_id, value)
         self._saved(recordings)
@@ -363,19 +369,26 @@ class DeployTokenService:
         token_id: int,
         *,
         grace: timedelta | None = None,
+        idempotency: IdempotencySlot | None = None,
     ) -> IssuedToken:
-        """A new secret for the same token; the old one may stay valid for ``grace`` (recorded as events)."""
+        """A new secret for the same token; the old one may stay valid for ``grace`` (recorded as events).
+
+        With ``idempotency``, the key's record (the token id and new value) commits with the rotation.
+        """
         value = generate_token(DEPLOY_TOKEN_PREFIX)
         digest = self.keys.digest(value)
         now = self.clock.now()
         grace_until = now + grace if grace else None
-        token = self._manage_token(
-            actor,
-            holder_kind,
-            holder_id,
-            token_id,
-            lambda t: t.rotate(digest=digest, grace_until=grace_until, actor=actor, now=now),
-        )
+        if idempotency is not None:
+            idempotency.result = {"token_id": token_id, "token": value}
+        with saving_with(idempotency):
+            token = self._manage_token(
+                actor,
+                holder_kind,
+                holder_id,
+                token_id,
+                lambda t: t.rotate(digest=digest, grace_until=grace_until, actor=actor, now=now),
+            )
         if token.name == CI_TOKEN_NAME:
             self.vault.put(token_id, value)
         record = self.read.token(token_id)
@@ -534,17 +547,29 @@ class DeployTokenService:
         email: str,
         name: str | None = None,
         is_admin: bool = False,
+        idempotency: IdempotencySlot | None = None,
     ) -> UserRecord:
         self._require_admin(actor)
-        return self._register_user(actor, username=username, email=email, name=name, is_admin=is_admin)
+        return self._register_user(
+            actor, username=username, email=email, name=name, is_admin=is_admin, idempotency=idempotency
+        )
 
     def _register_user(
-        self, actor: Actor, *, username: str, email: str, name: str | None, is_admin: bool
+        self,
+        actor: Actor,
+        *,
+        username: str,
+        email: str,
+        name: str | None,
+        is_admin: bool,
+        idempotency: IdempotencySlot | None = None,
     ) -> UserRecord:
         """A user and their personal namespace share one id: a user's id is their namespace's id."""
         now = self.clock.now()
 
         def build(number: int) -> list[Aggregate]:
+            if idempotency is not None:
+                idempotency.result = {"user_id": number}
             user = User.register(
                 user_id=number,
                 namespace_id=number,
@@ -558,7 +583,8 @@ class DeployTokenService:
             namespace = UserNamespace.open(namespace_id=number, user_id=number, path=username, now=now)
             return [namespace, user, PathClaim.claim(username, "user", number, now)]
 
-        user_id, recordings = self._save_claiming_path(self._namespace_ids, build, "username")
+        with saving_with(idempotency):
+            user_id, recordings = self._save_claiming_path(self._namespace_ids, build, "username")
         self._saved(recordings)
         user = self.read.user(user_id)
         assert user is not None
@@ -596,13 +622,14 @@ class DeployTokenService:
         name: str,
         scopes: Iterable[str],
         expires_at: date | datetime | None = None,
+        idempotency: IdempotencySlot | None = None,
     ) -> IssuedPersonalAccessToken:
         """GitLab's admin-only ``POST /users/:user_id/personal_access_tokens``."""
         self._require_admin(actor)
         if self.read.user(user_id) is None:
             raise NotFound("404 User")
         return self._issue_personal_access_token(
-            actor, user_id, name=name, scopes=scopes, expires_at=expires_at
+            actor, user_id, name=name, scopes=scopes, expires_at=expires_at, idempotency=idempotency
         )
 
     def _issue_personal_access_token(
@@ -613,6 +640,7 @@ class DeployTokenService:
         name: str,
         scopes: Iterable[str],
         expires_at: date | datetime | None,
+        idempotency: IdempotencySlot | None = None,
     ) -> IssuedPersonalAccessToken:
         value = generate_token(PERSONAL_ACCESS_TOKEN_PREFIX)
         digest = self.keys.digest(value)
@@ -620,6 +648,8 @@ class DeployTokenService:
         now = self.clock.now()
 
         def build(pat_id: int) -> list[Aggregate]:
+            if idempotency is not None:
+                idempotency.result = {"pat_id": pat_id, "token": value}
             return [
                 PersonalAccessToken.issue(
                     pat_id=pat_id,
@@ -633,7 +663,8 @@ class DeployTokenService:
                 )
             ]
 
-        pat_id, recordings = self._pat_ids.save_new(build)
+        with saving_with(idempotency):
+            pat_id, recordings = self._pat_ids.save_new(build)
         self._saved(recordings)
         found = self.read.personal_access_token(digest)
         assert found is not None and found[0].pat_id == pat_id
@@ -661,7 +692,15 @@ class DeployTokenService:
         assert record is not None
         return record
 
-    def create_group(self, actor: Actor, *, name: str, path: str, parent_id: int | None = None) -> int:
+    def create_group(
+        self,
+        actor: Actor,
+        *,
+        name: str,
+        path: str,
+        parent_id: int | None = None,
+        idempotency: IdempotencySlot | None = None,
+    ) -> int:
         """Top-level groups may be created by any user; subgroups need Owner on the parent. Creator: Owner."""
         if actor.kind != "system" and actor.user_id is None:
             raise Unauthenticated("401 Unauthorized")
@@ -669,12 +708,15 @@ class DeployTokenService:
         now = self.clock.now()
 
         def build(group_id: int) -> list[Aggregate]:
+            if idempotency is not None:
+                idempotency.result = {"group_id": group_id}
             group = Group.found(group_id=group_id, name=name, path=path, parent=parent, actor=actor, now=now)
             if actor.user_id is not None:
                 group.set_member(actor.user_id, AccessLevel.OWNER, actor=actor, now=now)
             return [group, PathClaim.claim(group.full_path, "group", group_id, now)]
 
-        group_id, recordings = self._save_claiming_path(self._namespace_ids, build, "path")
+        with saving_with(idempotency):
+            group_id, recordings = self._save_claiming_path(self._namespace_ids, build, "path")
         self._saved(recordings)
         return group_id
 
@@ -687,6 +729,7 @@ class DeployTokenService:
         namespace_id: int | None = None,
         repository_enabled: bool = True,
         container_registry_enabled: bool = True,
+        idempotency: IdempotencySlot | None = None,
     ) -> int:
         """In a group: Maintainer+ there (the creator becomes Maintainer). Else: the actor's own namespace."""
         if actor.user_id is None and namespace_id is None:
@@ -703,6 +746,8 @@ class DeployTokenService:
         now = self.clock.now()
 
         def build(project_id: int) -> list[Aggregate]:
+            if idempotency is not None:
+                idempotency.result = {"project_id": project_id}
             project = Project.found(
                 project_id=project_id,
                 name=name,
@@ -717,7 +762,8 @@ class DeployTokenService:
                 project.set_member(actor.user_id, AccessLevel.MAINTAINER, actor=actor, now=now)
             return [project, PathClaim.claim(project.full_path, "project", project_id, now)]
 
-        project_id, recordings = self._save_claiming_path(self._project_ids, build, "path")
+        with saving_with(idempotency):
+            project_id, recordings = self._save_claiming_path(self._project_ids, build, "path")
         self._saved(recordings)
         return project_id
 
@@ -754,7 +800,14 @@ class DeployTokenService:
         self._retry(attempt)
 
     def set_member(
-        self, actor: Actor, source_kind: HolderKind, source_id: int, user_id: int, access_level: int
+        self,
+        actor: Actor,
+        source_kind: HolderKind,
+        source_id: int,
+        user_id: int,
+        access_level: int,
+        *,
+        idempotency: IdempotencySlot | None = None,
     ) -> None:
         """Group members are managed by Owners, project members by Maintainers, and nobody acts above their own
         role: no level above the actor's, no change to a member above the actor. A group keeps an Owner."""
@@ -762,6 +815,8 @@ class DeployTokenService:
         level = validate_access_level(access_level)
         if self.read.user(user_id) is None:
             raise NotFound("404 User")
+        if idempotency is not None:
+            idempotency.result = {"user_id": user_id}
 
         def attempt() -> list[Aggregate]:
             source, actor_level = self._managed_source(actor, source_kind, source_id)
@@ -774,7 +829,8 @@ class DeployTokenService:
             source.set_member(user_id, level, actor=actor, now=now)
             return [source]
 
-        self._retry(attempt)
+        with saving_with(idempotency):
+            self._retry(attempt)
 
     def remove_member(self, actor: Actor, source_kind: HolderKind, source_id: int, user_id: int) -> None:
         now = self.clock.now()

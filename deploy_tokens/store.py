@@ -9,12 +9,18 @@ from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, Recording, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
+from eventsourcing.utils import Environment, EnvType, retry
+from psycopg import Cursor
+from psycopg.rows import DictRow
 
 # Importing the aggregates registers their pinned topics before any stored event is read.
 import domain.deploy_token
 import domain.directory  # noqa: F401
-from deploy_tokens.db import private_sqlite_file
+from deploy_tokens.db import POOL_TIMEOUT, POSTGRES_BOUNDS, private_sqlite_file
+from deploy_tokens.idempotency import claim_in_postgres, claim_in_sqlite, pending_slot
 from deploy_tokens.settings import DatabaseLocation
 
 
@@ -33,15 +39,78 @@ class EventStore(Application[UUID]):
         return self.recorder.max_notification_id() or 0
 
 
+def _retried_once(method: Callable[..., Any]) -> Callable[..., Any]:
+    """The library retries every storage call ten times, 0.2 s apart. Under bounded waits one more attempt is
+    enough to ride over a dropped connection; ten would hold a request for half a minute during an outage,
+    when it should answer 503 and let the client retry."""
+    undecorated: Callable[..., Any] = method.__wrapped__  # type: ignore[attr-defined]
+    retried: Callable[..., Any] = retry((InterfaceError, OperationalError), max_attempts=2, wait=0.2)(
+        undecorated
+    )
+    return retried
+
+
+class BoundedPostgresApplicationRecorder(PostgresApplicationRecorder):
+    insert_events = _retried_once(PostgresApplicationRecorder.insert_events)
+    select_events = _retried_once(PostgresApplicationRecorder.select_events)
+    select_notifications = _retried_once(PostgresApplicationRecorder.select_notifications)
+    max_notification_id = _retried_once(PostgresApplicationRecorder.max_notification_id)
+
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        # The library runs this inside the events' transaction, before it locks the table: an Idempotency-Key
+        # is recorded atomically with the command's events (see deploy_tokens.idempotency). The library's
+        # database-function path would skip it; POSTGRES_ENABLE_DB_FUNCTIONS stays off (persistence_env).
+        slot = pending_slot()
+        if slot is not None:
+            claim_in_postgres(
+                curs, slot, schema=self.datastore.schema, lock_timeout=self.datastore.lock_timeout
+            )
+        super()._insert_events(curs, stored_events, **kwargs)
+
+
+class BoundedPostgresFactory(PostgresFactory):
+    """The library's PostgreSQL infrastructure with every wait bounded (see ``deploy_tokens.db``)."""
+
+    application_recorder_class = BoundedPostgresApplicationRecorder
+
+    def __init__(self, env: Environment | EnvType | None) -> None:
+        super().__init__(env)
+        # The library passes no libpq options of its own; its pool is not open yet, so every connection it
+        # ever makes carries these.
+        kwargs = self.datastore.pool.kwargs
+        assert isinstance(kwargs, dict)
+        kwargs.update(POSTGRES_BOUNDS)
+
+
+class IdempotentSQLiteApplicationRecorder(SQLiteApplicationRecorder):
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        # Inside the events' transaction, as on PostgreSQL: the key's record commits with the events or not
+        # at all.
+        slot = pending_slot()
+        if slot is not None:
+            claim_in_sqlite(c, slot)
+        return super()._insert_events(c, stored_events, **kwargs)
+
+
+class IdempotentSQLiteFactory(SQLiteFactory):
+    """The library's SQLite infrastructure, recording Idempotency-Keys with the events."""
+
+    application_recorder_class = IdempotentSQLiteApplicationRecorder
+
+
 def persistence_env(location: DatabaseLocation) -> dict[str, str]:
     if location.dialect == "sqlite":
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "PERSISTENCE_MODULE": f"{__name__}:{IdempotentSQLiteFactory.__name__}",
             "SQLITE_DBNAME": str(location.sqlite_path),
             "SQLITE_LOCK_TIMEOUT": "30",
         }
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": f"{__name__}:{BoundedPostgresFactory.__name__}",
         "POSTGRES_DBNAME": location.dbname,
         "POSTGRES_HOST": location.host,
         "POSTGRES_PORT": str(location.port),
@@ -50,6 +119,12 @@ def persistence_env(location: DatabaseLocation) -> dict[str, str]:
         "POSTGRES_SCHEMA": location.schema,
         "POSTGRES_POOL_SIZE": "4",
         "POSTGRES_MAX_OVERFLOW": "8",
+        # The library's name for how long a caller waits for a pooled connection.
+        "POSTGRES_CONNECT_TIMEOUT": str(int(POOL_TIMEOUT)),
+        # Check a pooled connection before use: after an outage every pooled connection is dead, and without
+        # the check each would fail one request before being replaced.
+        "POSTGRES_PRE_PING": "yes",
+        "POSTGRES_LOCK_TIMEOUT": "5",
         # Leave POSTGRES_ENABLE_DB_FUNCTIONS off: in 9.5.6 it skips the table lock and loses events.
     }
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Notification
 
-from deploy_tokens.db import Cursor, Database
+from deploy_tokens.db import POSTGRES_BOUNDS, Cursor, Database, database_unavailable
 from deploy_tokens.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class Projector:
         self.projections = {projection.name: projection for projection in projections}
         self.batch_size = batch_size
         self._listeners: list[Callable[[int], None]] = []
+        self._failing = False  # inside a run of failed catch-ups (logged when it starts and ends)
 
     # Set-up and status -------------------------------------------------------------------------------
 
@@ -207,9 +208,16 @@ class Projector:
     def _catch_up_logged(self) -> None:
         try:
             self.catch_up()
-        except Exception:
-            log.exception("projection catch-up failed; retrying")
+        except Exception as error:
+            # Once per outage, not twice a second: an unavailable database is retried until it is back.
+            if not self._failing or not database_unavailable(error):
+                log.exception("projection catch-up failed; retrying")
+            self._failing = True
             time.sleep(0.5)
+            return
+        if self._failing:
+            log.warning("projection catch-up works again")
+        self._failing = False
 
     def _follow_postgres(self, stop: threading.Event, poll_interval: float) -> None:
         import psycopg
@@ -217,7 +225,7 @@ class Projector:
         channel = self.store.recorder.channel_name  # type: ignore[attr-defined]
         while not stop.is_set():
             try:
-                with psycopg.connect(self.db.conninfo(), autocommit=True) as connection:
+                with psycopg.connect(self.db.conninfo(), autocommit=True, **POSTGRES_BOUNDS) as connection:
                     connection.execute(f'LISTEN "{channel}"')
                     self._catch_up_logged()
                     while not stop.is_set():
@@ -225,5 +233,7 @@ class Projector:
                             pass
                         self._catch_up_logged()
             except psycopg.OperationalError:
-                log.exception("lost the database connection; reconnecting")
+                if not self._failing:
+                    log.exception("lost the database connection; reconnecting")
+                self._failing = True
                 stop.wait(1.0)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from deploy_tokens.db import Database
+from deploy_tokens.db import POSTGRES_BOUNDS, Database
 from deploy_tokens.keys import Keyring
 from deploy_tokens.store import EventStore
 from domain.directory import KNOWN_FEATURES
@@ -74,7 +74,10 @@ class CredentialIndex:
         self._keys = keys
         self.max_staleness = max_staleness
         self._monotonic = monotonic
+        # Serialises refreshes. An auth check never waits for it (see ensure_fresh).
         self._lock = threading.Lock()
+        self._following = False
+        self._refresh_failing = False
         self._tokens_by_digest: dict[str, TokenRecord] = {}
         self._tokens: dict[int, TokenRecord] = {}
         self._projects: dict[int, ProjectRecord] = {}
@@ -90,43 +93,47 @@ class CredentialIndex:
     def refresh(self) -> bool:
         """Apply the rows changed since the last refresh; returns whether the replica is confirmed current."""
         with self._lock:
-            started = self._monotonic()
-            head = self._store.head()
-            with self._db.read() as cursor:
-                row = cursor.execute(
-                    "SELECT position FROM projection_tracking WHERE name = ?", (CredentialLookup.name,)
-                ).fetchone()
-                projected = int(row[0]) if row else 0
-                since = self.position
-                tokens = cursor.execute(
-                    f"SELECT {TOKEN_COLUMNS} FROM cred_tokens WHERE position > ?", (since,)
-                ).fetchall()
-                namespaces = cursor.execute(
-                    f"SELECT {NAMESPACE_COLUMNS} FROM cred_namespaces WHERE position > ?", (since,)
-                ).fetchall()
-                projects = cursor.execute(
-                    f"SELECT {PROJECT_COLUMNS} FROM cred_projects WHERE position > ?", (since,)
-                ).fetchall()
-                settings = cursor.execute(
-                    "SELECT external_authorization_enabled, features FROM cred_settings WHERE position > ?",
-                    (since,),
-                ).fetchone()
-            for token_row in tokens:
-                self._put_token(token_from_row(token_row))
-            for namespace_row in namespaces:
-                namespace = namespace_from_row(namespace_row)
-                self._namespaces[namespace.namespace_id] = namespace
-                self._namespaces_by_path[namespace.full_path.lower()] = namespace
-            for project_row in projects:
-                project = project_from_row(project_row)
-                self._projects[project.project_id] = project
-                self._projects_by_path[project.full_path.lower()] = project
-            if settings is not None:
-                self._instance = InstanceRecord(bool(settings[0]), dict(json.loads(settings[1])))
-            self.position = max(self.position, projected)
-            if projected >= head:
-                self.confirmed_at = started
-            return projected >= head
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> bool:
+        """The refresh itself; the caller holds ``_lock``."""
+        started = self._monotonic()
+        head = self._store.head()
+        with self._db.read() as cursor:
+            row = cursor.execute(
+                "SELECT position FROM projection_tracking WHERE name = ?", (CredentialLookup.name,)
+            ).fetchone()
+            projected = int(row[0]) if row else 0
+            since = self.position
+            tokens = cursor.execute(
+                f"SELECT {TOKEN_COLUMNS} FROM cred_tokens WHERE position > ?", (since,)
+            ).fetchall()
+            namespaces = cursor.execute(
+                f"SELECT {NAMESPACE_COLUMNS} FROM cred_namespaces WHERE position > ?", (since,)
+            ).fetchall()
+            projects = cursor.execute(
+                f"SELECT {PROJECT_COLUMNS} FROM cred_projects WHERE position > ?", (since,)
+            ).fetchall()
+            settings = cursor.execute(
+                "SELECT external_authorization_enabled, features FROM cred_settings WHERE position > ?",
+                (since,),
+            ).fetchone()
+        for token_row in tokens:
+            self._put_token(token_from_row(token_row))
+        for namespace_row in namespaces:
+            namespace = namespace_from_row(namespace_row)
+            self._namespaces[namespace.namespace_id] = namespace
+            self._namespaces_by_path[namespace.full_path.lower()] = namespace
+        for project_row in projects:
+            project = project_from_row(project_row)
+            self._projects[project.project_id] = project
+            self._projects_by_path[project.full_path.lower()] = project
+        if settings is not None:
+            self._instance = InstanceRecord(bool(settings[0]), dict(json.loads(settings[1])))
+        self.position = max(self.position, projected)
+        if projected >= head:
+            self.confirmed_at = started
+        return projected >= head
 
     def _put_token(self, token: TokenRecord) -> None:
         previous = self._tokens.get(token.token_id)
@@ -147,49 +154,71 @@ class CredentialIndex:
         """Keep refreshing until ``stop``: woken by NOTIFY on PostgreSQL, polling on SQLite.
 
         The interval also bounds how long a confirmation can age while nothing happens, so keep it well
-        below ``max_staleness``.
+        below ``max_staleness``. While this runs, auth checks never refresh themselves (``ensure_fresh``).
         """
-        if self._db.dialect == "postgresql":
-            self._follow_postgres(stop, interval)
-            return
-        while not stop.is_set():
-            self._refresh_logged()
-            stop.wait(interval)
+        self._following = True
+        try:
+            if self._db.dialect == "postgresql":
+                self._follow_postgres(stop, interval)
+                return
+            while not stop.is_set():
+                self._refresh_logged()
+                stop.wait(interval)
+        finally:
+            self._following = False
 
     def _refresh_logged(self) -> None:
         try:
             self.refresh()
         except Exception:  # the database may be down: the replica ages and checks fail closed
-            log.warning("credential index refresh failed", exc_info=True)
+            if not self._refresh_failing:  # once per outage, not ten times a second
+                log.warning("credential index refresh failed; auth checks fail closed", exc_info=True)
+            self._refresh_failing = True
+            return
+        if self._refresh_failing:
+            log.warning("credential index refreshes again")
+        self._refresh_failing = False
 
     def _follow_postgres(self, stop: threading.Event, interval: float) -> None:
         import psycopg
 
         while not stop.is_set():
             try:
-                with psycopg.connect(self._db.conninfo(), autocommit=True, connect_timeout=2) as connection:
+                with psycopg.connect(self._db.conninfo(), autocommit=True, **POSTGRES_BOUNDS) as connection:
                     connection.execute(f"LISTEN {PROJECTIONS_CHANNEL}")
                     while not stop.is_set():
                         self._refresh_logged()
                         for _ in connection.notifies(timeout=interval, stop_after=1):
                             pass
             except psycopg.OperationalError:
-                log.warning("credential index lost its database connection", exc_info=True)
+                if not self._refresh_failing:  # once per outage; it retries every interval meanwhile
+                    log.warning("credential index lost its database connection; auth checks fail closed")
+                self._refresh_failing = True
                 stop.wait(interval)
 
     # Answering -----------------------------------------------------------------------------------------
 
     def ensure_fresh(self) -> None:
-        """Fail closed when the replica's last confirmation is older than the bound (one retry inline)."""
+        """Fail closed when the replica's last confirmation is older than the bound, without waiting.
+
+        An auth check never waits for the database: a stopped, frozen or unreachable one would hold every
+        check (and every request thread) for as long as it lasts. While a follower runs, it alone refreshes,
+        and a check only reads the age of its last confirmation. Without one (a CLI command, a test), a check
+        refreshes inline, unless a refresh is already running.
+        """
         confirmed = self.confirmed_at
         if confirmed is not None and self._monotonic() - confirmed <= self.max_staleness:
             return
+        if self._following or not self._lock.acquire(blocking=False):
+            raise StaleIndex("credential data is not current; try again")
         try:
-            if self.refresh():
-                return
+            current = self._refresh_locked()
         except Exception as error:
             raise StaleIndex("credential data unavailable; try again") from error
-        raise StaleIndex("credential data is behind the event log; try again")
+        finally:
+            self._lock.release()
+        if not current:
+            raise StaleIndex("credential data is behind the event log; try again")
 
     def lookup(self, value: str, now: datetime) -> TokenRecord | None:
         """The token a secret belongs to; a rotated-out secret only within its grace period."""

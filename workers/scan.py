@@ -28,6 +28,8 @@ class ScanReport:
     expired_recorded: int = 0
     dispatched: list[tuple[int, int]] = field(default_factory=list)
     notifications_off: bool = False
+    # Not in ``as_dict``: that is the RQ job's result, whose shape callers already read.
+    idempotency_records_purged: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -53,7 +55,13 @@ class ExpiryScan:
         )
         with service.batch_of_commands():
             self._scan(report, now)
-        log.info("expiry scan finished", extra=report.as_dict())
+        # The daily sweep of kept Idempotency-Key answers (token values among them) past their 24 hours, for
+        # the keys after which no new key arrived to sweep them.
+        report.idempotency_records_purged = runtime.idempotency.purge_expired(now)
+        log.info(
+            "expiry scan finished",
+            extra={**report.as_dict(), "idempotency_records_purged": report.idempotency_records_purged},
+        )
         return report
 
     def _scan(self, report: ScanReport, now: datetime) -> None:
