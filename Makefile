@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Most tests wait on PostgreSQL, Redis or a subprocess, so four workers keep two cores busy (at most six: one
+# Redis database each, tests/integration/conftest_smtp.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 4
 
 .PHONY: run test lint bench clean
 
@@ -17,7 +20,7 @@ run: $(BIN)/deploy-tokens
 test: lint
 	.ci/services
 	.ci/tools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(BIN)/deploy-tokens
 	$(BIN)/ruff check .

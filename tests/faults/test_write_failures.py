@@ -96,7 +96,7 @@ def test_a_lost_server_answers_503_within_seconds_and_is_logged_once(
             client = create_app(runtime).test_client()
             proxy.drop()
             with caplog.at_level(logging.WARNING, logger="api.errors"):
-                for _ in range(2):
+                for _ in range(2):  # two requests, one log line
                     started = time.monotonic()
                     status, headers, _ = create_token(client, world)
                     assert (status, headers.get("Retry-After")) == (503, "5")

@@ -30,7 +30,10 @@ import workers.jobs
 
 from ..conftest import POSTGRES_URL, TEST_SECRET
 
-REDIS_DB = 13
+# One Redis database per pytest-xdist worker (10, 11, ...): each test flushes its own, never another's.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+REDIS_DB = 10 + (int(_WORKER.removeprefix("gw")) if _WORKER else 0)
+assert REDIS_DB <= 15, "Redis has 16 databases: run at most 6 workers"
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 
