@@ -26,6 +26,7 @@ lint: $(BIN)/deploy-tokens
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(BIN)/deploy-tokens
 	.ci/services

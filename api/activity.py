@@ -1,13 +1,14 @@
 """Per-token activity in the Flask app: one recorder per app, fed by the auth-check views.
 
-The storage (table, queue, batched writer, queries) is ``deploy_tokens.activity``.
+The storage (table, queue, batched writer, queries) is ``infrastructure.activity``.
 """
 
 from __future__ import annotations
 
 from flask import Flask
 
-from deploy_tokens.activity import (
+from deploy_tokens.runtime import Runtime
+from infrastructure.activity import (
     ACTIVITY_KEY,
     STALL_AFTER,
     ActivityEvent,
@@ -19,8 +20,7 @@ from deploy_tokens.activity import (
     create_activity_table,
     rejected_activity_rows,
 )
-from deploy_tokens.db import Database
-from deploy_tokens.runtime import Runtime
+from infrastructure.db import Database
 
 __all__ = [
     "ActivityEvent",

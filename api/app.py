@@ -18,8 +18,8 @@ from api.input_limits import RoutableEnviron, install
 from api.metrics import metrics
 from api.openapi import build_spec
 from api.resources import EncodedPathMiddleware
-from deploy_tokens.activity import ACTIVITY_KEY
 from deploy_tokens.runtime import Runtime
+from infrastructure.activity import ACTIVITY_KEY
 
 
 class DatabaseId(IntegerConverter):

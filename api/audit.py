@@ -14,9 +14,9 @@ from api.openapi import operation
 from api.params import load
 from api.resources import group_id, project_id
 from api.schemas import GitLabDateTime
-from deploy_tokens.activity import activity_rows
 from deploy_tokens.exports import Export, ExportRequest
 from domain.clock import as_utc
+from infrastructure.activity import activity_rows
 from projections.access import Action
 from projections.audit import AuditQuery, audit_events
 from projections.point_in_time import token_state_at, who_could

@@ -69,11 +69,11 @@ from api.registry_token import (
     registry_error,
 )
 from api.request_mapping import Protocol, map_original_request, resource_from_reference
-from deploy_tokens.activity import ACTIVITY_TEXT_LIMIT, TOKEN_REF_LENGTH, ActivityEvent
-from deploy_tokens.keys import Keyring
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import ConfigurationError, Settings
 from domain.text import has_unstorable_characters
+from infrastructure.activity import ACTIVITY_TEXT_LIMIT, TOKEN_REF_LENGTH, ActivityEvent
+from infrastructure.keys import Keyring
+from infrastructure.settings import ConfigurationError, Settings
 from projections.access import Action, Decision, Reason
 from projections.credential_index import CredentialIndex, Resource, StaleIndex
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Final
 
-from deploy_tokens.bans import IPNetwork
+from infrastructure.bans import IPNetwork
 
 __all__ = ["ClientAddresses", "normalise_address"]
 

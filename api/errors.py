@@ -17,9 +17,9 @@ from werkzeug.exceptions import HTTPException
 
 from api.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
 from api.input_limits import is_rejection
-from deploy_tokens.db import database_unavailable
-from deploy_tokens.idempotency import IdempotencyKeyBusy, IdempotencyKeyTaken
 from domain.errors import Conflict, NotFound, PermissionDenied, TokenDeleted, Unauthenticated, ValidationError
+from infrastructure.db import database_unavailable
+from infrastructure.idempotency import IdempotencyKeyBusy, IdempotencyKeyTaken
 from projections.credential_index import StaleIndex
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from deploy_tokens.db import as_utc_text
+from infrastructure.db import as_utc_text
 
 health = Blueprint("health", __name__)
 

@@ -1,7 +1,7 @@
 """``Idempotency-Key`` on the creating POSTs: a client that lost an answer retries and gets the same answer.
 
 Without the header a view runs exactly as it always did. With it, for an authenticated caller allowed to
-write, the key names one request of that caller for 24 hours (``deploy_tokens.idempotency`` keeps the
+write, the key names one request of that caller for 24 hours (``infrastructure.idempotency`` keeps the
 records):
 
 * a new key: the view runs and hands ``idempotency_slot()`` to its service command, whose transaction
@@ -32,14 +32,14 @@ from flask.typing import ResponseReturnValue
 from api.auth import optional_principal
 from api.context import runtime
 from api.params import request_params
-from deploy_tokens.idempotency import (
+from infrastructure.idempotency import (
     IdempotencyKeyBusy,
     IdempotencyKeyTaken,
     IdempotencySlot,
     KeptResponse,
     Recorded,
 )
-from deploy_tokens.keys import digests_match
+from infrastructure.keys import digests_match
 
 log = logging.getLogger(__name__)
 

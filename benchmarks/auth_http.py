@@ -70,7 +70,8 @@ def build_app(data_dir: str, *, counting: bool = False) -> Flask:
     from api.activity import install_activity
     from api.app import create_app
     from api.server import BackgroundThreads
-    from deploy_tokens.settings import Settings
+    from cli.serve import embedded_threads
+    from infrastructure.settings import Settings
 
     env = {"DEPLOY_TOKENS_DATA_DIR": data_dir, "DEPLOY_TOKENS_SECRET_KEY": SECRET}
     if counting:
@@ -79,7 +80,7 @@ def build_app(data_dir: str, *, counting: bool = False) -> Flask:
     if counting:
         runtime.index.refresh()
     else:
-        BackgroundThreads(runtime, embedded=True).start()
+        BackgroundThreads(runtime, embedded_threads(runtime)).start()
     app = create_app(runtime)
     install_activity(app, runtime)
 

@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import DatabaseLocation, Settings
 from domain.actors import Actor
 from domain.clock import Clock
+from infrastructure.settings import DatabaseLocation, Settings
 
 POSTGRES_URL = os.environ.get("DEPLOY_TOKENS_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
 SECRET = "benchmark-secret-key-that-is-long-enough-0123456789"

@@ -29,7 +29,7 @@ def _peak_rss_mb() -> float:
 def child(mode: str, output: str) -> None:
     from deploy_tokens.exports import Export, ExportRequest
     from deploy_tokens.runtime import Runtime
-    from deploy_tokens.settings import Settings
+    from infrastructure.settings import Settings
 
     runtime = Runtime.open(Settings.from_env())
     export = Export(runtime.db, ExportRequest("usage", "csv"), runtime.keys.chain_key)
@@ -49,7 +49,7 @@ def child(mode: str, output: str) -> None:
 
 def fill(data_dir: Path) -> None:
     from deploy_tokens.runtime import Runtime
-    from deploy_tokens.settings import Settings
+    from infrastructure.settings import Settings
 
     env = {"DEPLOY_TOKENS_DATA_DIR": str(data_dir), "DEPLOY_TOKENS_SECRET_KEY": SECRET}
     with Runtime.open(Settings.from_env(env)) as runtime:

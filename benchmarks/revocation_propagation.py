@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.common import SECRET, admin_world, bench_settings, report
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import Settings
+from infrastructure.settings import Settings
 from projections.access import Action
 from projections.credential_index import Resource
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from deploy_tokens.db import Database, as_utc_text
+from infrastructure.db import Database, as_utc_text
 from projections.chain import chain_head
 
 Dataset = Literal["lifecycle", "usage", "usage_set_aside"]

@@ -8,16 +8,19 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from deploy_tokens.activity import ActivityRecorder, create_activity_table
-from deploy_tokens.bans import AddressBans, address_bans
-from deploy_tokens.db import CONNECT_TIMEOUT, Database, DatabaseProbe
-from deploy_tokens.idempotency import IdempotencyRecords
-from deploy_tokens.keys import Keyring
+# Importing the aggregates registers their pinned event topics before any stored event is read.
+import domain.deploy_token
+import domain.directory  # noqa: F401
 from deploy_tokens.service import DeployTokenService
-from deploy_tokens.settings import DatabaseLocation, Settings
-from deploy_tokens.store import EventStore
-from deploy_tokens.vault import CiTokenVault
 from domain.clock import Clock, SystemClock
+from infrastructure.activity import ActivityRecorder, create_activity_table
+from infrastructure.bans import AddressBans, address_bans
+from infrastructure.db import CONNECT_TIMEOUT, Database, DatabaseProbe
+from infrastructure.idempotency import IdempotencyRecords
+from infrastructure.keys import Keyring
+from infrastructure.settings import DatabaseLocation, Settings
+from infrastructure.store import EventStore
+from infrastructure.vault import CiTokenVault
 from projections.audit import AuditTrail
 from projections.base import Projection, Projector
 from projections.chain import EventChain

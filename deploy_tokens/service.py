@@ -21,10 +21,6 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
-from deploy_tokens.idempotency import IdempotencySlot, saving_with
-from deploy_tokens.keys import Keyring
-from deploy_tokens.store import EventStore, IdAllocator
-from deploy_tokens.vault import CiTokenVault
 from domain.actors import Actor
 from domain.clock import Clock
 from domain.deploy_token import CI_TOKEN_NAME, DeployToken, HolderKind, deploy_token_uuid
@@ -48,6 +44,10 @@ from domain.token_values import (
     generate_token,
     is_well_formed,
 )
+from infrastructure.idempotency import IdempotencySlot, saving_with
+from infrastructure.keys import Keyring
+from infrastructure.store import EventStore, IdAllocator
+from infrastructure.vault import CiTokenVault
 from projections.base import Projector
 from projections.credentials import TokenRecord
 from projections.directory import PersonalAccessTokenRecord, UserRecord

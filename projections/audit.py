@@ -31,7 +31,6 @@ from typing import Any, ClassVar, Final
 
 from eventsourcing.domain import DomainEventProtocol
 
-from deploy_tokens.db import Cursor, Database, to_datetime
 from domain.clock import as_utc
 from domain.deploy_token import INTERVAL_NAMES, DeployToken, default_username
 from domain.directory import (
@@ -43,6 +42,7 @@ from domain.directory import (
     User,
     stream_id,
 )
+from infrastructure.db import Cursor, Database, to_datetime
 from projections.base import Projection
 
 TARGET_DEPLOY_TOKEN: Final = "DeployToken"

@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Notification
 
-from deploy_tokens.db import POSTGRES_BOUNDS, Cursor, Database, database_unavailable
-from deploy_tokens.store import EventStore
+from infrastructure.db import POSTGRES_BOUNDS, Cursor, Database, database_unavailable
+from infrastructure.store import EventStore
 
 log = logging.getLogger(__name__)
 

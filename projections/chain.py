@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Final
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Notification
 
-from deploy_tokens.db import Cursor, Database
+from infrastructure.db import Cursor, Database
 from projections.base import Projection
 
 GENESIS: Final = "0" * 64

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from deploy_tokens.db import POSTGRES_BOUNDS, Database
-from deploy_tokens.keys import Keyring
-from deploy_tokens.store import EventStore
 from domain.directory import KNOWN_FEATURES
 from domain.token_values import DEPLOY_TOKEN_PREFIX, has_token_length, is_well_formed
+from infrastructure.db import POSTGRES_BOUNDS, Database
+from infrastructure.keys import Keyring
+from infrastructure.store import EventStore
 from projections.access import Action, AuthRequest, Decision, Reason, decide
 from projections.base import PROJECTIONS_CHANNEL
 from projections.credentials import (

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 from eventsourcing.domain import DomainEventProtocol
 
-from deploy_tokens.db import Cursor, to_datetime
 from domain.deploy_token import DeployToken, default_username
 from domain.directory import KNOWN_FEATURES, Group, InstanceSettings, Project, UserNamespace
+from infrastructure.db import Cursor, to_datetime
 from projections.base import Projection
 
 

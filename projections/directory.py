@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 from eventsourcing.domain import DomainEventProtocol
 
-from deploy_tokens.db import Cursor, to_datetime
 from domain.directory import Group, PersonalAccessToken, Project, User
+from infrastructure.db import Cursor, to_datetime
 from projections.base import Projection
 
 

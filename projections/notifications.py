@@ -42,9 +42,9 @@ from typing import Any, ClassVar, Final
 
 from eventsourcing.domain import DomainEventProtocol
 
-from deploy_tokens.db import Cursor, Database, to_datetime
 from domain.clock import as_utc, start_of_day
 from domain.deploy_token import INTERVALS, DeployToken
+from infrastructure.db import Cursor, Database, to_datetime
 from projections.base import Projection
 
 TABLE: Final = "expiry_notifications"

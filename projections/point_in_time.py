@@ -12,11 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from deploy_tokens.db import Database
-from deploy_tokens.settings import DatabaseLocation
-from deploy_tokens.store import EventStore
 from domain.deploy_token import DeployToken, deploy_token_uuid
 from domain.errors import NotFound
+from infrastructure.db import Database
+from infrastructure.settings import DatabaseLocation
+from infrastructure.store import EventStore
 from projections.access import Action, AuthRequest, decide
 from projections.base import Projection
 from projections.credentials import CredentialLookup, TokenRecord

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from deploy_tokens.db import Database
+from infrastructure.db import Database
 from projections.credentials import (
     NAMESPACE_COLUMNS,
     PROJECT_COLUMNS,

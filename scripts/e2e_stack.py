@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from api.app import create_app
 from deploy_tokens.runtime import Runtime
 from deploy_tokens.service import IssuedToken
-from deploy_tokens.settings import Settings
+from infrastructure.settings import Settings
 from tests.e2e.harness import MissingTool, Stack, oci_image, serve_app, tiny_wheel
 
 ALL_SCOPES = [

@@ -13,9 +13,9 @@ import pytest
 
 from deploy_tokens.runtime import Runtime
 from deploy_tokens.service import Principal
-from deploy_tokens.settings import DatabaseLocation, Settings
 from domain.actors import Actor
 from domain.clock import FixedClock
+from infrastructure.settings import DatabaseLocation, Settings
 
 POSTGRES_URL = os.environ.get("DEPLOY_TOKENS_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hkdf-0123456789"

@@ -17,8 +17,8 @@ from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError
 
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import Settings
 from domain.clock import as_utc
+from infrastructure.settings import Settings
 from workers.mail import MailDeliveryError, mailer_from_url
 from workers.notifier import ExpiryNotifier, SendOutcome
 from workers.scan import ExpiryScan, ScanReport

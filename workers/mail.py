@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from deploy_tokens.settings import private_folder
 from domain.deploy_token import INTERVALS
+from infrastructure.settings import private_folder
 
 __all__ = [
     "ExpiryNotice",

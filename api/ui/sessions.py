@@ -10,7 +10,7 @@
   the server secret **and the session id**: neither a copy of the database nor the secret alone decrypts it
   (R7: no plaintext secret at rest).
 * **Keys.** One root key, an HMAC of ``settings.secret_key`` with a label of its own, and from it one
-  sub-key per purpose (row id, CSRF, encryption): nothing is shared with ``deploy_tokens.keys``.
+  sub-key per purpose (row id, CSRF, encryption): nothing is shared with ``infrastructure.keys``.
 * **CSRF.** The token of a session is ``HMAC(csrf_key, session id)``: per session, nothing to store, and it
   changes when the id does (at sign-in). Anonymous visitors get an id too (cookie only, no row), so the
   sign-in form is protected against login CSRF. Tokens are compared with ``hmac.compare_digest``.
@@ -33,8 +33,8 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from deploy_tokens.db import Cursor, Database, to_datetime
 from domain.clock import Clock
+from infrastructure.db import Cursor, Database, to_datetime
 
 SESSION_LIFETIME: Final = timedelta(hours=8)
 COOKIE_NAME: Final = "deploy_tokens_session"
@@ -96,7 +96,7 @@ class SessionKeys:
 
 
 class SessionStore:
-    """Encrypted session rows in the service database (both backends, through ``deploy_tokens.db``)."""
+    """Encrypted session rows in the service database (both backends, through ``infrastructure.db``)."""
 
     def __init__(self, db: Database, keys: SessionKeys, clock: Clock) -> None:
         self._db = db

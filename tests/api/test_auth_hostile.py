@@ -18,12 +18,12 @@ from redis import Redis
 
 from api.activity import ActivityRecorder, activity_rows, install_activity
 from api.app import create_app
-from deploy_tokens.bans import AddressBans, BanPolicy, RedisAddressBans
-from deploy_tokens.keys import Keyring
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import ConfigurationError, Settings
 from domain.clock import FixedClock
 from domain.token_values import generate_token
+from infrastructure.bans import AddressBans, BanPolicy, RedisAddressBans
+from infrastructure.keys import Keyring
+from infrastructure.settings import ConfigurationError, Settings
 
 from ..conftest import T0, World
 from .test_auth_checks import CLONE, basic, git_auth, granted, issue, nginx, registry_token

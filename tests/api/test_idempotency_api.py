@@ -15,9 +15,9 @@ from werkzeug.test import TestResponse
 
 from api.app import create_app
 from api.idempotency import canonical_request
-from deploy_tokens.idempotency import TABLE
 from deploy_tokens.runtime import Runtime
 from domain.clock import FixedClock
+from infrastructure.idempotency import TABLE
 
 from ..conftest import World
 from .conftest import Credentials

@@ -24,7 +24,7 @@ from gitlab.v4.objects import Group, Project
 
 from api.app import create_app
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import DatabaseLocation
+from infrastructure.settings import DatabaseLocation
 
 from ..conftest import POSTGRES_URL, make_settings, require_postgres
 from .harness import MissingTool, OffsetClock, Stack, check_tools, serve_app

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import DatabaseLocation
+from infrastructure.settings import DatabaseLocation
 
 from ..conftest import POSTGRES_URL, TEST_SECRET, World, make_settings
 from ..e2e.harness import free_port
@@ -137,7 +137,7 @@ def start_shape(shape: str, port: int, env: dict[str, str], logs: Path) -> list[
         commands = [[str(bin_dir / "deploy-tokens"), "serve", "--host", "127.0.0.1", "--port", str(port)]]
     else:
         gunicorn = shutil.which("gunicorn", path=str(bin_dir)) or "gunicorn"
-        web = [gunicorn, "-c", "python:deploy_tokens.gunicorn_conf", "--bind", f"127.0.0.1:{port}"]
+        web = [gunicorn, "-c", "python:api.gunicorn_conf", "--bind", f"127.0.0.1:{port}"]
         commands = [[*web, "api.server:wsgi_app()"], [str(bin_dir / "deploy-tokens"), "projector"]]
     processes = []
     for number, command in enumerate(commands):

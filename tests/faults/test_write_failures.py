@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import DatabaseLocation, Settings
+from infrastructure.settings import DatabaseLocation, Settings
 
 from ..conftest import POSTGRES_URL, TEST_SECRET, World
 from .proxy import FaultyProxy

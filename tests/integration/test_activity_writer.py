@@ -14,15 +14,15 @@ import pytest
 
 from api.activity import install_activity
 from api.app import create_app
-from deploy_tokens.activity import (
+from deploy_tokens.runtime import Runtime
+from infrastructure.activity import (
     ActivityEvent,
     ActivityRecorder,
     activity_rows,
     rejected_activity_rows,
 )
-from deploy_tokens.db import Database
-from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import DatabaseLocation
+from infrastructure.db import Database
+from infrastructure.settings import DatabaseLocation
 
 from ..conftest import T0
 
@@ -164,7 +164,7 @@ def test_set_aside_rows_are_logged_once_per_kind_and_never_hold_a_token_value(
     for n in range(3):
         recorder.record(event(n, token_id=UNWRITABLE_TOKEN_ID, user_agent=f"curl {secret}"))
 
-    with caplog.at_level(logging.WARNING, logger="deploy_tokens.activity"):
+    with caplog.at_level(logging.WARNING, logger="infrastructure.activity"):
         assert recorder.flush() == 0
 
     assert recorder.stats().set_aside == 3

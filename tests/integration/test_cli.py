@@ -11,7 +11,7 @@ from pathlib import Path
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("DEPLOY_TOKENS_")}
     return subprocess.run(
-        [sys.executable, "-m", "deploy_tokens.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

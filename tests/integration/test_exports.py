@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from api.app import create_app
-from deploy_tokens.activity import ActivityEvent
-from deploy_tokens.cli import build_parser, cmd_export
+from cli.main import build_parser, cmd_export
 from deploy_tokens.exports import Export, ExportRequest
 from deploy_tokens.runtime import Runtime
+from infrastructure.activity import ActivityEvent
 
 from ..conftest import World
 

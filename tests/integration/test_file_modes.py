@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy_tokens.activity import ActivityEvent, activity_rows
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import Settings
+from infrastructure.activity import ActivityEvent, activity_rows
+from infrastructure.settings import Settings
 from workers.mail import ExpiryNotice, Recipient, compose, mailer_from_url
 
 

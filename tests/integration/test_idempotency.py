@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from deploy_tokens.idempotency import TABLE, IdempotencyKeyTaken, IdempotencySlot
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import Settings
 from domain.clock import FixedClock
 from domain.errors import ValidationError
+from infrastructure.idempotency import TABLE, IdempotencyKeyTaken, IdempotencySlot
+from infrastructure.settings import Settings
 from workers.scan import ExpiryScan
 
 from ..conftest import TEST_SECRET, World
@@ -158,7 +158,7 @@ class Server:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = _free_port()
-        command = [sys.executable, "-m", "deploy_tokens.cli", "serve", "--port", str(self.port)]
+        command = [sys.executable, "-m", "cli.main", "serve", "--port", str(self.port)]
         with log.open("ab") as out:
             self.process = subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
         deadline = time.monotonic() + 60

@@ -11,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from deploy_tokens.db import Database
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import Settings
 from domain.actors import Actor
 from domain.deploy_token import DeployToken
+from infrastructure.db import Database
+from infrastructure.settings import Settings
 
 from ..conftest import TEST_SECRET, World
 
@@ -99,7 +99,7 @@ def test_sigkilled_projector_leaves_read_models_equal_to_a_rebuild(runtime: Runt
     kills = 0
     for target in [*targets, None]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "deploy_tokens.cli", "projector"],
+            [sys.executable, "-m", "cli.main", "projector"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -30,7 +30,7 @@ from api.request_mapping import (
     map_original_request,
     resource_from_reference,
 )
-from deploy_tokens.settings import ConfigurationError
+from infrastructure.settings import ConfigurationError
 from projections.access import Action, Decision, Reason
 from projections.credential_index import Resource
 

@@ -4,8 +4,8 @@ import hashlib
 import hmac
 import secrets
 
-from deploy_tokens.keys import Keyring, _subkey
 from domain.token_values import generate_token
+from infrastructure.keys import Keyring, _subkey
 
 
 def test_digest_is_hmac_sha256_under_the_digest_subkey():

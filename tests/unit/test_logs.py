@@ -2,8 +2,8 @@ import io
 import json
 import logging
 
-from deploy_tokens.logs import JsonFormatter, mask_secrets
 from domain.token_values import generate_token
+from infrastructure.logs import JsonFormatter, mask_secrets
 
 
 def test_token_values_are_masked_in_any_text():

@@ -16,13 +16,13 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from deploy_tokens.logs import configure_logging
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.settings import ConfigurationError, Settings
 from domain.actors import Actor
 from domain.clock import FixedClock, as_utc
 from domain.deploy_token import HolderKind
 from domain.errors import DomainError
+from infrastructure.logs import configure_logging
+from infrastructure.settings import ConfigurationError, Settings
 from projections.access import Action
 from projections.credentials import TokenRecord
 
@@ -348,7 +348,7 @@ def cmd_projector(runtime: Runtime, args: argparse.Namespace) -> int:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     """Runs without an opened runtime here: the serving process opens its own after forking."""
-    from api.server import serve
+    from cli.serve import serve
 
     serve(settings, host=args.host, port=args.port)
     return 0

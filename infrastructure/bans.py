@@ -23,14 +23,19 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Final
+from typing import Final, Protocol
 
 from redis import Redis
 from redis.exceptions import RedisError
 
-from domain.clock import Clock
-
 log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    """Anything that tells the time (the runtime's clock, which tests control)."""
+
+    def now(self) -> datetime: ...
+
 
 __all__ = [
     "LOOPBACK",

@@ -53,7 +53,7 @@ from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, NamedTuple
 
-from deploy_tokens.db import Cursor, Database, as_utc_text, database_unavailable, to_datetime
+from infrastructure.db import Cursor, Database, as_utc_text, database_unavailable, to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ __all__ = [
     "storable_text",
 ]
 
-ACTIVITY_KEY = "deploy_tokens.activity"
+ACTIVITY_KEY = "infrastructure.activity"
 TOKEN_REF_LENGTH = 12
 ACTIVITY_TEXT_LIMIT = 512  # free-text columns (resource, client address, user agent) are cut to this
 # Rows waiting and no progress for this long: the writer is stalled and readiness says so. Long enough that a

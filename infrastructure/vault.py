@@ -13,7 +13,7 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from deploy_tokens.db import Cursor, Database
+from infrastructure.db import Cursor, Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ci_token_vault (

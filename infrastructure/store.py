@@ -16,12 +16,9 @@ from eventsourcing.utils import Environment, EnvType, retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
 
-# Importing the aggregates registers their pinned topics before any stored event is read.
-import domain.deploy_token
-import domain.directory  # noqa: F401
-from deploy_tokens.db import POOL_TIMEOUT, POSTGRES_BOUNDS, private_sqlite_file
-from deploy_tokens.idempotency import claim_in_postgres, claim_in_sqlite, pending_slot
-from deploy_tokens.settings import DatabaseLocation
+from infrastructure.db import POOL_TIMEOUT, POSTGRES_BOUNDS, private_sqlite_file
+from infrastructure.idempotency import claim_in_postgres, claim_in_sqlite, pending_slot
+from infrastructure.settings import DatabaseLocation
 
 
 class EventStore(Application[UUID]):
@@ -60,7 +57,7 @@ class BoundedPostgresApplicationRecorder(PostgresApplicationRecorder):
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
         # The library runs this inside the events' transaction, before it locks the table: an Idempotency-Key
-        # is recorded atomically with the command's events (see deploy_tokens.idempotency). The library's
+        # is recorded atomically with the command's events (see infrastructure.idempotency). The library's
         # database-function path would skip it; POSTGRES_ENABLE_DB_FUNCTIONS stays off (persistence_env).
         slot = pending_slot()
         if slot is not None:
@@ -71,7 +68,7 @@ class BoundedPostgresApplicationRecorder(PostgresApplicationRecorder):
 
 
 class BoundedPostgresFactory(PostgresFactory):
-    """The library's PostgreSQL infrastructure with every wait bounded (see ``deploy_tokens.db``)."""
+    """The library's PostgreSQL infrastructure with every wait bounded (see ``infrastructure.db``)."""
 
     application_recorder_class = BoundedPostgresApplicationRecorder
 

@@ -2,7 +2,7 @@
 
 A client that lost the answer to a creating request retries with the same ``Idempotency-Key`` and gets the
 original answer back instead of a second token. The row is inserted by the event store's recorder inside the
-transaction that saves the command's events (``deploy_tokens.store``), so no crash can leave the events
+transaction that saves the command's events (``infrastructure.store``), so no crash can leave the events
 committed without the record: both are kept or neither is. Its primary key (caller, key digest) stops a
 concurrent duplicate: the second insert waits for the first transaction and, once that has committed, finds
 the key taken and rolls its own transaction back, events and all.
@@ -32,8 +32,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg import sql
 
-from deploy_tokens.db import Cursor, Database, as_utc_text
-from deploy_tokens.keys import Keyring
+from infrastructure.db import Cursor, Database, as_utc_text
+from infrastructure.keys import Keyring
 
 RETENTION: Final = timedelta(hours=24)
 TABLE: Final = "idempotency_keys"

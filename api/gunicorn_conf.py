@@ -1,8 +1,8 @@
-"""gunicorn settings for the ``web`` process (``gunicorn -c python:deploy_tokens.gunicorn_conf``): JSON logs."""
+"""gunicorn settings for the ``web`` process (``gunicorn -c python:api.gunicorn_conf``): JSON logs."""
 
 import os
 
-from deploy_tokens.logs import configure_logging
+from infrastructure.logs import configure_logging
 
 logconfig_dict = configure_logging(os.environ.get("DEPLOY_TOKENS_LOG_LEVEL", "INFO"))
 accesslog = "-"

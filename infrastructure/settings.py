@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from deploy_tokens.bans import LOOPBACK, BanPolicy, IPNetwork
+from infrastructure.bans import LOOPBACK, BanPolicy, IPNetwork
 
 
 class ConfigurationError(Exception):

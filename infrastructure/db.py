@@ -26,7 +26,7 @@ from eventsourcing.persistence import InterfaceError as EventStoreInterfaceError
 from eventsourcing.persistence import OperationalError as EventStoreOperationalError
 from psycopg_pool import ConnectionPool
 
-from deploy_tokens.settings import DatabaseLocation
+from infrastructure.settings import DatabaseLocation
 
 T = TypeVar("T")
 Dialect = Literal["sqlite", "postgresql"]

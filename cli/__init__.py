@@ -1,0 +1,1 @@
+"""The console script ``deploy-tokens``: administers, runs jobs, and starts the processes of the service."""
