@@ -10,6 +10,7 @@ from werkzeug.routing import IntegerConverter, Map
 
 from api.audit import audit
 from api.auth_checks import auth_checks
+from api.context import RUNTIME_KEY
 from api.deploy_tokens import deploy_tokens
 from api.directory import directory
 from api.errors import register_error_handlers
@@ -33,7 +34,7 @@ class DatabaseId(IntegerConverter):
 def create_app(runtime: Runtime) -> Flask:
     app = Flask("deploy_tokens")
     app.url_map.converters["int"] = DatabaseId  # before any route is added
-    app.config["RUNTIME"] = runtime
+    app.config[RUNTIME_KEY] = runtime
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install(app)  # body cap, JSON bounds, parameter checks: before any view or blueprint hook
     app.register_blueprint(health)
@@ -54,9 +55,3 @@ def create_app(runtime: Runtime) -> Flask:
         return jsonify(build_spec(app))
 
     return app
-
-
-def runtime_of(app: Flask) -> Runtime:
-    runtime = app.config["RUNTIME"]
-    assert isinstance(runtime, Runtime)
-    return runtime

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
+from api.context import runtime_of
 from infrastructure.db import as_utc_text
 
 health = Blueprint("health", __name__)
@@ -23,8 +24,6 @@ def readiness() -> ResponseReturnValue:
     """Ready when the database answers within the probe's deadline and accepts writes, and the activity writer
     is not stalled (rows waiting, no progress for longer than its ``stall_after``). The projections' positions
     are reported beside."""
-    from api.app import runtime_of
-
     runtime = runtime_of(current_app)
     activity = _activity_check()
     activity_ok = activity is None or activity["status"] == "ok"

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 
 from flask import Blueprint, Flask, Response, current_app
 
+from api.context import runtime_of
 from api.openapi import operation
 
 __all__ = ["METRICS_KEY", "Counter", "Histogram", "Metrics", "metrics", "metrics_of"]
@@ -202,8 +203,6 @@ def _gauge(name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> l
 
 
 def _runtime_lines(app: Flask) -> list[str]:
-    from api.app import runtime_of
-
     runtime = runtime_of(app)
     lines: list[str] = []
     try:

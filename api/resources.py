@@ -8,10 +8,20 @@ from urllib.parse import unquote_to_bytes
 from api.context import runtime
 from domain.errors import NotFound
 
+_BIGINT_MAX = 2**63 - 1
+
 
 def _numeric(reference: str) -> bool:
     """An id is ASCII digits only (``"²".isdigit()`` is true, but it is no id)."""
     return reference.isascii() and reference.isdigit()
+
+
+def _id(reference: str, missing: str) -> int:
+    """A numeric reference as an id; beyond BIGINT it names nothing (404), never an overflow in the driver."""
+    number = int(reference)
+    if number > _BIGINT_MAX:
+        raise NotFound(missing)
+    return number
 
 
 def _printable(reference: str) -> bool:
@@ -22,7 +32,7 @@ def project_id(reference: str) -> int:
     if not _printable(reference):
         raise NotFound("404 Project")
     if _numeric(reference):
-        return int(reference)
+        return _id(reference, "404 Project")
     project = runtime().read.project_by_path(reference.replace(":", "/"))
     if project is None:
         raise NotFound("404 Project")
@@ -33,7 +43,7 @@ def group_id(reference: str) -> int:
     if not _printable(reference):
         raise NotFound("404 Group")
     if _numeric(reference):
-        return int(reference)
+        return _id(reference, "404 Group")
     namespace = runtime().read.namespace_by_path(reference.replace(":", "/"))
     if namespace is None or namespace.kind != "group":
         raise NotFound("404 Group")
