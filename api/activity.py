@@ -5,34 +5,17 @@ The storage (table, queue, batched writer, queries) is ``infrastructure.activity
 
 from __future__ import annotations
 
+from typing import Final
+
 from flask import Flask
 
 from deploy_tokens.runtime import Runtime
-from infrastructure.activity import (
-    ACTIVITY_KEY,
-    STALL_AFTER,
-    ActivityEvent,
-    ActivityRecorder,
-    ActivityRow,
-    ActivityStats,
-    RejectedActivityRow,
-    activity_rows,
-    create_activity_table,
-    rejected_activity_rows,
-)
+from infrastructure.activity import STALL_AFTER, ActivityRecorder, create_activity_table
 from infrastructure.db import Database
 
-__all__ = [
-    "ActivityEvent",
-    "ActivityRecorder",
-    "ActivityRow",
-    "ActivityStats",
-    "RejectedActivityRow",
-    "activity_of",
-    "activity_rows",
-    "install_activity",
-    "rejected_activity_rows",
-]
+__all__ = ["ACTIVITY_KEY", "activity_of", "install_activity"]
+
+ACTIVITY_KEY: Final = "deploy_tokens.activity"
 
 
 def install_activity(

@@ -8,6 +8,7 @@ from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.routing import IntegerConverter, Map
 
+from api.activity import ACTIVITY_KEY
 from api.audit import audit
 from api.auth_checks import auth_checks
 from api.context import RUNTIME_KEY
@@ -20,7 +21,6 @@ from api.metrics import metrics
 from api.openapi import build_spec
 from api.resources import EncodedPathMiddleware
 from deploy_tokens.runtime import Runtime
-from infrastructure.activity import ACTIVITY_KEY
 
 
 class DatabaseId(IntegerConverter):

@@ -18,7 +18,7 @@ from deploy_tokens.exports import Export, ExportRequest
 from domain.clock import as_utc
 from infrastructure.activity import activity_rows
 from projections.access import Action
-from projections.audit import AuditQuery, audit_events
+from projections.audit_queries import AuditQuery, audit_events
 from projections.point_in_time import token_state_at, who_could
 
 audit = Blueprint("audit", __name__, url_prefix="/api/v4")
@@ -140,7 +140,7 @@ def token_activity(token_id: int) -> ResponseReturnValue:
         after_id=params["after_id"],
         limit=params["per_page"],
     )
-    return jsonify(ActivitySchema(many=True).dump([row.__dict__ for row in rows]))
+    return jsonify(ActivitySchema(many=True).dump([{"id": row.id, **row.event._asdict()} for row in rows]))
 
 
 class AtSchema(Schema):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import g, request
 
-from api.context import service
-from deploy_tokens.service import Principal
+from api.context import runtime
+from deploy_tokens.access import Principal
 from domain.errors import NotFound, PermissionDenied, Unauthenticated
 
 
@@ -31,7 +31,7 @@ def optional_principal() -> Principal | None:
         cached: Principal | None = g.principal
         return cached
     value = _presented_token()
-    principal = None if value is None else service().authenticate(value, address=client_address())
+    principal = None if value is None else runtime().access.authenticate(value, address=client_address())
     g.principal = principal
     return principal
 
@@ -51,7 +51,7 @@ def require_principal(*, anonymous: str = "401", writes: bool = False) -> Princi
 
 
 def require_admin(*, writes: bool = False) -> Principal:
+    """An authenticated caller whom the access rules count as an administrator."""
     principal = require_principal(writes=writes)
-    if not principal.user.is_admin:
-        raise PermissionDenied("403 Forbidden")
+    runtime().access.require_admin(principal.actor)
     return principal

@@ -6,7 +6,6 @@ from flask import current_app
 from flask.sansio.app import App
 
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.service import DeployTokenService
 
 RUNTIME_KEY = "RUNTIME"
 
@@ -19,7 +18,3 @@ def runtime_of(app: App) -> Runtime:
 
 def runtime() -> Runtime:
     return runtime_of(current_app)
-
-
-def service() -> DeployTokenService:
-    return runtime().service

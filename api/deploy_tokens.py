@@ -12,11 +12,11 @@ from flask import Blueprint, Response, jsonify
 from flask.typing import ResponseReturnValue
 
 from api.auth import require_admin, require_principal
-from api.context import runtime, service
+from api.context import runtime
 from api.idempotency import idempotency_slot, idempotent, rebuilt
 from api.openapi import operation
 from api.params import load, paginated
-from api.resources import holder_id
+from api.resources import holder_id, project_id
 from api.schemas import (
     CiVariableSchema,
     CreatedDeployTokenSchema,
@@ -78,7 +78,7 @@ def list_all() -> ResponseReturnValue:
 def list_holder_tokens(kind: str, reference: str) -> ResponseReturnValue:
     principal = require_principal(anonymous=_ANONYMOUS[kind])
     holder = holder_id(kind, reference)
-    service().check_token_reader(principal.actor, _kind(kind), holder)
+    runtime().tokens.check_token_reader(principal.actor, _kind(kind), holder)
     params = load(DeployTokenListSchema())
     page = runtime().read.tokens(
         holder_kind=kind,
@@ -93,7 +93,7 @@ def list_holder_tokens(kind: str, reference: str) -> ResponseReturnValue:
 
 def get_holder_token(kind: str, reference: str, token_id: int) -> ResponseReturnValue:
     principal = require_principal(anonymous=_ANONYMOUS[kind])
-    record = service().token_of(principal.actor, _kind(kind), holder_id(kind, reference), token_id)
+    record = runtime().tokens.token_of(principal.actor, _kind(kind), holder_id(kind, reference), token_id)
     return jsonify(DeployTokenSchema().dump(token_fields(record)))
 
 
@@ -119,7 +119,7 @@ def create_holder_token(kind: str, reference: str) -> ResponseReturnValue:
     principal = require_principal(anonymous=_ANONYMOUS[kind], writes=True)
     holder = holder_id(kind, reference)
     params = load(DeployTokenCreateSchema())
-    issued = service().create_token(
+    issued = runtime().tokens.create_token(
         principal.actor,
         _kind(kind),
         holder,
@@ -134,13 +134,13 @@ def create_holder_token(kind: str, reference: str) -> ResponseReturnValue:
 
 def delete_holder_token(kind: str, reference: str, token_id: int) -> ResponseReturnValue:
     principal = require_principal(anonymous=_ANONYMOUS[kind], writes=True)
-    service().delete_token(principal.actor, _kind(kind), holder_id(kind, reference), token_id)
+    runtime().tokens.delete_token(principal.actor, _kind(kind), holder_id(kind, reference), token_id)
     return "", 204
 
 
 def revoke_holder_token(kind: str, reference: str, token_id: int) -> ResponseReturnValue:
     principal = require_principal(anonymous=_ANONYMOUS[kind], writes=True)
-    record = service().revoke_token(principal.actor, _kind(kind), holder_id(kind, reference), token_id)
+    record = runtime().tokens.revoke_token(principal.actor, _kind(kind), holder_id(kind, reference), token_id)
     return jsonify(DeployTokenSchema().dump(token_fields(record)))
 
 
@@ -149,7 +149,7 @@ def rotate_holder_token(kind: str, reference: str, token_id: int) -> ResponseRet
     principal = require_principal(anonymous=_ANONYMOUS[kind], writes=True)
     params = load(RotateSchema())
     grace = timedelta(seconds=params["grace_period_seconds"]) if params["grace_period_seconds"] else None
-    issued = service().rotate_token(
+    issued = runtime().tokens.rotate_token(
         principal.actor,
         _kind(kind),
         holder_id(kind, reference),
@@ -162,8 +162,8 @@ def rotate_holder_token(kind: str, reference: str, token_id: int) -> ResponseRet
 
 def holder_token_history(kind: str, reference: str, token_id: int) -> ResponseReturnValue:
     principal = require_principal(anonymous=_ANONYMOUS[kind])
-    service().token_of(principal.actor, _kind(kind), holder_id(kind, reference), token_id)
-    return jsonify(HistoryEntrySchema(many=True).dump(service().history(token_id)))
+    runtime().tokens.token_of(principal.actor, _kind(kind), holder_id(kind, reference), token_id)
+    return jsonify(HistoryEntrySchema(many=True).dump(runtime().tokens.history(token_id)))
 
 
 _HOLDER_VIEWS = (
@@ -256,7 +256,7 @@ for _kind_name, _prefix in (("project", "/projects/<path:reference>"), ("group",
 def revoke_by_value() -> ResponseReturnValue:
     principal = require_admin(writes=True)
     params = load(RevokeByValueSchema())
-    service().revoke_by_value(principal.actor, params["token"])
+    runtime().tokens.revoke_by_value(principal.actor, params["token"])
     return "", 204
 
 
@@ -269,9 +269,7 @@ def revoke_by_value() -> ResponseReturnValue:
 )
 def ci_variables(reference: str) -> ResponseReturnValue:
     require_admin()
-    from api.resources import project_id
-
-    found = service().ci_variables(project_id(reference))
+    found = runtime().tokens.ci_variables(project_id(reference))
     variables = []
     if found is not None:
         username, password = found

@@ -1,10 +1,16 @@
-"""gunicorn settings for the ``web`` process (``gunicorn -c python:api.gunicorn_conf``): JSON logs."""
+"""gunicorn settings for the ``web`` process (``gunicorn -c python:api.gunicorn_conf``): JSON logs.
+
+``PORT``, ``WEB_CONCURRENCY`` and ``WEB_THREADS`` are gunicorn's own variables (the platform conventions), so
+they are read here; every ``DEPLOY_TOKENS_*`` setting comes from ``Settings``, which also fails the start
+with a ``ConfigurationError`` naming a malformed one.
+"""
 
 import os
 
 from infrastructure.logs import configure_logging
+from infrastructure.settings import Settings
 
-logconfig_dict = configure_logging(os.environ.get("DEPLOY_TOKENS_LOG_LEVEL", "INFO"))
+logconfig_dict = configure_logging(Settings.from_env().log_level)
 accesslog = "-"
 worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", "8"))

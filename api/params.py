@@ -11,7 +11,7 @@ import marshmallow
 from flask import Response, request
 from marshmallow import Schema, fields, validate
 
-from projections.views import Page
+from projections.credential_queries import Page
 
 
 def request_params() -> dict[str, Any]:

@@ -9,7 +9,7 @@ one reading here: :func:`canonical_uri` reproduces nginx's normalisation byte fo
 nginx refuses with a 400), and everything after it (API or Git, which project, read or write) is decided on
 that one path. ``tests/e2e/test_nginx_differential.py`` holds the reading against the real nginx.
 
-Top-level namespaces that collide with routes (``api``, ``-``, …) are reserved (``domain.directory``), so a
+Top-level namespaces that collide with routes (``api``, ``-``, …) are reserved (``domain.names``), so a
 project's path can never also read as an API URL; and a URL that could name two different resources (two
 ``.git/`` segments, two ``/packages/<format>`` boundaries) names none.
 

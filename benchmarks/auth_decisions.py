@@ -22,7 +22,7 @@ def main() -> None:
     with bench_runtime("sqlite") as runtime:
         admin, _, project = admin_world(runtime)
         issued = [
-            runtime.service.create_token(
+            runtime.tokens.create_token(
                 admin, "project", project, name=f"t{n}", scopes=["read_repository", "read_registry"]
             )
             for n in range(TOKENS)

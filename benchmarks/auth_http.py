@@ -238,7 +238,7 @@ def bench_world() -> Iterator[tuple[Runtime, dict[str, str], str]]:
     """A throwaway data folder with one project token; the headers nginx would send for a clone with it."""
     with bench_runtime("sqlite") as runtime:
         admin, _, project = admin_world(runtime)
-        issued = runtime.service.create_token(
+        issued = runtime.tokens.create_token(
             admin, "project", project, name="bench", scopes=["read_repository"]
         )
         credentials = base64.b64encode(f"{issued.token.username}:{issued.value}".encode()).decode()

@@ -48,10 +48,10 @@ def bench_runtime(backend: str, clock: Clock | None = None) -> Iterator[Runtime]
 
 def admin_world(runtime: Runtime) -> tuple[Actor, int, int]:
     """An admin, a group and a project in it."""
-    _, issued = runtime.service.bootstrap_admin(username="root", email="root@example.com")
-    admin = runtime.service.authenticate(issued.value).actor
-    group = runtime.service.create_group(admin, name="Bench", path="bench")
-    project = runtime.service.create_project(admin, name="App", namespace_id=group)
+    _, issued = runtime.directory.bootstrap_admin(username="root", email="root@example.com")
+    admin = runtime.access.authenticate(issued.value).actor
+    group = runtime.directory.create_group(admin, name="Bench", path="bench")
+    project = runtime.directory.create_project(admin, name="App", namespace_id=group)
     return admin, group, project
 
 

@@ -21,10 +21,9 @@ from deploy_tokens.runtime import Runtime
 from domain.actors import Actor
 from domain.clock import FixedClock
 from domain.deploy_token import DeployToken
-from projections.notifications import due_tokens
-from workers.jobs import InlineDispatcher, notifier_for
-from workers.mail import MaildirMailer
-from workers.scan import ExpiryScan
+from infrastructure.mail import MaildirMailer
+from projections.notification_queries import due_tokens
+from workers.jobs import InlineDispatcher
 
 TOKENS = 100_000
 DUE_EVERY = 100  # 1% due
@@ -92,18 +91,18 @@ def run(backend: str) -> dict[str, object]:
         read_seconds = time.perf_counter() - start_read
         assert rows == due, (rows, due)
 
-        notifier = notifier_for(runtime)
+        notifier = runtime.expiry_notifier()
         assert isinstance(notifier.mailer, MaildirMailer)  # the default when no SMTP URL is set
         dispatcher = InlineDispatcher(notifier)
         start_scan = time.perf_counter()
-        scan = ExpiryScan(runtime, dispatcher, page_size=PAGE).run()
+        scan = runtime.expiry_scan.run(dispatcher, page_size=PAGE)
         scan_seconds = time.perf_counter() - start_scan
         sent = sum(1 for _, _, outcome in dispatcher.outcomes if outcome == "sent")
         mails = len(mailbox.Maildir(notifier.mailer.path, create=False))
         assert scan.examined == due and sent == due and mails == due, (scan.as_dict(), sent, mails)
 
         start_rescan = time.perf_counter()
-        rescan = ExpiryScan(runtime, InlineDispatcher(notifier), page_size=PAGE).run()
+        rescan = runtime.expiry_scan.run(InlineDispatcher(notifier), page_size=PAGE)
         rescan_seconds = time.perf_counter() - start_rescan
         assert rescan.examined == 0 and not rescan.dispatched
 

@@ -62,7 +62,7 @@ def main() -> None:
     with bench_settings("postgres") as settings, Runtime.open(settings) as runtime:
         admin, _, project = admin_world(runtime)
         issued = [
-            runtime.service.create_token(admin, "project", project, name=f"t{n}", scopes=["read_repository"])
+            runtime.tokens.create_token(admin, "project", project, name=f"t{n}", scopes=["read_repository"])
             for n in range(TOKENS)
         ]
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as plan:
@@ -94,7 +94,7 @@ def main() -> None:
             rng = random.Random(7)
             for token in issued:
                 called_at[token.token.token_id] = time.time()
-                runtime.service.revoke_token(admin, "project", project, token.token.token_id)
+                runtime.tokens.revoke_token(admin, "project", project, token.token.token_id)
                 revoked_at[token.token.token_id] = time.time()
                 time.sleep(rng.uniform(0.005, 0.03))
             denied_at = {int(k): v for k, v in json.loads(child.stdout.readline()).items()}

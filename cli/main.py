@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -90,7 +89,7 @@ def _resolve(runtime: Runtime, kind: str, reference: str) -> int:
 
 
 def cmd_bootstrap(runtime: Runtime, args: argparse.Namespace) -> int:
-    user, issued = runtime.service.bootstrap_admin(username=args.username, email=args.email)
+    user, issued = runtime.directory.bootstrap_admin(username=args.username, email=args.email)
     print(f"Created administrator {user.username} (id {user.user_id}).", file=sys.stderr)
     print("Its personal access token follows; it is shown only now.", file=sys.stderr)
     print(issued.value)
@@ -100,7 +99,7 @@ def cmd_bootstrap(runtime: Runtime, args: argparse.Namespace) -> int:
 def cmd_token_create(runtime: Runtime, args: argparse.Namespace) -> int:
     holder_kind, holder_id = _holder(args, runtime)
     scopes = [scope for part in args.scopes for scope in part.split(",") if scope]
-    issued = runtime.service.create_token(
+    issued = runtime.tokens.create_token(
         _operator(),
         holder_kind,
         holder_id,
@@ -137,33 +136,33 @@ def cmd_token_list(runtime: Runtime, args: argparse.Namespace) -> int:
 
 def cmd_token_revoke(runtime: Runtime, args: argparse.Namespace) -> int:
     holder_kind, holder_id = _holder(args, runtime)
-    record = runtime.service.revoke_token(_operator(), holder_kind, holder_id, args.token_id)
+    record = runtime.tokens.revoke_token(_operator(), holder_kind, holder_id, args.token_id)
     _print_json(token_fields(record, runtime.clock.now()))
     return 0
 
 
 def cmd_token_delete(runtime: Runtime, args: argparse.Namespace) -> int:
     holder_kind, holder_id = _holder(args, runtime)
-    runtime.service.delete_token(_operator(), holder_kind, holder_id, args.token_id)
+    runtime.tokens.delete_token(_operator(), holder_kind, holder_id, args.token_id)
     print(f"Deleted deploy token {args.token_id}.", file=sys.stderr)
     return 0
 
 
 def cmd_history(runtime: Runtime, args: argparse.Namespace) -> int:
-    _print_json(runtime.service.history(args.token_id))
+    _print_json(runtime.tokens.history(args.token_id))
     return 0
 
 
 def cmd_group_create(runtime: Runtime, args: argparse.Namespace) -> int:
     parent = _resolve(runtime, "group", args.parent) if args.parent else None
-    group_id = runtime.service.create_group(_operator(), name=args.name, path=args.path, parent_id=parent)
+    group_id = runtime.directory.create_group(_operator(), name=args.name, path=args.path, parent_id=parent)
     print(group_id)
     return 0
 
 
 def cmd_project_create(runtime: Runtime, args: argparse.Namespace) -> int:
     namespace = _resolve(runtime, "group", args.namespace)
-    project_id = runtime.service.create_project(
+    project_id = runtime.directory.create_project(
         _operator(), name=args.name, path=args.path, namespace_id=namespace
     )
     print(project_id)
@@ -199,11 +198,10 @@ def cmd_projections_rebuild(runtime: Runtime, args: argparse.Namespace) -> int:
 
 def cmd_expiry_scan(runtime: Runtime, args: argparse.Namespace) -> int:
     """Records expiries and sends due emails in this process (even when Redis is configured)."""
-    from workers.jobs import InlineDispatcher, notifier_for
-    from workers.scan import ExpiryScan
+    from workers.jobs import InlineDispatcher
 
-    dispatcher = InlineDispatcher(notifier_for(runtime))
-    report = ExpiryScan(runtime, dispatcher).run()
+    dispatcher = InlineDispatcher(runtime.expiry_notifier())
+    report = runtime.expiry_scan.run(dispatcher)
     _print_json(
         {
             **report.as_dict(),
@@ -285,7 +283,7 @@ def cmd_export(runtime: Runtime, args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(runtime: Runtime, args: argparse.Namespace) -> int:
     """Recompute the hash chain over the stored log; exit 1 and name the first bad position if tampered."""
-    from projections.chain import parse_head, verify
+    from projections.chain_queries import parse_head, verify
 
     runtime.projector.catch_up()
     expected = parse_head(Path(args.head).read_text()) if args.head else None
@@ -301,7 +299,7 @@ def cmd_audit_verify(runtime: Runtime, args: argparse.Namespace) -> int:
 
 def cmd_audit_export_log(runtime: Runtime, args: argparse.Namespace) -> int:
     """The stored log up to the chain head, plus the head, for an auditor to verify with no access to us."""
-    from projections.chain import chain_head, export_head, log_lines
+    from projections.chain_queries import chain_head, export_head, log_lines
 
     runtime.projector.catch_up()
     head = chain_head(runtime.db, runtime.keys.chain_key)
@@ -316,7 +314,7 @@ def cmd_audit_export_log(runtime: Runtime, args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify_file(runtime: Runtime | None, args: argparse.Namespace) -> int:
-    from projections.chain import parse_head, verify_log_lines
+    from projections.chain_queries import parse_head, verify_log_lines
 
     with Path(args.log).open() as lines:
         result = verify_log_lines(lines, parse_head(Path(args.head).read_text()))
@@ -326,7 +324,7 @@ def cmd_audit_verify_file(runtime: Runtime | None, args: argparse.Namespace) -> 
 
 def cmd_audit_head(runtime: Runtime, args: argparse.Namespace) -> int:
     """Print the chain head (position, chain hash, signature) for an auditor to keep."""
-    from projections.chain import chain_head, export_head
+    from projections.chain_queries import chain_head, export_head
 
     runtime.projector.catch_up()
     print(export_head(chain_head(runtime.db, runtime.keys.chain_key)))
@@ -495,12 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(os.environ.get("DEPLOY_TOKENS_LOG_LEVEL", "INFO"))
     try:
         settings = Settings.from_env()
     except ConfigurationError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level)
     if args.handler is cmd_serve:
         cmd_serve(settings, args)
         return 0

@@ -1,1 +1,2 @@
-"""Application layer of the deploy-token service: settings, persistence wiring, the service, the CLI."""
+"""The application layer: services by capability (access, tokens, directory, members, expiry) over one unit of
+work, the runtime that composes them, and the compliance exports."""

@@ -25,7 +25,8 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 from infrastructure.db import Database, as_utc_text
-from projections.chain import chain_head
+from projections.audit_queries import AuditFilter
+from projections.chain_queries import chain_head
 
 Dataset = Literal["lifecycle", "usage", "usage_set_aside"]
 Format = Literal["csv", "jsonl"]
@@ -89,7 +90,8 @@ _CELL_KINDS: Final[dict[str, CellKind]] = {
     "set_aside_at": "time",
 }
 _KEY: Final = {"lifecycle": "position", "usage": "id", "usage_set_aside": "id"}
-_TIME: Final = {"lifecycle": "occurred_at", "usage": "occurred_at", "usage_set_aside": "set_aside_at"}
+# Lifecycle rows are filtered as the audit trail's queries filter them (``AuditFilter``).
+_TIME: Final = {"usage": "occurred_at", "usage_set_aside": "set_aside_at"}
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,17 @@ class Export:
             raise ValueError("set-aside activity rows can be filtered by time only")
         self.db = db
         self.request = request
+        self.lifecycle_filter = (
+            AuditFilter(
+                token_id=request.token_id,
+                namespace_kind=request.namespace_kind,
+                namespace_id=request.namespace_id,
+                since=request.since,
+                until=request.until,
+            )
+            if request.dataset == "lifecycle"
+            else None
+        )
         self.columns = _COLUMNS[request.dataset]
         self.cell_writers = tuple(_CELL_WRITERS[_CELL_KINDS.get(column, "text")] for column in self.columns)
         upto = request.upto if request.upto is not None else self._current_bound()
@@ -178,20 +191,16 @@ class Export:
         key = _KEY[request.dataset]
         clauses: list[str] = [f"{key} <= ?"]
         params: list[Any] = [self.manifest.upto]
+        if self.lifecycle_filter is not None:
+            where, where_params = self.lifecycle_filter.where()
+            return " AND ".join([*clauses, *where]), [*params, *where_params]
         if request.token_id is not None:
-            clauses.append(
-                "target_type = 'DeployToken' AND target_id = ?"
-                if request.dataset == "lifecycle"
-                else "token_id = ?"
-            )
+            clauses.append("token_id = ?")
             params.append(request.token_id)
         if request.namespace_kind is not None:
-            if request.dataset == "lifecycle":
-                clauses.append("namespace_kind = ? AND namespace_id = ?")
-            else:
-                clauses.append(
-                    "token_id IN (SELECT token_id FROM cred_tokens WHERE holder_kind = ? AND holder_id = ?)"
-                )
+            clauses.append(
+                "token_id IN (SELECT token_id FROM cred_tokens WHERE holder_kind = ? AND holder_id = ?)"
+            )
             params += [request.namespace_kind, request.namespace_id]
         time_column = _TIME[request.dataset]
         if request.since is not None:

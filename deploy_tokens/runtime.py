@@ -1,26 +1,41 @@
-"""Wires settings to the components: database, event store, projections, keys, vault and the service."""
+"""The composition root: wires settings to the database, event store, projections, keys, vault and the
+application services (access, tokens, directory, members, expiry)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import psycopg
 
 # Importing the aggregates registers their pinned event topics before any stored event is read.
 import domain.deploy_token
-import domain.directory  # noqa: F401
-from deploy_tokens.service import DeployTokenService
+import domain.groups
+import domain.instance_settings
+import domain.path_claims
+import domain.personal_access_tokens
+import domain.projects
+import domain.users  # noqa: F401
+from deploy_tokens.access import AccessService
+from deploy_tokens.directory import DirectoryService
+from deploy_tokens.expiry import ExpiryNotifier, ExpiryScan, NoticeContext
+from deploy_tokens.issuing import CredentialIssuer
+from deploy_tokens.members import MembersService
+from deploy_tokens.tokens import TokenService
+from deploy_tokens.unit_of_work import UnitOfWork
 from domain.clock import Clock, SystemClock
 from infrastructure.activity import ActivityRecorder, create_activity_table
 from infrastructure.bans import AddressBans, address_bans
 from infrastructure.db import CONNECT_TIMEOUT, Database, DatabaseProbe
 from infrastructure.idempotency import IdempotencyRecords
 from infrastructure.keys import Keyring
+from infrastructure.mail import Mailer, mailer_from_url
 from infrastructure.settings import DatabaseLocation, Settings
 from infrastructure.store import EventStore
 from infrastructure.vault import CiTokenVault
+from infrastructure.web_sessions import SessionKeys, SessionStore
 from projections.audit import AuditTrail
 from projections.base import Projection, Projector
 from projections.chain import EventChain
@@ -63,14 +78,19 @@ class Runtime:
     read: ReadModel
     keys: Keyring
     vault: CiTokenVault
-    service: DeployTokenService
+    uow: UnitOfWork
+    access: AccessService
+    tokens: TokenService
+    directory: DirectoryService
+    members: MembersService
+    expiry_scan: ExpiryScan
     index: CredentialIndex
     activity: ActivityRecorder
     bans: AddressBans
     idempotency: IdempotencyRecords
+    web_sessions: SessionStore
     # Readiness and metrics ask the database through it: never longer than its deadline, whatever the server.
     probe: DatabaseProbe = field(default_factory=DatabaseProbe)
-    extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
@@ -83,14 +103,22 @@ class Runtime:
             projector.setup()
             vault = CiTokenVault(db, keys.vault_key)
             idempotency = IdempotencyRecords(db, keys)
+            web_sessions = SessionStore(db, SessionKeys(settings.secret_key), clock)
             with db.transaction() as cursor:
                 vault.create_table(cursor)
                 idempotency.create_table(cursor)
+                web_sessions.create_table(cursor)
             create_activity_table(db)
         activity = ActivityRecorder(db)
         activity.start_on_first_record()
         read = ReadModel(db)
-        service = DeployTokenService(store, read, projector, keys, vault, clock)
+        uow = UnitOfWork(store, projector, clock)
+        access = AccessService(uow, read, keys, clock)
+        issuer = CredentialIssuer(uow, keys)
+        tokens = TokenService(uow, access, issuer, read, keys, vault, clock)
+        directory = DirectoryService(uow, access, issuer, read, clock)
+        members = MembersService(uow, access, directory, read, clock)
+        expiry_scan = ExpiryScan(tokens, uow, db, idempotency, clock)
         index = CredentialIndex(db, store, keys, max_staleness=settings.auth_max_staleness)
         projector.add_listener(index.on_projected)
         projector.catch_up()
@@ -105,11 +133,32 @@ class Runtime:
             read,
             keys,
             vault,
-            service,
+            uow,
+            access,
+            tokens,
+            directory,
+            members,
+            expiry_scan,
             index,
             activity,
             bans,
             idempotency,
+            web_sessions,
+        )
+
+    def expiry_notifier(self, mailer: Mailer | None = None) -> ExpiryNotifier:
+        """The sender of expiry emails, through ``mailer`` or else the transport the settings configure."""
+        settings = self.settings
+        return ExpiryNotifier(
+            self.tokens,
+            self.uow,
+            self.read,
+            self.clock,
+            NoticeContext(settings.external_url, settings.mail_from),
+            lease=timedelta(seconds=settings.notification_lease),
+            mailer=mailer
+            if mailer is not None
+            else mailer_from_url(settings.smtp_url, data_dir=settings.data_dir),
         )
 
     def close(self) -> None:

@@ -13,6 +13,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from infrastructure.bans import LOOPBACK, BanPolicy, IPNetwork
 
+DEFAULT_REGISTRY_ISSUER = "deploy-token-service"
+DEFAULT_REGISTRY_TOKEN_TTL = 300  # GitLab's container_registry_token_expire_delay: 5 minutes
+# The names logging.config accepts; anything else would fail where the logging is configured, not here.
+LOG_LEVELS = frozenset({"CRITICAL", "FATAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG", "NOTSET"})
+
 
 class ConfigurationError(Exception):
     """A setting is missing or malformed; the message names the variable."""
@@ -87,6 +92,11 @@ class Settings:
     # Peers whose forwarded-address headers are believed (nginx in front of /internal/auth_request).
     trusted_proxies: tuple[IPNetwork, ...] = LOOPBACK
     auth_bans: BanPolicy = field(default_factory=BanPolicy)
+    # The registry token server's JWT ``iss`` (the registry's ``auth.token.issuer`` must match) and how many
+    # seconds a registry token is valid.
+    registry_issuer: str = DEFAULT_REGISTRY_ISSUER
+    registry_token_ttl: int = DEFAULT_REGISTRY_TOKEN_TTL
+    log_level: str = "INFO"
 
     @property
     def jobs_in_process(self) -> bool:
@@ -137,6 +147,7 @@ class Settings:
                 "DEPLOY_TOKENS_NOTIFY_LEASE_SECONDS must be a number of seconds"
             ) from None
         external_url = (env.get("DEPLOY_TOKENS_EXTERNAL_URL") or "http://127.0.0.1:8080").rstrip("/")
+        registry_issuer = (env.get("DEPLOY_TOKENS_REGISTRY_ISSUER") or "").strip()
         return cls(
             data_dir=data_dir,
             database=database,
@@ -156,16 +167,32 @@ class Settings:
                 ban_time=_whole_number(env, "DEPLOY_TOKENS_BAN_BANTIME", 3600, minimum=1),
                 allowlist=_networks(env, "DEPLOY_TOKENS_BAN_ALLOWLIST", LOOPBACK),
             ),
+            registry_issuer=registry_issuer or DEFAULT_REGISTRY_ISSUER,
+            registry_token_ttl=_whole_number(
+                env, "DEPLOY_TOKENS_REGISTRY_TOKEN_TTL", DEFAULT_REGISTRY_TOKEN_TTL, minimum=60, maximum=86400
+            ),
+            log_level=_log_level(env),
         )
 
 
-def _whole_number(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _whole_number(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
-    if not raw.isascii() or not raw.isdigit() or int(raw) < minimum:
-        raise ConfigurationError(f"{name} must be a whole number, at least {minimum}")
-    return int(raw)
+    # isdigit() alone takes other scripts' digits ("\u0663"): ASCII only.
+    if raw.isascii() and raw.isdigit() and minimum <= int(raw) and (maximum is None or int(raw) <= maximum):
+        return int(raw)
+    bound = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
+    raise ConfigurationError(f"{name} must be a whole number, {bound}")
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = (env.get("DEPLOY_TOKENS_LOG_LEVEL") or "").strip() or "INFO"
+    if level not in LOG_LEVELS:
+        raise ConfigurationError(f"DEPLOY_TOKENS_LOG_LEVEL must be one of {', '.join(sorted(LOG_LEVELS))}")
+    return level
 
 
 def _networks(env: Mapping[str, str], name: str, default: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any, ClassVar, Protocol, TypeVar
+from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Notification
+from eventsourcing.utils import resolve_topic
 
-from infrastructure.db import POSTGRES_BOUNDS, Cursor, Database, database_unavailable
+from infrastructure.db import Cursor, Database
 from infrastructure.store import EventStore
+from projections.follower import Follower
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +40,101 @@ CREATE TABLE IF NOT EXISTS projection_tracking (
 
 PROJECTIONS_CHANNEL = "deploy_tokens_projections"
 
+Decode = Callable[[Notification], DomainEventProtocol[Any]]
+
+
+class StreamEvent(Protocol):
+    """What every stored event carries: its stream, its place in the stream and when it happened."""
+
+    @property
+    def originator_id(self) -> UUID: ...
+
+    @property
+    def originator_version(self) -> int: ...
+
+    @property
+    def timestamp(self) -> datetime: ...
+
+
+EventT = TypeVar("EventT")
+StreamEventT = TypeVar("StreamEventT", bound=StreamEvent)
+
+
+@dataclass(frozen=True)
+class EventHandler:
+    """One entry of a projection's handler table: an event class and the function that applies it."""
+
+    event_class: type[Any]
+    apply: Callable[[Cursor, Any, int], None]
+
+
+def on(event_class: type[EventT], handler: Callable[[Cursor, EventT, int], None]) -> EventHandler:
+    """The entry for ``event_class``: mypy checks that ``handler`` takes events of that very class.
+
+    A function rather than a generic entry class: the caller's expected type (a table of entries of any
+    class) would otherwise be what the handler is checked against.
+    """
+    return EventHandler(event_class, handler)
+
+
+class EventHandlers:
+    """A projection's handlers, keyed by event class. Events of any other class are not applied."""
+
+    def __init__(self, *entries: EventHandler) -> None:
+        # ``Any``: each entry was checked against its own class by ``on``, and dispatch is by that exact class
+        # (the mapper builds an event of exactly the class its topic names).
+        self._by_class: dict[type[Any], Callable[[Cursor, Any, int], None]] = {}
+        for entry in entries:
+            if entry.event_class in self._by_class:
+                raise ValueError(f"two handlers for {entry.event_class.__qualname__}")
+            self._by_class[entry.event_class] = entry.apply
+        self._by_topic: dict[str, Callable[[Cursor, Any, int], None] | None] = {}
+
+    @property
+    def event_classes(self) -> frozenset[type[Any]]:
+        return frozenset(self._by_class)
+
+    def for_topic(self, topic: str) -> Callable[[Cursor, Any, int], None] | None:
+        """The handler for a stored event's topic, found without decoding the event."""
+        try:
+            return self._by_topic[topic]
+        except KeyError:
+            handler = self._by_topic[topic] = self._by_class.get(resolve_topic(topic))
+            return handler
+
 
 class Projection(ABC):
-    """A read model: owns ``tables``, applies events to them through the cursor it is given."""
+    """A read model: owns ``tables``, applies stored events to them through the cursor it is given."""
 
-    name: ClassVar[str]
-    tables: ClassVar[tuple[str, ...]]
+    name: str
+    tables: tuple[str, ...]
 
     @abstractmethod
     def schema(self) -> Sequence[str]:
         """CREATE TABLE / CREATE INDEX statements, idempotent (IF NOT EXISTS)."""
 
     @abstractmethod
-    def apply(self, cursor: Cursor, event: DomainEventProtocol[Any], position: int) -> None:
-        """Apply one event; must only touch this projection's tables, through ``cursor``."""
+    def apply_stored(self, cursor: Cursor, notification: Notification, decode: Decode) -> None:
+        """Apply one stored event; must only touch this projection's tables, through ``cursor``."""
 
-    def apply_stored(
-        self,
-        cursor: Cursor,
-        notification: Notification,
-        decode: Callable[[Notification], DomainEventProtocol[Any]],
-    ) -> None:
-        """Apply one stored event. Projections of the stored bytes themselves (the hash chain) override this."""
-        self.apply(cursor, decode(notification), notification.id)
+
+class EventProjection(Projection):
+    """A projection of decoded events, through a table of handlers keyed by event class."""
+
+    handlers: ClassVar[EventHandlers]
+
+    def apply_stored(self, cursor: Cursor, notification: Notification, decode: Decode) -> None:
+        # Most events concern few projections: one no handler wants is not even decoded.
+        handler = self.handlers.for_topic(notification.topic)
+        if handler is not None:
+            handler(cursor, decode(notification), notification.id)
+
+
+class ReadQueries:
+    """Queries over the read models' tables in one database, grouped by read model in the subclasses."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
 
 @dataclass(frozen=True)
@@ -87,7 +162,6 @@ class Projector:
         self.projections = {projection.name: projection for projection in projections}
         self.batch_size = batch_size
         self._listeners: list[Callable[[int], None]] = []
-        self._failing = False  # inside a run of failed catch-ups (logged when it starts and ends)
 
     # Set-up and status -------------------------------------------------------------------------------
 
@@ -131,7 +205,13 @@ class Projector:
             self._announce(last)
         return applied
 
-    def _catch_up(self, projection: Projection, until: int | None) -> tuple[int, int]:
+    def _catch_up(
+        self,
+        projection: Projection,
+        until: int | None,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[int, int]:
+        """Apply batch after batch until there is nothing more; returns events applied and the last position."""
         applied, last = 0, 0
         while True:
             with self.db.transaction() as cursor:
@@ -140,6 +220,8 @@ class Projector:
                 return applied, last
             applied += batch[0]
             last = batch[1]
+            if progress:
+                progress(last)
 
     def _apply_next_batch(
         self, cursor: Cursor, projection: Projection, until: int | None
@@ -155,9 +237,10 @@ class Projector:
         )
         if not notifications:
             return None
+        decode = self.store.mapper.to_domain_event
         with cursor.pipelined():
             for notification in notifications:
-                projection.apply_stored(cursor, notification, self.store.mapper.to_domain_event)
+                projection.apply_stored(cursor, notification, decode)
         last = notifications[-1].id
         cursor.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, projection.name))
         if self.db.dialect == "postgresql":
@@ -182,58 +265,22 @@ class Projector:
             for table in projection.tables:
                 cursor.execute(f"DELETE FROM {table}")
             cursor.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?", (name,))
-        applied = 0
-        while True:
-            with self.db.transaction() as cursor:
-                batch = self._apply_next_batch(cursor, projection, None)
-            if not batch:
-                break
-            applied += batch[0]
-            if progress:
-                progress(batch[1], head)
+        applied, _ = self._catch_up(
+            projection, None, (lambda position: progress(position, head)) if progress else None
+        )
         self._announce(self.store.head())
         return applied
 
     # Following the log -------------------------------------------------------------------------------
 
     def run_forever(self, stop: threading.Event, *, poll_interval: float = 0.5) -> None:
-        """Follow the log until ``stop`` is set: LISTEN/NOTIFY wake-ups on PostgreSQL, polling on SQLite."""
-        if self.db.dialect == "postgresql":
-            self._follow_postgres(stop, poll_interval)
-            return
-        while not stop.is_set():
-            self._catch_up_logged()
-            stop.wait(poll_interval)
-
-    def _catch_up_logged(self) -> None:
-        try:
-            self.catch_up()
-        except Exception as error:
-            # Once per outage, not twice a second: an unavailable database is retried until it is back.
-            if not self._failing or not database_unavailable(error):
-                log.exception("projection catch-up failed; retrying")
-            self._failing = True
-            time.sleep(0.5)
-            return
-        if self._failing:
-            log.warning("projection catch-up works again")
-        self._failing = False
-
-    def _follow_postgres(self, stop: threading.Event, poll_interval: float) -> None:
-        import psycopg
-
-        channel = self.store.recorder.channel_name  # type: ignore[attr-defined]
-        while not stop.is_set():
-            try:
-                with psycopg.connect(self.db.conninfo(), autocommit=True, **POSTGRES_BOUNDS) as connection:
-                    connection.execute(f'LISTEN "{channel}"')
-                    self._catch_up_logged()
-                    while not stop.is_set():
-                        for _ in connection.notifies(timeout=poll_interval, stop_after=1):
-                            pass
-                        self._catch_up_logged()
-            except psycopg.OperationalError:
-                if not self._failing:
-                    log.exception("lost the database connection; reconnecting")
-                self._failing = True
-                stop.wait(1.0)
+        """Follow the log until ``stop`` is set: woken by the event store's NOTIFY on PostgreSQL."""
+        Follower(
+            self.db,
+            self.catch_up,
+            # The event store notifies this channel on every insert; SQLite's recorder has none (polled).
+            channel=getattr(self.store.recorder, "channel_name", None),
+            interval=poll_interval,
+            activity="projection catch-up",
+            when_failing="retrying",
+        ).run(stop)

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import hmac
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from domain.directory import KNOWN_FEATURES
+from domain.instance_settings import KNOWN_FEATURES
 from domain.token_values import DEPLOY_TOKEN_PREFIX, has_token_length, is_well_formed
-from infrastructure.db import POSTGRES_BOUNDS, Database
+from infrastructure.db import Database
 from infrastructure.keys import Keyring
 from infrastructure.store import EventStore
 from projections.access import Action, AuthRequest, Decision, Reason, decide
@@ -39,8 +38,7 @@ from projections.credentials import (
     project_from_row,
     token_from_row,
 )
-
-log = logging.getLogger(__name__)
+from projections.follower import Follower
 
 
 class StaleIndex(Exception):
@@ -57,6 +55,11 @@ class Resource:
     # Paths resolve case-insensitively, as GitLab's routes do; a name that another system compares exactly
     # (a container registry's repository) must match the canonical spelling or it names nothing.
     exact_path: bool = False
+
+
+# The answers ``CredentialIndex.check`` gives before any token is found: immutable, so built once.
+_NO_CREDENTIALS = Decision.deny(Reason.NO_CREDENTIALS)
+_MALFORMED = Decision.deny(Reason.MALFORMED_TOKEN)
 
 
 class CredentialIndex:
@@ -77,7 +80,6 @@ class CredentialIndex:
         # Serialises refreshes. An auth check never waits for it (see ensure_fresh).
         self._lock = threading.Lock()
         self._following = False
-        self._refresh_failing = False
         self._tokens_by_digest: dict[str, TokenRecord] = {}
         self._tokens: dict[int, TokenRecord] = {}
         self._projects: dict[int, ProjectRecord] = {}
@@ -151,50 +153,24 @@ class CredentialIndex:
         self.refresh()
 
     def follow(self, stop: threading.Event, *, interval: float = 0.1) -> None:
-        """Keep refreshing until ``stop``: woken by NOTIFY on PostgreSQL, polling on SQLite.
+        """Keep refreshing until ``stop``: woken by the projector's NOTIFY on PostgreSQL, polling on SQLite.
 
         The interval also bounds how long a confirmation can age while nothing happens, so keep it well
         below ``max_staleness``. While this runs, auth checks never refresh themselves (``ensure_fresh``).
         """
         self._following = True
         try:
-            if self._db.dialect == "postgresql":
-                self._follow_postgres(stop, interval)
-                return
-            while not stop.is_set():
-                self._refresh_logged()
-                stop.wait(interval)
+            Follower(
+                self._db,
+                self.refresh,
+                channel=PROJECTIONS_CHANNEL if self._db.dialect == "postgresql" else None,
+                interval=interval,
+                activity="credential index refresh",
+                # the replica ages meanwhile, and checks past the staleness bound answer "unavailable"
+                when_failing="auth checks fail closed",
+            ).run(stop)
         finally:
             self._following = False
-
-    def _refresh_logged(self) -> None:
-        try:
-            self.refresh()
-        except Exception:  # the database may be down: the replica ages and checks fail closed
-            if not self._refresh_failing:  # once per outage, not ten times a second
-                log.warning("credential index refresh failed; auth checks fail closed", exc_info=True)
-            self._refresh_failing = True
-            return
-        if self._refresh_failing:
-            log.warning("credential index refreshes again")
-        self._refresh_failing = False
-
-    def _follow_postgres(self, stop: threading.Event, interval: float) -> None:
-        import psycopg
-
-        while not stop.is_set():
-            try:
-                with psycopg.connect(self._db.conninfo(), autocommit=True, **POSTGRES_BOUNDS) as connection:
-                    connection.execute(f"LISTEN {PROJECTIONS_CHANNEL}")
-                    while not stop.is_set():
-                        self._refresh_logged()
-                        for _ in connection.notifies(timeout=interval, stop_after=1):
-                            pass
-            except psycopg.OperationalError:
-                if not self._refresh_failing:  # once per outage; it retries every interval meanwhile
-                    log.warning("credential index lost its database connection; auth checks fail closed")
-                self._refresh_failing = True
-                stop.wait(interval)
 
     # Answering -----------------------------------------------------------------------------------------
 
@@ -260,16 +236,23 @@ class CredentialIndex:
         now: datetime,
         check_username: bool,
         exact_group_only: bool = False,
+        unreadable: bool = False,
     ) -> Decision:
-        """One auth decision. Raises ``StaleIndex`` rather than answer from data it cannot vouch for."""
+        """One auth decision. Raises ``StaleIndex`` rather than answer from data it cannot vouch for.
+
+        The one rule for a malformed token: credentials that were sent but could not be read
+        (``unreadable``: a Basic header that is not base64 of ``user:password``, so there is no value), a value
+        without the prefix and length of one we issue (refused before any lookup, so nothing else is ever
+        hashed), or a value no token has whose checksum fails (mistyped, rather than unknown).
+        """
         if not value:
-            return Decision.deny(Reason.NO_CREDENTIALS)
+            return _MALFORMED if unreadable else _NO_CREDENTIALS
         if not has_token_length(value, DEPLOY_TOKEN_PREFIX):
-            return Decision.deny(Reason.MALFORMED_TOKEN)  # rejected before any lookup
+            return _MALFORMED
         self.ensure_fresh()
         token = self.lookup(value, now)
         if token is None and not is_well_formed(value, DEPLOY_TOKEN_PREFIX):
-            return Decision.deny(Reason.MALFORMED_TOKEN)  # a mistyped value: its checksum fails
+            return _MALFORMED
         # tuple.__new__: a named tuple's generated __new__ is a Python call, and this runs on every check
         request = tuple.__new__(AuthRequest, (action, username, check_username, exact_group_only))
         return decide(

@@ -11,14 +11,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any, ClassVar
-
-from eventsourcing.domain import DomainEventProtocol
+from typing import Any
 
 from domain.deploy_token import DeployToken, default_username
-from domain.directory import KNOWN_FEATURES, Group, InstanceSettings, Project, UserNamespace
+from domain.groups import Group
+from domain.instance_settings import KNOWN_FEATURES, InstanceSettings
+from domain.projects import Project
+from domain.users import UserNamespace
 from infrastructure.db import Cursor, to_datetime
-from projections.base import Projection
+from projections.base import EventHandler, EventHandlers, EventProjection, StreamEventT, on
 
 
 @dataclass(frozen=True)
@@ -189,9 +190,176 @@ def _join_ids(ids: Sequence[int]) -> str:
     return ",".join(str(number) for number in ids)
 
 
-class CredentialLookup(Projection):
-    name: ClassVar[str] = "credential_lookup"
-    tables: ClassVar[tuple[str, ...]] = ("cred_tokens", "cred_namespaces", "cred_projects", "cred_settings")
+def _token_created(cursor: Cursor, event: DeployToken.Created, position: int) -> None:
+    cursor.execute(
+        "INSERT INTO cred_tokens (token_id, stream_id, name, username, holder_kind, holder_id, scopes, "
+        "expires_at, digest, created_at, creator_id, position) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?)",
+        (
+            event.token_id,
+            str(event.originator_id),
+            event.name,
+            event.username or default_username(event.token_id),
+            event.holder_kind,
+            event.holder_id,
+            event.expires_at,
+            event.digest,
+            event.timestamp,
+            event.actor.get("id"),
+            position,
+        ),
+    )
+
+
+def _token_rotated(cursor: Cursor, event: DeployToken.Rotated, position: int) -> None:
+    # Without a grace period the old digest stops working at once, so it is not kept.
+    keep_previous = "digest" if event.previous_valid_until is not None else "NULL"
+    cursor.execute(
+        f"UPDATE cred_tokens SET previous_digest = {keep_previous}, previous_valid_until = ?, digest = ?, "
+        "position = ? WHERE stream_id = ?",
+        (event.previous_valid_until, event.digest, position, str(event.originator_id)),
+    )
+
+
+def _update(
+    event_class: type[StreamEventT],
+    table: str,
+    assignments: str,
+    values: Callable[[StreamEventT], tuple[Any, ...]],
+) -> EventHandler:
+    """The handler of ``event_class`` that sets columns of the row belonging to the event's stream."""
+
+    def handler(cursor: Cursor, event: StreamEventT, position: int) -> None:
+        cursor.execute(
+            f"UPDATE {table} SET {assignments}, position = ? WHERE stream_id = ?",
+            (*values(event), position, str(event.originator_id)),
+        )
+
+    return on(event_class, handler)
+
+
+def _namespace_group(cursor: Cursor, event: Group.Created, position: int) -> None:
+    cursor.execute(
+        f"INSERT INTO cred_namespaces ({NAMESPACE_COLUMNS}, stream_id, full_path_lower, position) "
+        "VALUES (?, 'group', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.group_id,
+            event.name,
+            event.path,
+            event.full_path,
+            event.parent_id,
+            _join_ids(event.ancestor_ids),
+            True,
+            event.timestamp,
+            str(event.originator_id),
+            event.full_path.lower(),
+            position,
+        ),
+    )
+
+
+def _namespace_user(cursor: Cursor, event: UserNamespace.Created, position: int) -> None:
+    cursor.execute(
+        f"INSERT INTO cred_namespaces ({NAMESPACE_COLUMNS}, stream_id, full_path_lower, position) "
+        "VALUES (?, 'user', ?, ?, ?, NULL, '', ?, ?, ?, ?, ?)",
+        (
+            event.namespace_id,
+            event.path,
+            event.path,
+            event.path,
+            False,
+            event.timestamp,
+            str(event.originator_id),
+            event.path.lower(),
+            position,
+        ),
+    )
+
+
+def _project_created(cursor: Cursor, event: Project.Created, position: int) -> None:
+    cursor.execute(
+        f"INSERT INTO cred_projects ({PROJECT_COLUMNS}, stream_id, full_path_lower, position) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.project_id,
+            event.name,
+            event.path,
+            event.full_path,
+            event.namespace_id,
+            event.namespace_kind,
+            _join_ids(event.group_ids),
+            event.repository_enabled,
+            event.container_registry_enabled,
+            event.timestamp,
+            str(event.originator_id),
+            event.full_path.lower(),
+            position,
+        ),
+    )
+
+
+def instance_settings(cursor: Cursor) -> InstanceRecord:
+    """The instance settings row; the defaults until the settings are first changed."""
+    row = cursor.execute(
+        "SELECT external_authorization_enabled, features FROM cred_settings WHERE id = 1"
+    ).fetchone()
+    if row is None:
+        return InstanceRecord(False, dict(KNOWN_FEATURES))
+    return InstanceRecord(bool(row[0]), dict(json.loads(row[1])))
+
+
+def _write_settings(cursor: Cursor, external: bool, features: dict[str, bool], position: int) -> None:
+    cursor.execute(
+        "INSERT INTO cred_settings (id, external_authorization_enabled, features, position) VALUES (1, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET external_authorization_enabled = excluded.external_authorization_enabled, "
+        "features = excluded.features, position = excluded.position",
+        (external, json.dumps(features, sort_keys=True), position),
+    )
+
+
+def _external_authorization(
+    cursor: Cursor, event: InstanceSettings.ExternalAuthorizationChanged, position: int
+) -> None:
+    _write_settings(cursor, event.enabled, instance_settings(cursor).features, position)
+
+
+def _feature(cursor: Cursor, event: InstanceSettings.FeatureChanged, position: int) -> None:
+    current = instance_settings(cursor)
+    features = {**current.features, event.name: event.enabled}
+    _write_settings(cursor, current.external_authorization_enabled, features, position)
+
+
+class CredentialLookup(EventProjection):
+    name = "credential_lookup"
+    tables = ("cred_tokens", "cred_namespaces", "cred_projects", "cred_settings")
+    handlers = EventHandlers(
+        on(DeployToken.Created, _token_created),
+        _update(DeployToken.Scoped, "cred_tokens", "scopes = ?", lambda e: (",".join(e.scopes),)),
+        _update(
+            DeployToken.Revoked,
+            "cred_tokens",
+            "revoked_at = ?, previous_digest = NULL, previous_valid_until = NULL",
+            lambda e: (e.timestamp,),
+        ),
+        on(DeployToken.Rotated, _token_rotated),
+        _update(DeployToken.Deleted, "cred_tokens", "deleted_at = ?", lambda e: (e.timestamp,)),
+        on(Group.Created, _namespace_group),
+        _update(
+            Group.DependencyProxyChanged,
+            "cred_namespaces",
+            "dependency_proxy_enabled = ?",
+            lambda e: (e.enabled,),
+        ),
+        on(UserNamespace.Created, _namespace_user),
+        on(Project.Created, _project_created),
+        _update(
+            Project.FeaturesChanged,
+            "cred_projects",
+            "repository_enabled = ?, container_registry_enabled = ?",
+            lambda e: (e.repository_enabled, e.container_registry_enabled),
+        ),
+        on(InstanceSettings.ExternalAuthorizationChanged, _external_authorization),
+        on(InstanceSettings.FeatureChanged, _feature),
+    )
 
     def schema(self) -> Sequence[str]:
         return (
@@ -229,167 +397,3 @@ class CredentialLookup(Projection):
                 id INTEGER PRIMARY KEY, external_authorization_enabled BOOLEAN NOT NULL,
                 features TEXT NOT NULL, position BIGINT NOT NULL)""",
         )
-
-    def apply(self, cursor: Cursor, event: DomainEventProtocol[Any], position: int) -> None:
-        handler = _HANDLERS.get(type(event))
-        if handler is not None:
-            handler(cursor, event, position)
-
-
-def _token_created(cursor: Cursor, event: Any, position: int) -> None:
-    cursor.execute(
-        "INSERT INTO cred_tokens (token_id, stream_id, name, username, holder_kind, holder_id, scopes, "
-        "expires_at, digest, created_at, creator_id, position) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?)",
-        (
-            event.token_id,
-            str(event.originator_id),
-            event.name,
-            event.username or default_username(event.token_id),
-            event.holder_kind,
-            event.holder_id,
-            event.expires_at,
-            event.digest,
-            event.timestamp,
-            event.actor.get("id"),
-            position,
-        ),
-    )
-
-
-def _token_rotated(cursor: Cursor, event: Any, position: int) -> None:
-    # Without a grace period the old digest stops working at once, so it is not kept.
-    keep_previous = "digest" if event.previous_valid_until is not None else "NULL"
-    cursor.execute(
-        f"UPDATE cred_tokens SET previous_digest = {keep_previous}, previous_valid_until = ?, digest = ?, "
-        "position = ? WHERE stream_id = ?",
-        (event.previous_valid_until, event.digest, position, str(event.originator_id)),
-    )
-
-
-def _update(table: str, assignments: str, values: Callable[[Any], tuple[Any, ...]]) -> Handler:
-    """A handler that sets columns of the row belonging to the event's stream."""
-
-    def handler(cursor: Cursor, event: Any, position: int) -> None:
-        cursor.execute(
-            f"UPDATE {table} SET {assignments}, position = ? WHERE stream_id = ?",
-            (*values(event), position, str(event.originator_id)),
-        )
-
-    return handler
-
-
-def _namespace_group(cursor: Cursor, event: Any, position: int) -> None:
-    cursor.execute(
-        f"INSERT INTO cred_namespaces ({NAMESPACE_COLUMNS}, stream_id, full_path_lower, position) "
-        "VALUES (?, 'group', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            event.group_id,
-            event.name,
-            event.path,
-            event.full_path,
-            event.parent_id,
-            _join_ids(event.ancestor_ids),
-            True,
-            event.timestamp,
-            str(event.originator_id),
-            event.full_path.lower(),
-            position,
-        ),
-    )
-
-
-def _namespace_user(cursor: Cursor, event: Any, position: int) -> None:
-    cursor.execute(
-        f"INSERT INTO cred_namespaces ({NAMESPACE_COLUMNS}, stream_id, full_path_lower, position) "
-        "VALUES (?, 'user', ?, ?, ?, NULL, '', ?, ?, ?, ?, ?)",
-        (
-            event.namespace_id,
-            event.path,
-            event.path,
-            event.path,
-            False,
-            event.timestamp,
-            str(event.originator_id),
-            event.path.lower(),
-            position,
-        ),
-    )
-
-
-def _project_created(cursor: Cursor, event: Any, position: int) -> None:
-    cursor.execute(
-        f"INSERT INTO cred_projects ({PROJECT_COLUMNS}, stream_id, full_path_lower, position) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            event.project_id,
-            event.name,
-            event.path,
-            event.full_path,
-            event.namespace_id,
-            event.namespace_kind,
-            _join_ids(event.group_ids),
-            event.repository_enabled,
-            event.container_registry_enabled,
-            event.timestamp,
-            str(event.originator_id),
-            event.full_path.lower(),
-            position,
-        ),
-    )
-
-
-def _settings_row(cursor: Cursor) -> tuple[bool, dict[str, bool]]:
-    row = cursor.execute(
-        "SELECT external_authorization_enabled, features FROM cred_settings WHERE id = 1"
-    ).fetchone()
-    if row is None:
-        return False, dict(KNOWN_FEATURES)
-    return bool(row[0]), dict(json.loads(row[1]))
-
-
-def _write_settings(cursor: Cursor, external: bool, features: dict[str, bool], position: int) -> None:
-    cursor.execute(
-        "INSERT INTO cred_settings (id, external_authorization_enabled, features, position) VALUES (1, ?, ?, ?) "
-        "ON CONFLICT (id) DO UPDATE SET external_authorization_enabled = excluded.external_authorization_enabled, "
-        "features = excluded.features, position = excluded.position",
-        (external, json.dumps(features, sort_keys=True), position),
-    )
-
-
-def _external_authorization(cursor: Cursor, event: Any, position: int) -> None:
-    _, features = _settings_row(cursor)
-    _write_settings(cursor, event.enabled, features, position)
-
-
-def _feature(cursor: Cursor, event: Any, position: int) -> None:
-    external, features = _settings_row(cursor)
-    features[event.name] = event.enabled
-    _write_settings(cursor, external, features, position)
-
-
-Handler = Callable[[Cursor, Any, int], None]
-
-_HANDLERS: dict[type, Handler] = {
-    DeployToken.Created: _token_created,
-    DeployToken.Scoped: _update("cred_tokens", "scopes = ?", lambda e: (",".join(e.scopes),)),
-    DeployToken.Revoked: _update(
-        "cred_tokens",
-        "revoked_at = ?, previous_digest = NULL, previous_valid_until = NULL",
-        lambda e: (e.timestamp,),
-    ),
-    DeployToken.Rotated: _token_rotated,
-    DeployToken.Deleted: _update("cred_tokens", "deleted_at = ?", lambda e: (e.timestamp,)),
-    Group.Created: _namespace_group,
-    Group.DependencyProxyChanged: _update(
-        "cred_namespaces", "dependency_proxy_enabled = ?", lambda e: (e.enabled,)
-    ),
-    UserNamespace.Created: _namespace_user,
-    Project.Created: _project_created,
-    Project.FeaturesChanged: _update(
-        "cred_projects",
-        "repository_enabled = ?, container_registry_enabled = ?",
-        lambda e: (e.repository_enabled, e.container_registry_enabled),
-    ),
-    InstanceSettings.ExternalAuthorizationChanged: _external_authorization,
-    InstanceSettings.FeatureChanged: _feature,
-}

@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
-from eventsourcing.domain import DomainEventProtocol
-
-from domain.directory import Group, PersonalAccessToken, Project, User
+from domain.groups import Group
+from domain.personal_access_tokens import PersonalAccessToken
+from domain.projects import Project
+from domain.users import User
 from infrastructure.db import Cursor, to_datetime
-from projections.base import Projection
+from projections.base import EventHandler, EventHandlers, EventProjection, StreamEvent, StreamEventT, on
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,116 @@ class MemberRecord:
     access_level: int
 
 
-class Directory(Projection):
-    name: ClassVar[str] = "directory"
-    tables: ClassVar[tuple[str, ...]] = ("dir_users", "dir_pats", "dir_sources", "dir_members")
+def _user_registered(cursor: Cursor, event: User.Registered, position: int) -> None:
+    cursor.execute(
+        "INSERT INTO dir_users (user_id, stream_id, username, username_lower, email, name, is_admin, blocked, "
+        "namespace_id, created_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.user_id,
+            str(event.originator_id),
+            event.username,
+            event.username.lower(),
+            event.email,
+            event.name,
+            event.is_admin,
+            False,
+            event.namespace_id,
+            event.timestamp,
+            position,
+        ),
+    )
+
+
+def _user_update(
+    event_class: type[StreamEventT], assignments: str, values: Callable[[StreamEventT], tuple[Any, ...]]
+) -> EventHandler:
+    def handler(cursor: Cursor, event: StreamEventT, position: int) -> None:
+        cursor.execute(
+            f"UPDATE dir_users SET {assignments}, position = ? WHERE stream_id = ?",
+            (*values(event), position, str(event.originator_id)),
+        )
+
+    return on(event_class, handler)
+
+
+def _pat_created(cursor: Cursor, event: PersonalAccessToken.Created, position: int) -> None:
+    cursor.execute(
+        "INSERT INTO dir_pats (pat_id, stream_id, user_id, name, scopes, expires_at, digest, revoked, "
+        "created_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.pat_id,
+            str(event.originator_id),
+            event.user_id,
+            event.name,
+            ",".join(event.scopes),
+            event.expires_at,
+            event.digest,
+            False,
+            event.timestamp,
+            position,
+        ),
+    )
+
+
+def _pat_revoked(cursor: Cursor, event: PersonalAccessToken.Revoked, position: int) -> None:
+    cursor.execute(
+        "UPDATE dir_pats SET revoked = ?, position = ? WHERE stream_id = ?",
+        (True, position, str(event.originator_id)),
+    )
+
+
+def _group_created(cursor: Cursor, event: Group.Created, position: int) -> None:
+    _add_source(cursor, event, "group", event.group_id)
+
+
+def _project_created(cursor: Cursor, event: Project.Created, position: int) -> None:
+    _add_source(cursor, event, "project", event.project_id)
+
+
+def _add_source(cursor: Cursor, event: StreamEvent, kind: str, source_id: int) -> None:
+    cursor.execute(
+        "INSERT INTO dir_sources (stream_id, source_kind, source_id) VALUES (?, ?, ?)",
+        (str(event.originator_id), kind, source_id),
+    )
+
+
+def _member_set(cursor: Cursor, event: Group.MemberSet | Project.MemberSet, position: int) -> None:
+    cursor.execute(
+        "INSERT INTO dir_members (source_kind, source_id, user_id, access_level, position) "
+        "SELECT source_kind, source_id, ?, ?, ? FROM dir_sources WHERE stream_id = ? "
+        "ON CONFLICT (source_kind, source_id, user_id) DO UPDATE SET access_level = excluded.access_level, "
+        "position = excluded.position",
+        (event.user_id, event.access_level, position, str(event.originator_id)),
+    )
+
+
+def _member_removed(
+    cursor: Cursor, event: Group.MemberRemoved | Project.MemberRemoved, position: int
+) -> None:
+    cursor.execute(
+        "DELETE FROM dir_members WHERE user_id = ? AND (source_kind, source_id) IN "
+        "(SELECT source_kind, source_id FROM dir_sources WHERE stream_id = ?)",
+        (event.user_id, str(event.originator_id)),
+    )
+
+
+class Directory(EventProjection):
+    name = "directory"
+    tables = ("dir_users", "dir_pats", "dir_sources", "dir_members")
+    handlers = EventHandlers(
+        on(User.Registered, _user_registered),
+        _user_update(User.Blocked, "blocked = ?", lambda e: (True,)),
+        _user_update(User.Unblocked, "blocked = ?", lambda e: (False,)),
+        _user_update(User.AdminChanged, "is_admin = ?", lambda e: (e.is_admin,)),
+        on(PersonalAccessToken.Created, _pat_created),
+        on(PersonalAccessToken.Revoked, _pat_revoked),
+        on(Group.Created, _group_created),
+        on(Project.Created, _project_created),
+        on(Group.MemberSet, _member_set),
+        on(Project.MemberSet, _member_set),
+        on(Group.MemberRemoved, _member_removed),
+        on(Project.MemberRemoved, _member_removed),
+    )
 
     def schema(self) -> Sequence[str]:
         return (
@@ -119,111 +227,3 @@ class Directory(Projection):
                 PRIMARY KEY (source_kind, source_id, user_id))""",
             "CREATE INDEX IF NOT EXISTS dir_members_user ON dir_members (user_id)",
         )
-
-    def apply(self, cursor: Cursor, event: DomainEventProtocol[Any], position: int) -> None:
-        handler = _HANDLERS.get(type(event))
-        if handler is not None:
-            handler(cursor, event, position)
-
-
-Handler = Callable[[Cursor, Any, int], None]
-
-
-def _user_registered(cursor: Cursor, event: Any, position: int) -> None:
-    cursor.execute(
-        "INSERT INTO dir_users (user_id, stream_id, username, username_lower, email, name, is_admin, blocked, "
-        "namespace_id, created_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            event.user_id,
-            str(event.originator_id),
-            event.username,
-            event.username.lower(),
-            event.email,
-            event.name,
-            event.is_admin,
-            False,
-            event.namespace_id,
-            event.timestamp,
-            position,
-        ),
-    )
-
-
-def _user_update(assignments: str, values: Callable[[Any], tuple[Any, ...]]) -> Handler:
-    def handler(cursor: Cursor, event: Any, position: int) -> None:
-        cursor.execute(
-            f"UPDATE dir_users SET {assignments}, position = ? WHERE stream_id = ?",
-            (*values(event), position, str(event.originator_id)),
-        )
-
-    return handler
-
-
-def _pat_created(cursor: Cursor, event: Any, position: int) -> None:
-    cursor.execute(
-        "INSERT INTO dir_pats (pat_id, stream_id, user_id, name, scopes, expires_at, digest, revoked, "
-        "created_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            event.pat_id,
-            str(event.originator_id),
-            event.user_id,
-            event.name,
-            ",".join(event.scopes),
-            event.expires_at,
-            event.digest,
-            False,
-            event.timestamp,
-            position,
-        ),
-    )
-
-
-def _pat_revoked(cursor: Cursor, event: Any, position: int) -> None:
-    cursor.execute(
-        "UPDATE dir_pats SET revoked = ?, position = ? WHERE stream_id = ?",
-        (True, position, str(event.originator_id)),
-    )
-
-
-def _source_created(kind: str, id_field: str) -> Handler:
-    def handler(cursor: Cursor, event: Any, position: int) -> None:
-        cursor.execute(
-            "INSERT INTO dir_sources (stream_id, source_kind, source_id) VALUES (?, ?, ?)",
-            (str(event.originator_id), kind, getattr(event, id_field)),
-        )
-
-    return handler
-
-
-def _member_set(cursor: Cursor, event: Any, position: int) -> None:
-    cursor.execute(
-        "INSERT INTO dir_members (source_kind, source_id, user_id, access_level, position) "
-        "SELECT source_kind, source_id, ?, ?, ? FROM dir_sources WHERE stream_id = ? "
-        "ON CONFLICT (source_kind, source_id, user_id) DO UPDATE SET access_level = excluded.access_level, "
-        "position = excluded.position",
-        (event.user_id, event.access_level, position, str(event.originator_id)),
-    )
-
-
-def _member_removed(cursor: Cursor, event: Any, position: int) -> None:
-    cursor.execute(
-        "DELETE FROM dir_members WHERE user_id = ? AND (source_kind, source_id) IN "
-        "(SELECT source_kind, source_id FROM dir_sources WHERE stream_id = ?)",
-        (event.user_id, str(event.originator_id)),
-    )
-
-
-_HANDLERS: dict[type, Handler] = {
-    User.Registered: _user_registered,
-    User.Blocked: _user_update("blocked = ?", lambda e: (True,)),
-    User.Unblocked: _user_update("blocked = ?", lambda e: (False,)),
-    User.AdminChanged: _user_update("is_admin = ?", lambda e: (e.is_admin,)),
-    PersonalAccessToken.Created: _pat_created,
-    PersonalAccessToken.Revoked: _pat_revoked,
-    Group.Created: _source_created("group", "group_id"),
-    Project.Created: _source_created("project", "project_id"),
-    Group.MemberSet: _member_set,
-    Project.MemberSet: _member_set,
-    Group.MemberRemoved: _member_removed,
-    Project.MemberRemoved: _member_removed,
-}

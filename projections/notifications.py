@@ -12,20 +12,20 @@ have anything to do for that token. It is a pure function of the row (``next_due
   and once the 7-day mail went out the 30/60 ones never will;
 * if nothing is pending, ``expires_at``: only recording ``Expired`` is left.
 
-Why the scan is O(due): ``due_tokens`` reads the range ``next_due_at <= now`` of a partial B-tree index
-that holds only rows with a non-NULL ``next_due_at``. Tokens whose next window opens later sit beyond
-``now`` in that index and are never read; finished tokens (revoked, deleted, expired: they pile up forever)
-are not in the index at all; tokens that never expire have no row. ``next_due_at`` is exact both ways. It
-is never later than the first moment the domain has work for the token (today's window lies at or below
-max(pending), so it opens no earlier than that window; the expiry comes after every window). And a row in
-the range always has work: today's window interval J <= max(pending) cannot have been sent, or J would have
-removed max(pending) from *pending*; or the token has expired and ``Expired`` is missing. So the rows read
-are the tokens with work, plus those whose work was tried and failed (no recipients, SMTP error, a lease
-held elsewhere), which stay due to be retried, just as GitLab leaves ``*_sent_at`` NULL. Tokens the scan
+Why the scan is O(due): ``due_tokens`` (``projections.notification_queries``) reads the range ``next_due_at <=
+now`` of a partial B-tree index that holds only rows with a non-NULL ``next_due_at``. Tokens whose next window
+opens later sit beyond ``now`` in that index and are never read; finished tokens (revoked, deleted, expired:
+they pile up forever) are not in the index at all; tokens that never expire have no row. ``next_due_at`` is
+exact both ways. It is never later than the first moment the domain has work for the token (today's window
+lies at or below max(pending), so it opens no earlier than that window; the expiry comes after every window).
+And a row in the range always has work: today's window interval J <= max(pending) cannot have been sent, or J
+would have removed max(pending) from *pending*; or the token has expired and ``Expired`` is missing. So the
+rows read are the tokens with work, plus those whose work was tried and failed (no recipients, SMTP error, a
+lease held elsewhere), which stay due to be retried, just as GitLab leaves ``*_sent_at`` NULL. Tokens the scan
 skips by policy (group tokens, the feature flag off) also stay due, but only inside their last 60 days and
 until ``Expired`` is recorded, so they too are bounded by the due set, not by the table. Every event moves
-``next_due_at`` forward or to NULL, never back, and a page is one index range read plus a top-``limit``
-sort (see ``due_tokens``).
+``next_due_at`` forward or to NULL, never back, and a page is one index range read plus a top-``limit`` sort
+(see ``due_tokens``).
 
 Claims (``NotificationClaimed``, released by ``NotificationFailed`` or ended by ``Notified``) do not move
 ``next_due_at``: a claimed token is still due, and the scanner sees the lease in ``DueToken.claims``. Nor
@@ -35,17 +35,15 @@ scan dispatches again. ``Scoped`` and ``Rotated`` change nothing here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Final
-
-from eventsourcing.domain import DomainEventProtocol
+from typing import Any, Final
 
 from domain.clock import as_utc, start_of_day
 from domain.deploy_token import INTERVALS, DeployToken
-from infrastructure.db import Cursor, Database, to_datetime
-from projections.base import Projection
+from infrastructure.db import Cursor, to_datetime
+from projections.base import EventHandler, EventHandlers, EventProjection, StreamEvent, on
 
 TABLE: Final = "expiry_notifications"
 
@@ -126,75 +124,16 @@ def due_token_from_row(row: Sequence[Any]) -> DueToken:
     )
 
 
-def due_tokens(db: Database, now: datetime, *, limit: int = 500, after_token_id: int = 0) -> list[DueToken]:
-    """Tokens with ``next_due_at <= now``, in ``token_id`` order, at most ``limit``, after ``after_token_id``.
-
-    Page with ``after_token_id = page[-1].token_id`` and the SAME ``now`` until a page comes back empty.
-    The key is ``token_id`` because it never changes: the scan's own writes move ``next_due_at`` (a
-    notified token jumps to its next window, an expired one to NULL), so a cursor on ``next_due_at`` would
-    point at a value that no longer exists, and a token created mid-pass with a window already open would
-    sort behind it and be skipped. With an immutable key, every token that stays due during the pass is
-    returned exactly once, and no token twice, however rows change underneath; new tokens (higher ids) are
-    still reached. Each page is one range read of the partial index on ``next_due_at`` (the due rows only)
-    plus a top-``limit`` sort; handled tokens leave the range, so later pages read less.
-    """
-    if limit <= 0:
-        raise ValueError("limit must be positive")
-    # ``+token_id`` (same order) stops SQLite from walking the primary key in token order to skip the sort:
-    # it would then read every row, due or not. Both backends then range-scan the next-due index.
-    with db.read() as cursor:
-        rows = cursor.execute(
-            f"SELECT {DUE_TOKEN_COLUMNS} FROM {TABLE} "
-            "WHERE next_due_at IS NOT NULL AND next_due_at <= ? AND token_id > ? ORDER BY +token_id LIMIT ?",
-            (as_utc(now), after_token_id, limit),
-        ).fetchall()
-    return [due_token_from_row(row) for row in rows]
-
-
-def notification_state(db: Database, token_id: int) -> DueToken | None:
-    """The token's row whether due or not (revoked, deleted and finished included); None without expiry."""
-    with db.read() as cursor:
-        row = cursor.execute(
-            f"SELECT {DUE_TOKEN_COLUMNS} FROM {TABLE} WHERE token_id = ?", (token_id,)
-        ).fetchone()
-    return None if row is None else due_token_from_row(row)
-
-
-class ExpiryNotifications(Projection):
-    """Rows only for tokens with an expiry: a token without one can never be due (no event sets an expiry
-    later), so giving it a row would only grow the table with rows no query wants."""
-
-    name: ClassVar[str] = "expiry_notifications"
-    tables: ClassVar[tuple[str, ...]] = (TABLE,)
-
-    def schema(self) -> Sequence[str]:
-        return (
-            f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-                token_id BIGINT PRIMARY KEY, stream_id TEXT NOT NULL, holder_kind TEXT NOT NULL,
-                holder_id BIGINT NOT NULL, name TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL,
-                revoked BOOLEAN NOT NULL, deleted BOOLEAN NOT NULL, expiry_recorded BOOLEAN NOT NULL,
-                {_PER_INTERVAL_SCHEMA},
-                next_due_at TIMESTAMPTZ, position BIGINT NOT NULL)""",
-            f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_stream ON {TABLE} (stream_id)",
-            # Partial: finished tokens (NULL) accumulate forever and must not cost the scan anything.
-            f"CREATE INDEX IF NOT EXISTS {TABLE}_next_due ON {TABLE} (next_due_at, token_id) "
-            "WHERE next_due_at IS NOT NULL",
-        )
-
-    def apply(self, cursor: Cursor, event: DomainEventProtocol[Any], position: int) -> None:
-        handler = _HANDLERS.get(type(event))
-        if handler is not None:
-            handler(cursor, event, position)
-
-
-def _interval(event: Any) -> int:
+def _interval(
+    event: DeployToken.NotificationClaimed | DeployToken.NotificationFailed | DeployToken.Notified,
+) -> int:
     interval = int(event.interval)
     if interval not in INTERVALS:  # the aggregate refuses these; a stored one means the domain changed
         raise ValueError(f"unknown notification interval {interval} in {type(event).__name__}")
     return interval
 
 
-def _token_created(cursor: Cursor, event: Any, position: int) -> None:
+def _token_created(cursor: Cursor, event: DeployToken.Created, position: int) -> None:
     if event.expires_at is None:
         return
     expires_at = as_utc(event.expires_at)
@@ -217,19 +156,21 @@ def _token_created(cursor: Cursor, event: Any, position: int) -> None:
     )
 
 
-def _finished(flag: str) -> Handler:
+def _finished(
+    event_class: type[DeployToken.Revoked | DeployToken.Deleted | DeployToken.Expired], flag: str
+) -> EventHandler:
     """Revoked, Deleted, Expired: nothing can be due any more."""
 
-    def handler(cursor: Cursor, event: Any, position: int) -> None:
+    def handler(cursor: Cursor, event: StreamEvent, position: int) -> None:
         cursor.execute(
             f"UPDATE {TABLE} SET {flag} = ?, next_due_at = NULL, position = ? WHERE stream_id = ?",
             (True, position, str(event.originator_id)),
         )
 
-    return handler
+    return on(event_class, handler)
 
 
-def _notification_claimed(cursor: Cursor, event: Any, position: int) -> None:
+def _notification_claimed(cursor: Cursor, event: DeployToken.NotificationClaimed, position: int) -> None:
     interval = _interval(event)
     cursor.execute(
         f"UPDATE {TABLE} SET claim_{interval}_until = ?, claim_{interval}_message_id = ?, position = ? "
@@ -238,7 +179,7 @@ def _notification_claimed(cursor: Cursor, event: Any, position: int) -> None:
     )
 
 
-def _notification_failed(cursor: Cursor, event: Any, position: int) -> None:
+def _notification_failed(cursor: Cursor, event: DeployToken.NotificationFailed, position: int) -> None:
     """The sender gave its claim back: a retry need not wait for the lease; the token stays due."""
     interval = _interval(event)
     cursor.execute(
@@ -248,7 +189,7 @@ def _notification_failed(cursor: Cursor, event: Any, position: int) -> None:
     )
 
 
-def _notified(cursor: Cursor, event: Any, position: int) -> None:
+def _notified(cursor: Cursor, event: DeployToken.Notified, position: int) -> None:
     interval = _interval(event)
     stream = str(event.originator_id)
     row = cursor.execute(
@@ -273,14 +214,32 @@ def _notified(cursor: Cursor, event: Any, position: int) -> None:
     )
 
 
-Handler = Callable[[Cursor, Any, int], None]
+class ExpiryNotifications(EventProjection):
+    """Rows only for tokens with an expiry: a token without one can never be due (no event sets an expiry
+    later), so giving it a row would only grow the table with rows no query wants."""
 
-_HANDLERS: dict[type, Handler] = {
-    DeployToken.Created: _token_created,
-    DeployToken.Revoked: _finished("revoked"),
-    DeployToken.Deleted: _finished("deleted"),
-    DeployToken.Expired: _finished("expiry_recorded"),
-    DeployToken.NotificationClaimed: _notification_claimed,
-    DeployToken.NotificationFailed: _notification_failed,
-    DeployToken.Notified: _notified,
-}
+    name = "expiry_notifications"
+    tables = (TABLE,)
+    handlers = EventHandlers(
+        on(DeployToken.Created, _token_created),
+        _finished(DeployToken.Revoked, "revoked"),
+        _finished(DeployToken.Deleted, "deleted"),
+        _finished(DeployToken.Expired, "expiry_recorded"),
+        on(DeployToken.NotificationClaimed, _notification_claimed),
+        on(DeployToken.NotificationFailed, _notification_failed),
+        on(DeployToken.Notified, _notified),
+    )
+
+    def schema(self) -> Sequence[str]:
+        return (
+            f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+                token_id BIGINT PRIMARY KEY, stream_id TEXT NOT NULL, holder_kind TEXT NOT NULL,
+                holder_id BIGINT NOT NULL, name TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL,
+                revoked BOOLEAN NOT NULL, deleted BOOLEAN NOT NULL, expiry_recorded BOOLEAN NOT NULL,
+                {_PER_INTERVAL_SCHEMA},
+                next_due_at TIMESTAMPTZ, position BIGINT NOT NULL)""",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_stream ON {TABLE} (stream_id)",
+            # Partial: finished tokens (NULL) accumulate forever and must not cost the scan anything.
+            f"CREATE INDEX IF NOT EXISTS {TABLE}_next_due ON {TABLE} (next_due_at, token_id) "
+            "WHERE next_due_at IS NOT NULL",
+        )

@@ -7,21 +7,24 @@ the answer is what the service itself would have decided at that instant, from t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from eventsourcing.persistence import Notification
+
 from domain.deploy_token import DeployToken, deploy_token_uuid
 from domain.errors import NotFound
-from infrastructure.db import Database
+from infrastructure.db import Cursor, Database
 from infrastructure.settings import DatabaseLocation
 from infrastructure.store import EventStore
 from projections.access import Action, AuthRequest, decide
-from projections.base import Projection
+from projections.base import Decode, EventProjection, Projection, Projector
+from projections.credential_queries import CredentialQueries
 from projections.credentials import CredentialLookup, TokenRecord
 from projections.directory import Directory
-from projections.views import ReadModel
 
 
 @dataclass(frozen=True)
@@ -82,24 +85,44 @@ class AccessAt:
         return dict(self.__dict__)
 
 
+class _AsOf(Projection):
+    """Projections replayed as one, applying only the events recorded at or before ``at``: the past as it was.
+
+    One projection, not one each: the log is read and each event decoded once for all of them.
+    """
+
+    name = "as_of"
+
+    def __init__(self, projections: Sequence[EventProjection], at: datetime) -> None:
+        self.tables = tuple(table for projection in projections for table in projection.tables)
+        self._projections = projections
+        self._at = at
+
+    def schema(self) -> Sequence[str]:
+        return [statement for projection in self._projections for statement in projection.schema()]
+
+    def apply_stored(self, cursor: Cursor, notification: Notification, decode: Decode) -> None:
+        handlers = [
+            handler
+            for projection in self._projections
+            if (handler := projection.handlers.for_topic(notification.topic)) is not None
+        ]
+        if not handlers:
+            return
+        event = decode(notification)
+        # Filtered one by one, not cut at the first later one: positions are given at commit, so an event of
+        # a slower concurrent command can follow a later-timed one in the log.
+        if _timestamp(event) <= self._at:
+            for handler in handlers:
+                handler(cursor, event, notification.id)
+
+
 def replay_until(store: EventStore, at: datetime) -> Database:
     """A private in-memory copy of the credential and directory read models as they were at ``at``."""
     db = Database(DatabaseLocation("sqlite", sqlite_path=Path(":memory:")))
-    projections: list[Projection] = [CredentialLookup(), Directory()]
-    with db.transaction() as cursor:
-        for projection in projections:
-            for statement in projection.schema():
-                cursor.execute(statement)
-        position = 0
-        while notifications := store.recorder.select_notifications(
-            start=position, limit=500, inclusive_of_start=False
-        ):
-            for notification in notifications:
-                event = store.mapper.to_domain_event(notification)
-                if _timestamp(event) <= at:
-                    for projection in projections:
-                        projection.apply(cursor, event, notification.id)
-            position = notifications[-1].id
+    projector = Projector(store, db, [_AsOf([CredentialLookup(), Directory()], at)])
+    projector.setup()
+    projector.catch_up()
     return db
 
 
@@ -110,7 +133,7 @@ def who_could(store: EventStore, *, action: Action, project: int | str, at: date
     """
     db = replay_until(store, at)
     try:
-        read = ReadModel(db)
+        read = CredentialQueries(db)
         target = read.project(project) if isinstance(project, int) else read.project_by_path(project)
         if target is None:
             raise NotFound("404 Project")

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.app import create_app
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.service import IssuedToken
+from deploy_tokens.tokens import IssuedToken
 from infrastructure.settings import Settings
 from tests.e2e.harness import MissingTool, Stack, oci_image, serve_app, tiny_wheel
 
@@ -107,15 +107,16 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(app_url, run_dir / "stack")
         try:
             stack.start()
-            service = runtime.service
-            _, issued = service.bootstrap_admin(username="root", email="root@example.com")
-            admin = service.authenticate(issued.value).actor
-            group = service.create_group(admin, name="Demo", path="demo")
-            project_id = service.create_project(admin, name="App", namespace_id=group)
+            _, issued = runtime.directory.bootstrap_admin(username="root", email="root@example.com")
+            admin = runtime.access.authenticate(issued.value).actor
+            group = runtime.directory.create_group(admin, name="Demo", path="demo")
+            project_id = runtime.directory.create_project(admin, name="App", namespace_id=group)
             project = runtime.read.project(project_id)
             assert project is not None
             stack.create_repository(project.full_path)
-            token = service.create_token(admin, "project", project_id, name="try-it", scopes=ALL_SCOPES)
+            token = runtime.tokens.create_token(
+                admin, "project", project_id, name="try-it", scopes=ALL_SCOPES
+            )
             oci_image(run_dir / "image", "v1")  # something to push, and a wheel to upload
             tiny_wheel(run_dir / "dist", "e2e-hello")
             print(

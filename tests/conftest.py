@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from deploy_tokens.access import Principal
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.service import Principal
 from domain.actors import Actor
 from domain.clock import FixedClock
 from infrastructure.settings import DatabaseLocation, Settings
@@ -86,29 +86,34 @@ class World:
     """A small directory: an admin, a group tree, projects, and users at each access level."""
 
     def __init__(self, runtime: Runtime) -> None:
-        service = runtime.service
         self.runtime = runtime
-        _, issued = service.bootstrap_admin(username="root", email="root@example.com")
+        _, issued = runtime.directory.bootstrap_admin(username="root", email="root@example.com")
         self.admin_token = issued.value
-        self.admin = service.authenticate(issued.value).actor
-        self.top = service.create_group(self.admin, name="Acme", path="acme")
-        self.sub = service.create_group(self.admin, name="Backend", path="backend", parent_id=self.top)
-        self.subsub = service.create_group(self.admin, name="Services", path="services", parent_id=self.sub)
-        self.sibling = service.create_group(self.admin, name="Other", path="other")
-        self.project = service.create_project(self.admin, name="Api", namespace_id=self.top)
-        self.deep_project = service.create_project(self.admin, name="Db", namespace_id=self.subsub)
-        self.sibling_project = service.create_project(self.admin, name="Elsewhere", namespace_id=self.sibling)
+        self.admin = runtime.access.authenticate(issued.value).actor
+        self.top = runtime.directory.create_group(self.admin, name="Acme", path="acme")
+        self.sub = runtime.directory.create_group(
+            self.admin, name="Backend", path="backend", parent_id=self.top
+        )
+        self.subsub = runtime.directory.create_group(
+            self.admin, name="Services", path="services", parent_id=self.sub
+        )
+        self.sibling = runtime.directory.create_group(self.admin, name="Other", path="other")
+        self.project = runtime.directory.create_project(self.admin, name="Api", namespace_id=self.top)
+        self.deep_project = runtime.directory.create_project(self.admin, name="Db", namespace_id=self.subsub)
+        self.sibling_project = runtime.directory.create_project(
+            self.admin, name="Elsewhere", namespace_id=self.sibling
+        )
         self.users: dict[str, Actor] = {}
         for name in ("guest", "reporter", "developer", "maintainer", "owner", "outsider", "group_maintainer"):
-            user = service.register_user(self.admin, username=name, email=f"{name}@example.com")
+            user = runtime.directory.register_user(self.admin, username=name, email=f"{name}@example.com")
             self.users[name] = Actor.user(user.user_id, user.username)
         for name, level in (("guest", 10), ("reporter", 20), ("developer", 30), ("maintainer", 40)):
-            service.set_member(self.admin, "project", self.project, self.users[name].user_id, level)
-        service.set_member(self.admin, "group", self.top, self.users["owner"].user_id, 50)
-        service.set_member(self.admin, "group", self.top, self.users["group_maintainer"].user_id, 40)
+            runtime.members.set_member(self.admin, "project", self.project, self.users[name].user_id, level)
+        runtime.members.set_member(self.admin, "group", self.top, self.users["owner"].user_id, 50)
+        runtime.members.set_member(self.admin, "group", self.top, self.users["group_maintainer"].user_id, 40)
 
     def principal(self, token: str) -> Principal:
-        return self.runtime.service.authenticate(token)
+        return self.runtime.access.authenticate(token)
 
 
 @pytest.fixture

@@ -1,1 +1,2 @@
-"""Background jobs: the daily expiry scan and the expiry emails."""
+"""Entry points of the background jobs: RQ jobs and their dispatch, the rq cron schedule, the embedded
+scheduler. What the jobs do is the application's (``deploy_tokens.expiry``)."""

@@ -7,8 +7,7 @@ import threading
 from datetime import date
 
 from deploy_tokens.runtime import Runtime
-from workers.jobs import SCAN_HOUR_UTC, InlineDispatcher, notifier_for
-from workers.scan import ExpiryScan
+from workers.jobs import SCAN_HOUR_UTC, InlineDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ class EmbeddedScheduler:
         now = self.runtime.clock.now()
         if now.hour < SCAN_HOUR_UTC or self.last_day == now.date():
             return False
-        ExpiryScan(self.runtime, InlineDispatcher(notifier_for(self.runtime))).run()
+        self.runtime.expiry_scan.run(InlineDispatcher(self.runtime.expiry_notifier()))
         self.last_day = now.date()
         return True
 

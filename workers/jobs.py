@@ -1,4 +1,4 @@
-"""RQ job functions and the dispatchers that hand emails to them (or send in-process when embedded).
+"""RQ job functions and the dispatchers that hand expiry emails to them (or send in-process when embedded).
 
 Job functions run in RQ's work-horse (a forked child): each opens its own runtime lazily, so no database
 connection ever crosses a fork.
@@ -16,12 +16,11 @@ from redis import Redis
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError
 
+from deploy_tokens.expiry import ExpiryNotifier, ScanReport, SendOutcome
 from deploy_tokens.runtime import Runtime
 from domain.clock import as_utc
+from infrastructure.mail import MailDeliveryError
 from infrastructure.settings import Settings
-from workers.mail import MailDeliveryError, mailer_from_url
-from workers.notifier import ExpiryNotifier, SendOutcome
-from workers.scan import ExpiryScan, ScanReport
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +37,6 @@ def job_runtime() -> Runtime:
     if _runtime is None or _runtime[0] != os.getpid():
         _runtime = (os.getpid(), Runtime.open(Settings.from_env()))
     return _runtime[1]
-
-
-def notifier_for(runtime: Runtime) -> ExpiryNotifier:
-    return ExpiryNotifier(
-        runtime, mailer_from_url(runtime.settings.smtp_url, data_dir=runtime.settings.data_dir)
-    )
 
 
 class InlineDispatcher:
@@ -94,14 +87,13 @@ def queue_for(settings: Settings) -> Queue:
 
 def send_expiry_email(token_id: int, interval: int) -> str:
     """Raises on delivery failure so that RQ retries with back-off; the interval stays open meanwhile."""
-    runtime = job_runtime()
-    outcome: SendOutcome = notifier_for(runtime).send(token_id, interval)
+    outcome: SendOutcome = job_runtime().expiry_notifier().send(token_id, interval)
     return outcome.value
 
 
 def run_expiry_scan(scan_id: str) -> dict[str, Any]:
     runtime = job_runtime()
-    report: ScanReport = ExpiryScan(runtime, RqDispatcher(queue_for(runtime.settings), scan_id)).run()
+    report: ScanReport = runtime.expiry_scan.run(RqDispatcher(queue_for(runtime.settings), scan_id))
     return report.as_dict()
 
 

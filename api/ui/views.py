@@ -3,7 +3,7 @@
 Server-rendered (Flask + Jinja); the small script in ``api/static/ui/ui.js`` only adds copy buttons, a
 ``<dialog>`` for the revoke confirmation and a collapse toggle, each with a plain-HTML fallback.
 
-Permissions are the service's: every page and form asks ``DeployTokenService`` (R14/R15), and its
+Permissions are the application's: every page and form asks the token service, and its
 ``NotFound``/``PermissionDenied`` become the 404/403 pages, as the API answers. Writes also need the ``api``
 scope on the personal access token that signed in, as in the API. The value of a new token is kept in the
 (encrypted, server-side) session for exactly the one GET that the POST redirects to, then deleted (R7).
@@ -18,24 +18,23 @@ from datetime import date, timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
-from flask.blueprints import BlueprintSetupState
+from flask import Blueprint, Response, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from api.context import runtime, service
+from api.context import runtime
 from api.ui.presenters import date_time, expiry_of, scope_choices, short_date, status_of
 from api.ui.sessions import (
-    COOKIE_NAME,
     CSRF_FIELD,
-    SECURE_COOKIE_NAME,
-    SessionKeys,
-    SessionStore,
-    new_session_id,
-    well_formed_session_id,
+    csrf_token,
+    end_session,
+    load_session,
+    session_id,
+    sessions,
+    start_session,
+    write_cookie,
 )
-from deploy_tokens.runtime import Runtime
-from deploy_tokens.service import Principal
+from deploy_tokens.access import Principal
 from domain.deploy_token import HolderKind, validate_name, validate_username
 from domain.errors import (
     Conflict,
@@ -46,7 +45,7 @@ from domain.errors import (
     ValidationError,
 )
 from domain.scopes import canonical_scopes
-from projections.audit import AuditQuery, audit_events
+from projections.audit_queries import AuditQuery, audit_events
 from projections.credentials import TokenRecord
 
 log = logging.getLogger(__name__)
@@ -59,8 +58,7 @@ ui = Blueprint(
     static_url_path="/-/ui/static",
 )
 
-_STORE_KEY: Final = "ui.sessions"
-_SECTION: Final = "js-deploy-tokens"  # the anchor that expiry emails link to (workers/notifier.py)
+_SECTION: Final = "js-deploy-tokens"  # the anchor that expiry emails link to (deploy_tokens/expiry.py)
 _CONTENT_SECURITY_POLICY: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -71,55 +69,7 @@ class SignInRequired(Exception):
     """No live session: the visitor is sent to the sign-in page and back."""
 
 
-# Sessions ---------------------------------------------------------------------------------------------
-
-
-def _store_for(rt: Runtime) -> SessionStore:
-    store = rt.extra.get(_STORE_KEY)
-    if not isinstance(store, SessionStore):
-        store = SessionStore(rt.db, SessionKeys(rt.settings.secret_key), rt.clock)
-        store.create_table()
-        rt.extra[_STORE_KEY] = store
-    return store
-
-
-def sessions() -> SessionStore:
-    return _store_for(runtime())
-
-
-@ui.record_once
-def _create_session_table(state: BlueprintSetupState) -> None:
-    rt = state.app.config.get("RUNTIME")
-    if isinstance(rt, Runtime):
-        _store_for(rt)
-
-
-def _secure() -> bool:
-    """``Secure`` cookies when this request came over https or the service is published on https."""
-    return request.is_secure or runtime().settings.external_url.startswith("https://")
-
-
-def _cookie_name() -> str:
-    return SECURE_COOKIE_NAME if _secure() else COOKIE_NAME
-
-
-def _session_id() -> str | None:
-    value: str | None = g.get("ui_session_id")
-    return value
-
-
-def _ensure_session_id() -> str:
-    """Anonymous visitors get an id too (cookie only), so the sign-in form has a CSRF token."""
-    session_id = _session_id()
-    if session_id is None:
-        session_id = new_session_id()
-        g.ui_session_id = session_id
-        g.ui_set_cookie = session_id
-    return session_id
-
-
-def csrf_token() -> str:
-    return sessions().keys.csrf_token(_ensure_session_id())
+# The signed-in user -----------------------------------------------------------------------------------
 
 
 def current_principal() -> Principal | None:
@@ -129,13 +79,13 @@ def current_principal() -> Principal | None:
         cached: Principal | None = g.ui_principal
         return cached
     principal: Principal | None = None
-    session_id = _session_id()
-    data = sessions().load(session_id)
-    if session_id is not None and data is not None:
+    current = session_id()
+    data = sessions().load(current)
+    if current is not None and data is not None:
         try:
-            principal = service().authenticate(str(data.get("pat", "")), address=request.remote_addr)
+            principal = runtime().access.authenticate(str(data.get("pat", "")), address=request.remote_addr)
         except Unauthenticated:
-            sessions().delete(session_id)
+            sessions().delete(current)
             g.ui_clear_cookie = True
     g.ui_session_data = data if principal is not None else None
     g.ui_principal = principal
@@ -155,25 +105,12 @@ def _require_write_scope(principal: Principal) -> None:
         raise PermissionDenied("403 Forbidden - insufficient_scope: the token needs the api scope")
 
 
-@ui.before_request
-def _load_session() -> None:
-    cookie = request.cookies.get(_cookie_name())
-    g.ui_session_id = cookie if well_formed_session_id(cookie) else None
-    if request.method == "POST" and not sessions().keys.csrf_valid(
-        _session_id(), request.form.get(CSRF_FIELD)
-    ):
-        abort(403, "The form has expired or did not come from this site. Reload the page and try again.")
+ui.before_request(load_session)
 
 
 @ui.after_request
 def _finish(response: Response) -> Response:
-    name = _cookie_name()
-    secure = _secure()
-    set_cookie: str | None = g.get("ui_set_cookie")
-    if set_cookie is not None:
-        response.set_cookie(name, set_cookie, httponly=True, secure=secure, samesite="Lax", path="/")
-    elif g.get("ui_clear_cookie"):
-        response.delete_cookie(name, httponly=True, secure=secure, samesite="Lax", path="/")
+    write_cookie(response)
     if request.endpoint != "ui.static":
         response.headers["Cache-Control"] = "no-store"
         response.vary.add("Cookie")
@@ -286,16 +223,12 @@ def _holder(kind: HolderKind, full_path: str) -> Holder:
     )
 
 
-def _check_manager(principal: Principal, kind: HolderKind, holder_id: int) -> None:
-    """R14/R15 live in the service: it alone says who may manage a holder's tokens (404 when the holder is
-    hidden from the user, 403 when the role is too low). The UI asks it and never decides by itself."""
-    service().check_token_manager(principal.actor, kind, holder_id)
-
-
 def _managed(kind: HolderKind, full_path: str) -> tuple[Principal, Holder]:
+    """The rules live in the token service: it alone says who may manage a holder's tokens (404 when the holder
+    is hidden from the user, 403 when the role is too low). The UI asks it and never decides by itself."""
     principal = require_principal()
     holder = _holder(kind, full_path)
-    _check_manager(principal, holder.kind, holder.id)
+    runtime().tokens.check_token_manager(principal.actor, holder.kind, holder.id)
     return principal, holder
 
 
@@ -347,10 +280,10 @@ def _render_settings(
 ) -> ResponseReturnValue:
     now = runtime().clock.now()
     shown: dict[str, Any] = {}
-    session_id = _session_id()
+    current = session_id()
     data = g.get("ui_session_data") or {}
-    if session_id is not None and ("created" in data or "notice" in data):
-        shown = sessions().take(session_id, "created", "notice")
+    if current is not None and ("created" in data or "notice" in data):
+        shown = sessions().take(current, "created", "notice")
     created = shown.get("created")
     if not isinstance(created, dict) or created.get("holder") != holder.key:
         created = None
@@ -412,7 +345,7 @@ def create(kind: HolderKind, full_path: str) -> ResponseReturnValue:
         form.errors = parse_errors.errors
         return _render_settings(principal, holder, form, status=400)
     try:
-        issued = service().create_token(
+        issued = runtime().tokens.create_token(
             principal.actor,
             holder.kind,
             holder.id,
@@ -424,11 +357,11 @@ def create(kind: HolderKind, full_path: str) -> ResponseReturnValue:
     except ValidationError as error:
         form.errors = error.errors
         return _render_settings(principal, holder, form, status=400)
-    session_id = _session_id()
-    assert session_id is not None  # a signed-in request has one
+    current = session_id()
+    assert current is not None  # a signed-in request has one
     token = issued.token
     sessions().update(
-        session_id,
+        current,
         created={
             "holder": holder.key,
             "token_id": token.token_id,
@@ -444,25 +377,23 @@ def revoke(kind: HolderKind, full_path: str, token_id: int) -> ResponseReturnVal
     """GET: the confirmation page (the no-JavaScript path; with JavaScript a ``<dialog>`` asks instead).
     POST: revoke (R15; revoking twice is harmless) and go back to the list."""
     principal, holder = _managed(kind, full_path)
-    token = service().token_of(principal.actor, holder.kind, holder.id, token_id)
+    token = runtime().tokens.token_of(principal.actor, holder.kind, holder.id, token_id)
     if request.method == "GET":
         return render_template(
             "ui/revoke_confirm.html", holder=holder, token=token, row=_token_row(token, holder)
         )
     _require_write_scope(principal)
-    record = service().revoke_token(principal.actor, holder.kind, holder.id, token_id)
-    session_id = _session_id()
-    assert session_id is not None
-    sessions().update(
-        session_id, notice=f"Deploy token {record.name} (username {record.username}) was revoked."
-    )
+    record = runtime().tokens.revoke_token(principal.actor, holder.kind, holder.id, token_id)
+    current = session_id()
+    assert current is not None
+    sessions().update(current, notice=f"Deploy token {record.name} (username {record.username}) was revoked.")
     return redirect(f"{holder.settings_url}#{_SECTION}", 303)
 
 
 def history(kind: HolderKind, full_path: str, token_id: int) -> ResponseReturnValue:
     """The token's audit trail (R21): every lifecycle event, who did it, when and from where."""
     principal, holder = _managed(kind, full_path)
-    token = service().token_of(principal.actor, holder.kind, holder.id, token_id)
+    token = runtime().tokens.token_of(principal.actor, holder.kind, holder.id, token_id)
     rows = audit_events(runtime().db, AuditQuery(token_id=token_id, limit=None))
     return render_template(
         "ui/token_history.html", holder=holder, token=token, row=_token_row(token, holder), events=rows
@@ -526,23 +457,18 @@ def sign_in() -> ResponseReturnValue:
         return render_template("ui/sign_in.html", next=target, error=None)
     value = request.form.get("personal_access_token", "").strip()
     try:
-        principal = service().authenticate(value, address=request.remote_addr)
+        principal = runtime().access.authenticate(value, address=request.remote_addr)
     except Unauthenticated:
         return render_template(
             "ui/sign_in.html", next=target, error="Invalid, expired or revoked personal access token."
         ), 401
-    sessions().delete(_session_id())
-    session_id = sessions().create({"pat": value, "user_id": principal.user.user_id})
-    g.ui_session_id = session_id  # a new id at sign-in: no session fixation
-    g.ui_set_cookie = session_id
+    start_session({"pat": value, "user_id": principal.user.user_id})
     return redirect(target, 303)
 
 
 @ui.post("/users/sign_out")
 def sign_out() -> ResponseReturnValue:
-    sessions().delete(_session_id())
-    g.ui_session_id = None
-    g.ui_clear_cookie = True
+    end_session()
     return redirect(url_for("ui.sign_in"), 303)
 
 
@@ -559,47 +485,20 @@ _HOME_LIMIT: Final = 200
 
 @ui.get("/")
 def home() -> ResponseReturnValue:
-    """Where the user may manage deploy tokens: the projects and groups they are a member of (or all, for an
-    administrator), each asked of the service."""
+    """Where the user may manage deploy tokens, as the token service finds it."""
     principal = require_principal()
-    read = runtime().read
-    candidates: list[tuple[HolderKind, int]] = []
-    if principal.user.is_admin:
-        candidates += [("group", ns.namespace_id) for ns in read.groups()]
-        candidates += [("project", project.project_id) for project in read.projects()]
-    else:
-        for membership in read.memberships_of(principal.user.user_id):
-            candidates.append(
-                ("group" if membership.source_kind == "group" else "project", membership.source_id)
-            )
-        candidates += [
-            ("project", project.project_id)
-            for project in read.projects(namespace_id=principal.user.namespace_id)
-        ]
-    links: list[HolderLink] = []
-    for kind, number in dict.fromkeys(candidates):
-        if len(links) >= _HOME_LIMIT:
-            break
-        try:
-            _check_manager(principal, kind, number)
-        except (NotFound, PermissionDenied):
-            continue
-        path, name = _path_of(kind, number)
-        if path is not None:
-            endpoint = f"ui.{kind}_settings"
-            links.append(HolderLink(kind, name, path, url_for(endpoint, full_path=path)))
+    links = [
+        HolderLink(
+            holder.kind,
+            holder.name,
+            holder.full_path,
+            url_for(f"ui.{holder.kind}_settings", full_path=holder.full_path),
+        )
+        for holder in runtime().tokens.holders_managed_by(principal, limit=_HOME_LIMIT)
+    ]
     return render_template(
         "ui/home.html",
         groups=[link for link in links if link.kind == "group"],
         projects=[link for link in links if link.kind == "project"],
         truncated=len(links) >= _HOME_LIMIT,
     )
-
-
-def _path_of(kind: HolderKind, number: int) -> tuple[str | None, str]:
-    read = runtime().read
-    if kind == "project":
-        project = read.project(number)
-        return (None, "") if project is None else (project.full_path, project.name)
-    namespace = read.namespace(number)
-    return (None, "") if namespace is None else (namespace.full_path, namespace.name)

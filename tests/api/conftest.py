@@ -28,11 +28,10 @@ class Credentials:
     """PRIVATE-TOKEN headers for the world's users, by role name ("admin", "maintainer", ...)."""
 
     def __init__(self, world: World) -> None:
-        service = world.runtime.service
         self.headers = {"admin": {"PRIVATE-TOKEN": world.admin_token}}
         for name, actor in world.users.items():
             assert actor.user_id is not None
-            issued = service.create_personal_access_token(
+            issued = world.runtime.directory.create_personal_access_token(
                 world.admin, actor.user_id, name="api", scopes=["api"]
             )
             self.headers[name] = {"PRIVATE-TOKEN": issued.value}

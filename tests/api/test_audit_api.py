@@ -11,7 +11,7 @@ from .conftest import Credentials
 
 
 def _token(world: World) -> int:
-    return world.runtime.service.create_token(
+    return world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="t", scopes=["read_repository"]
     ).token.token_id
 
@@ -39,7 +39,7 @@ def test_token_state_and_access_at_an_instant(client, world: World, creds: Crede
     world.runtime.clock.set(T0 + timedelta(hours=1))  # type: ignore[attr-defined]
     token_id = _token(world)
     world.runtime.clock.set(T0 + timedelta(hours=2))  # type: ignore[attr-defined]
-    world.runtime.service.revoke_token(world.admin, "project", world.project, token_id)
+    world.runtime.tokens.revoke_token(world.admin, "project", world.project, token_id)
     between = (T0 + timedelta(hours=1, minutes=30)).isoformat()
     state = client.get(
         f"/api/v4/deploy_tokens/{token_id}/state", query_string={"at": between}, headers=creds["admin"]

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -19,19 +20,16 @@ from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
-from api.activity import ActivityEvent, ActivityRecorder, activity_rows, install_activity
+from api.activity import install_activity
 from api.app import create_app
-from api.auth_checks import (
-    AUTH_CHALLENGE,
-    REGISTRY_ISSUER_ENV,
-    registry_certificate_pem,
-    registry_signing_key,
-)
+from api.auth_checks.common import AUTH_CHALLENGE
+from api.auth_checks.registry import registry_certificate_pem, registry_signing_key
 from api.registry_token import decode_token
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.service import IssuedToken
+from deploy_tokens.tokens import IssuedToken
 from domain.clock import FixedClock
 from domain.token_values import generate_token
+from infrastructure.activity import ActivityEvent, ActivityRecorder, activity_rows
 from projections.credential_index import StaleIndex
 
 from ..conftest import T0, World
@@ -72,7 +70,7 @@ def nginx(
 
 
 def issue(world: World, kind: str, holder: int, *scopes: str, **options: object) -> IssuedToken:
-    return world.runtime.service.create_token(
+    return world.runtime.tokens.create_token(
         world.admin,
         "project" if kind == "project" else "group",
         holder,
@@ -224,13 +222,13 @@ def test_registry_only_token_cannot_clone(client: FlaskClient, world: World):
 def test_revoked_token_is_refused_right_after_revocation(client: FlaskClient, world: World):
     token = issue(world, "project", world.project, "read_repository")
     assert nginx(client, CLONE, headers=git_auth(token)).status_code == 200
-    world.runtime.service.revoke_token(world.admin, "project", world.project, token.token.token_id)
+    world.runtime.tokens.revoke_token(world.admin, "project", world.project, token.token.token_id)
     assert nginx(client, CLONE, headers=git_auth(token)).status_code == 401
 
 
 def test_deleted_token_is_401(client: FlaskClient, world: World):
     token = issue(world, "project", world.project, "read_repository")
-    world.runtime.service.delete_token(world.admin, "project", world.project, token.token.token_id)
+    world.runtime.tokens.delete_token(world.admin, "project", world.project, token.token.token_id)
     assert nginx(client, CLONE, headers=git_auth(token)).status_code == 401
 
 
@@ -260,7 +258,7 @@ def test_push_is_never_allowed(client: FlaskClient, world: World, uri: str, meth
 
 def test_repository_disabled_is_403(client: FlaskClient, world: World):
     token = issue(world, "project", world.project, "read_repository")
-    world.runtime.service.change_project_features(world.admin, world.project, repository_enabled=False)
+    world.runtime.directory.change_project_features(world.admin, world.project, repository_enabled=False)
     assert nginx(client, CLONE, headers=git_auth(token)).status_code == 403
 
 
@@ -268,7 +266,7 @@ def test_group_token_reaches_projects_two_subgroups_down_and_created_later(clien
     token = issue(world, "group", world.top, "read_repository")
     deep = "/acme/backend/services/db.git/info/refs?service=git-upload-pack"
     assert nginx(client, deep, headers=git_auth(token)).status_code == 200
-    later = world.runtime.service.create_project(world.admin, name="Later", namespace_id=world.sub)
+    later = world.runtime.directory.create_project(world.admin, name="Later", namespace_id=world.sub)
     assert later
     assert (
         nginx(client, "/acme/backend/later.git/git-upload-pack", "POST", git_auth(token)).status_code == 200
@@ -468,7 +466,7 @@ def test_external_authorization_refuses_git_and_packages_but_not_the_registry(
         "read_package_registry",
     )
     assert nginx(client, CLONE, headers=git_auth(token)).status_code == 200
-    world.runtime.service.set_external_authorization(world.admin, True)
+    world.runtime.directory.set_external_authorization(world.admin, True)
     assert nginx(client, CLONE, headers=git_auth(token)).status_code == 403
     package = nginx(client, GENERIC.format(ref=world.project), "GET", {"Deploy-Token": token.value})
     assert package.status_code == 403
@@ -567,7 +565,7 @@ def test_group_token_on_the_registry_covers_subgroups(client: FlaskClient, world
 
 def test_registry_disabled_project_is_dropped(client: FlaskClient, world: World):
     token = issue(world, "project", world.project, "read_registry")
-    world.runtime.service.change_project_features(
+    world.runtime.directory.change_project_features(
         world.admin, world.project, container_registry_enabled=False
     )
     assert granted(world.runtime, registry_token(client, token, "repository:acme/api:pull")) == {}
@@ -598,7 +596,7 @@ def test_registry_bad_credentials_are_401(client: FlaskClient, world: World, cas
     elif case == "anonymous":
         response = registry_token(client, None, "repository:acme/api:pull")
     else:
-        world.runtime.service.revoke_token(world.admin, "project", world.project, token.token.token_id)
+        world.runtime.tokens.revoke_token(world.admin, "project", world.project, token.token.token_id)
         response = registry_token(client, token, "repository:acme/api:pull")
     assert response.status_code == 401
     assert response.get_json()["errors"][0]["code"] == "UNAUTHORIZED"
@@ -665,7 +663,9 @@ def test_registry_bad_requests(client: FlaskClient, world: World, method: str, p
 
 
 def test_issuer_is_configurable(runtime: Runtime, world: World, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv(REGISTRY_ISSUER_ENV, "registry-auth.example.com")
+    monkeypatch.setattr(
+        runtime, "settings", replace(runtime.settings, registry_issuer="registry-auth.example.com")
+    )
     app = create_app(runtime)
     token = issue(world, "project", world.project, "read_registry")
     body = registry_token(app.test_client(), token, "repository:acme/api:pull").get_json()
@@ -730,7 +730,7 @@ def test_dependency_proxy_covers_subgroups_only(client: FlaskClient, world: Worl
 
 def test_dependency_proxy_disabled_is_403(client: FlaskClient, world: World):
     token = issue(world, "group", world.top, "read_registry", "write_registry")
-    world.runtime.service.set_dependency_proxy(world.admin, world.top, False)
+    world.runtime.directory.set_dependency_proxy(world.admin, world.top, False)
     assert registry_token(client, token, PROXY_IMAGE, service="dependency_proxy").status_code == 403
 
 
@@ -819,7 +819,7 @@ def test_every_decision_is_recorded_without_token_values(
     recorder.flush()
 
     rows = activity_rows(runtime.db)
-    assert [(row.endpoint, row.action, row.allowed, row.status) for row in rows] == [
+    assert [(row.event.endpoint, row.event.action, row.event.allowed, row.event.status) for row in rows] == [
         ("auth_request", "git_read", True, 200),
         ("auth_request", "git_read", False, 401),
         ("auth_request", "git_read", True, 200),
@@ -829,20 +829,20 @@ def test_every_decision_is_recorded_without_token_values(
         ("check", "git_read", True, 200),
     ]
     first, unknown_row = rows[0], rows[1]
-    assert first.token_id == token.token.token_id
-    assert first.token_ref is None
-    assert (first.resource_kind, first.resource_ref) == ("project", "acme/api")
-    assert first.client_addr == CLIENT_ADDRESS
-    assert first.user_agent == "git/2.39.5"
-    assert first.occurred_at == T0
-    assert unknown_row.token_id is None
-    assert unknown_row.reason == "unknown_token"
-    assert unknown_row.token_ref == runtime.keys.digest(unknown)[:12]
-    assert rows[5].reason == "insufficient_scope"
-    assert "[REDACTED]" in (rows[2].user_agent or "")
+    assert first.event.token_id == token.token.token_id
+    assert first.event.token_ref is None
+    assert (first.event.resource_kind, first.event.resource_ref) == ("project", "acme/api")
+    assert first.event.client_addr == CLIENT_ADDRESS
+    assert first.event.user_agent == "git/2.39.5"
+    assert first.event.occurred_at == T0
+    assert unknown_row.event.token_id is None
+    assert unknown_row.event.reason == "unknown_token"
+    assert unknown_row.event.token_ref == runtime.keys.digest(unknown)[:12]
+    assert rows[5].event.reason == "insufficient_scope"
+    assert "[REDACTED]" in (rows[2].event.user_agent or "")
 
     assert [row.id for row in activity_rows(runtime.db, token_id=token.token.token_id)] == [
-        row.id for row in rows if row.token_id == token.token.token_id
+        row.id for row in rows if row.event.token_id == token.token.token_id
     ]
     assert activity_rows(runtime.db, since=T0 + timedelta(seconds=1)) == []
     assert len(activity_rows(runtime.db, until=T0 + timedelta(seconds=1), limit=3)) == 3
@@ -869,7 +869,11 @@ def test_long_free_text_is_cut_before_it_is_queued(
     assert queued[-1].client_addr == "127.0.0.1"
     recorder.flush()
     row = activity_rows(world.runtime.db)[-1]
-    assert (len(row.user_agent or ""), len(row.resource_ref or ""), row.status) == (512, 512, 403)
+    assert (len(row.event.user_agent or ""), len(row.event.resource_ref or ""), row.event.status) == (
+        512,
+        512,
+        403,
+    )
 
 
 def test_activity_is_written_in_the_background(client: FlaskClient, world: World, recorder: ActivityRecorder):
@@ -911,18 +915,18 @@ def test_a_large_batch_is_written_whole_and_in_order(app: Flask, world: World):
     rows = activity_rows(world.runtime.db, limit=1000)
     assert [
         (
-            row.occurred_at,
-            row.token_id,
-            row.token_ref,
-            row.endpoint,
-            row.action,
-            row.resource_kind,
-            row.resource_ref,
-            row.allowed,
-            row.reason,
-            row.status,
-            row.client_addr,
-            row.user_agent,
+            row.event.occurred_at,
+            row.event.token_id,
+            row.event.token_ref,
+            row.event.endpoint,
+            row.event.action,
+            row.event.resource_kind,
+            row.event.resource_ref,
+            row.event.allowed,
+            row.event.reason,
+            row.event.status,
+            row.event.client_addr,
+            row.event.user_agent,
         )
         for row in rows
     ] == [tuple(event) for event in events]

@@ -16,11 +16,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 
-from api.activity import ActivityRecorder, activity_rows, install_activity
+from api.activity import install_activity
 from api.app import create_app
 from deploy_tokens.runtime import Runtime
 from domain.clock import FixedClock
 from domain.token_values import generate_token
+from infrastructure.activity import ActivityRecorder, activity_rows
 from infrastructure.bans import AddressBans, BanPolicy, RedisAddressBans
 from infrastructure.keys import Keyring
 from infrastructure.settings import ConfigurationError, Settings
@@ -66,7 +67,7 @@ def test_jwt_auth_records_the_peer_not_a_forwarded_header(
         environ_base={"REMOTE_ADDR": "203.0.113.5"},
     )
     recorder.flush()
-    assert {row.client_addr for row in activity_rows(world.runtime.db)} == {"203.0.113.5"}
+    assert {row.event.client_addr for row in activity_rows(world.runtime.db)} == {"203.0.113.5"}
 
 
 def test_auth_request_believes_the_forwarded_address_only_from_a_trusted_proxy(
@@ -83,7 +84,7 @@ def test_auth_request_believes_the_forwarded_address_only_from_a_trusted_proxy(
                 environ_base={"REMOTE_ADDR": peer},
             )
         recorder.flush()
-        recorded = [row.client_addr for row in activity_rows(runtime.db)]
+        recorded = [row.event.client_addr for row in activity_rows(runtime.db)]
     finally:
         recorder.close()
     # From the trusted proxy, the client it names; from loopback (not trusted here), loopback itself.
@@ -95,7 +96,7 @@ def test_forwarded_addresses_are_normalised(client: FlaskClient, world: World, r
     for forwarded in ("::ffff:192.0.2.7", "2001:DB8:0:0:0:0:0:1", "not-an-address"):
         nginx(client, CLONE, headers={**git_auth(token), **from_address(forwarded)})
     recorder.flush()
-    addresses = [row.client_addr for row in activity_rows(world.runtime.db)]
+    addresses = [row.event.client_addr for row in activity_rows(world.runtime.db)]
     assert addresses == ["192.0.2.7", "2001:db8::1", "127.0.0.1"]
 
 
@@ -132,8 +133,8 @@ def test_an_address_is_banned_after_max_retry_failures_even_with_a_valid_token(
     # Other addresses are unaffected.
     assert nginx(client, CLONE, headers={**git_auth(token), **from_address(BYSTANDER)}).status_code == 200
     recorder.flush()
-    last = [row for row in activity_rows(world.runtime.db) if row.client_addr == ATTACKER][-1]
-    assert (last.reason, last.status, last.allowed) == ("ip_banned", 403, False)
+    last = [row for row in activity_rows(world.runtime.db) if row.event.client_addr == ATTACKER][-1]
+    assert (last.event.reason, last.event.status, last.event.allowed) == ("ip_banned", 403, False)
 
 
 def test_the_ban_covers_every_auth_endpoint_and_ends_after_ban_time(client: FlaskClient, world: World):
@@ -323,7 +324,7 @@ def test_the_json_check_refuses_unstorable_text(
     # And the writer still records the next decision.
     assert client.post("/internal/auth/check", json=body).get_json()["allowed"] is True
     recorder.flush()
-    assert [row.allowed for row in activity_rows(world.runtime.db)] == [True]
+    assert [row.event.allowed for row in activity_rows(world.runtime.db)] == [True]
 
 
 def test_the_json_check_believes_client_address_only_from_a_trusted_proxy(
@@ -340,7 +341,7 @@ def test_the_json_check_believes_client_address_only_from_a_trusted_proxy(
     client.post("/internal/auth/check", json=body)  # from loopback: trusted by default
     client.post("/internal/auth/check", json=body, environ_base={"REMOTE_ADDR": "203.0.113.3"})
     recorder.flush()
-    assert [row.client_addr for row in activity_rows(world.runtime.db)] == ["192.0.2.44", "203.0.113.3"]
+    assert [row.event.client_addr for row in activity_rows(world.runtime.db)] == ["192.0.2.44", "203.0.113.3"]
 
 
 def test_a_lone_surrogate_has_a_digest():
@@ -369,4 +370,4 @@ def test_hostile_uris_are_refused_and_recorded(
     assert nginx(client, CLONE, headers=git_auth(token)).status_code == 200
     recorder.flush()
     rows = activity_rows(world.runtime.db)
-    assert [row.status for row in rows] == [response.status_code, 200]
+    assert [row.event.status for row in rows] == [response.status_code, 200]

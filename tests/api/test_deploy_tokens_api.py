@@ -255,7 +255,7 @@ def test_odd_references_are_not_found(client, world: World, creds: Credentials, 
 def test_revoke_by_value_needs_the_api_scope(client, world: World, creds: Credentials):
     created = create(client, creds["admin"], "project", world.project).get_json()
     assert world.users and world.admin.user_id is not None
-    read_only = world.runtime.service.create_personal_access_token(
+    read_only = world.runtime.directory.create_personal_access_token(
         world.admin, world.admin.user_id, name="ro", scopes=["read_api"]
     ).value
     response = client.delete(

@@ -45,7 +45,7 @@ def uid(world: World, name: str) -> int:
 
 
 def read_only_headers(world: World, name: str) -> dict[str, str]:
-    issued = world.runtime.service.create_personal_access_token(
+    issued = world.runtime.directory.create_personal_access_token(
         world.admin, uid(world, name), name="ro", scopes=["read_api"]
     )
     return {"PRIVATE-TOKEN": issued.value}
@@ -91,7 +91,7 @@ def test_create_user_status_codes(client: FlaskClient, creds: Credentials, role,
 
 def test_create_user_needs_a_writing_token(client: FlaskClient, world: World):
     assert world.admin.user_id is not None
-    issued = world.runtime.service.create_personal_access_token(
+    issued = world.runtime.directory.create_personal_access_token(
         world.admin, world.admin.user_id, name="ro", scopes=["read_api"]
     )
     headers = {"PRIVATE-TOKEN": issued.value}
@@ -727,8 +727,7 @@ def test_read_only_token_cannot_write(client: FlaskClient, world: World):
 
 
 def test_an_encoded_path_ending_like_a_subresource_names_the_project(client, world, creds):
-    service = world.runtime.service
-    project_id = service.create_project(
+    project_id = world.runtime.directory.create_project(
         world.admin, name="deploy_tokens", path="deploy_tokens", namespace_id=world.top
     )
     response = client.get("/api/v4/projects/acme%2Fdeploy_tokens", headers=creds["admin"])

@@ -40,9 +40,8 @@ from werkzeug.test import TestResponse
 import api.app  # noqa: F401  (imports every blueprint, and so defines every schema, before _field_names)
 from api.input_limits import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from api.registry_token import MAX_SCOPES
-from api.ui.sessions import COOKIE_NAME, CSRF_FIELD
-from api.ui.views import sessions
-from deploy_tokens.service import IssuedToken
+from api.ui.sessions import COOKIE_NAME, CSRF_FIELD, sessions
+from deploy_tokens.tokens import IssuedToken
 
 from ..conftest import World
 from .conftest import Credentials
@@ -670,7 +669,7 @@ def hostile_values_in_real_requests(draw: st.DrawFn, fuzz: Fuzz, routes: list[Ro
 
 @pytest.fixture
 def fuzz(app: Flask, client: FlaskClient, world: World, creds: Credentials) -> Fuzz:
-    token = world.runtime.service.create_token(
+    token = world.runtime.tokens.create_token(
         world.admin,
         "project",
         world.project,
@@ -902,7 +901,7 @@ def test_chunked_two_mib_body_without_content_length_is_a_413(
 
 
 def test_five_thousand_registry_scopes_are_a_fast_400(client: FlaskClient, world: World) -> None:
-    issued = world.runtime.service.create_token(
+    issued = world.runtime.tokens.create_token(
         world.admin,
         "project",
         world.project,

@@ -170,7 +170,7 @@ def test_a_rotation_retried_with_its_key_rotates_once(client: FlaskClient, world
     assert (first.status_code, retried.status_code) == (200, 200)
     assert retried.headers["Idempotent-Replayed"] == "true"
     assert retried.get_json()["token"] == first.get_json()["token"]
-    events = [entry["event"] for entry in runtime.service.history(token_id)]
+    events = [entry["event"] for entry in runtime.tokens.history(token_id)]
     assert events.count("Rotated") == 1
 
 
@@ -201,7 +201,7 @@ CREATING_REQUESTS: dict[str, CreatingRequest] = {
 
 
 def _a_token(world: World) -> int:
-    issued = world.runtime.service.create_token(
+    issued = world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="rotated", scopes=["read_repository"]
     )
     return issued.token.token_id
@@ -342,7 +342,7 @@ def test_a_replay_rebuilds_the_answer_when_the_process_died_before_keeping_it(
     # nothing after it (the second step, keeping the answer, never runs).
     request = canonical_request("POST", tokens_url(world), TOKEN_BODY)
     slot = runtime.idempotency.slot(world.admin.user_id, KEY, request, runtime.clock.now())
-    issued = runtime.service.create_token(
+    issued = runtime.tokens.create_token(
         world.admin, "project", world.project, name="deploy", scopes=["read_repository"], idempotency=slot
     )
     events = runtime.store.head()

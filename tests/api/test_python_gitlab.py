@@ -42,7 +42,7 @@ def server(app: Flask, runtime: Runtime) -> Iterator[str]:
 
 @pytest.fixture
 def admin(server: str, runtime: Runtime) -> gitlab.Gitlab:
-    _, issued = runtime.service.bootstrap_admin(username="root", email="root@example.com")
+    _, issued = runtime.directory.bootstrap_admin(username="root", email="root@example.com")
     return gitlab.Gitlab(server, private_token=issued.value, retry_transient_errors=False)
 
 

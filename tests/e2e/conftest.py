@@ -139,7 +139,7 @@ class Directory:
 @pytest.fixture(scope="session")
 def gl(e2e_service: tuple[str, Runtime]) -> gitlab.Gitlab:
     url, runtime = e2e_service
-    _, issued = runtime.service.bootstrap_admin(username="root", email="root@example.com")
+    _, issued = runtime.directory.bootstrap_admin(username="root", email="root@example.com")
     return gitlab.Gitlab(url, private_token=issued.value, retry_transient_errors=False)
 
 

@@ -15,8 +15,8 @@ import gitlab
 import pytest
 from gitlab.v4.objects import Group, Project
 
-import domain.directory
-from domain.directory import RESERVED_TOP_LEVEL_PATHS
+import domain.groups
+from domain.names import RESERVED_TOP_LEVEL_PATHS
 
 from .conftest import Directory
 from .harness import Stack, run
@@ -33,7 +33,7 @@ def curl(*args: str, work: Path) -> str:
 def legacy_namespace(gl: gitlab.Gitlab, victim: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
     """``api/v4/projects/<victim>/packages/generic/tool``, as a directory from before the reservation."""
     assert "api" in RESERVED_TOP_LEVEL_PATHS
-    monkeypatch.setattr(domain.directory, "RESERVED_TOP_LEVEL_PATHS", frozenset())
+    monkeypatch.setattr(domain.groups, "RESERVED_TOP_LEVEL_PATHS", frozenset())
     parent: Group | None = None
     for path in ("api", "v4", "projects", str(victim.id), "packages", "generic"):
         attributes = {"name": f"Legacy {path}", "path": path}

@@ -107,7 +107,7 @@ def prepared_token(tmp_path: Path, schema: str) -> dict[str, str]:
     """A project token, made directly (not through the proxy); returns the Basic auth header for it."""
     with Runtime.open(make_settings("postgres", tmp_path / "setup", schema)) as runtime:
         world = World(runtime)
-        issued = runtime.service.create_token(
+        issued = runtime.tokens.create_token(
             world.admin, "project", world.project, name="ci", scopes=["read_repository"]
         )
         pair = f"{issued.token.username}:{issued.value}".encode()

@@ -128,9 +128,9 @@ def test_unstorable_text_in_every_column_is_written_escaped_with_its_batch(
     assert len(rows) == len(events)
     for n, column in enumerate(TEXT_COLUMNS):
         good, escaped = rows[2 * n], rows[2 * n + 1]
-        assert good.resource_ref == f"acme/p{2 * n}"
-        assert getattr(escaped, column) == stored, column
-    assert rows[-1].resource_ref == "acme/p99"
+        assert good.event.resource_ref == f"acme/p{2 * n}"
+        assert getattr(escaped.event, column) == stored, column
+    assert rows[-1].event.resource_ref == "acme/p99"
     assert recorder.stats().set_aside == 0
 
 
@@ -146,7 +146,7 @@ def test_a_row_refused_for_another_reason_is_set_aside_and_later_rows_go_in(
     recorder.record(event(4))
     assert recorder.flush() == 1
 
-    assert [row.token_id for row in activity_rows(runtime.db)] == [1, 3, 4]
+    assert [row.event.token_id for row in activity_rows(runtime.db)] == [1, 3, 4]
     [kept] = rejected_activity_rows(runtime.db)
     expected_error = "OverflowError" if runtime.db.dialect == "sqlite" else "NumericValueOutOfRange"
     assert expected_error in kept.error
@@ -188,7 +188,7 @@ def test_after_a_poison_row_the_running_writer_keeps_writing_new_rows(
         recorder.record(event(n))
 
     assert wait_until(lambda: len(activity_rows(runtime.db)) == 6)
-    assert [row.token_id for row in activity_rows(runtime.db)] == [1, 3, 4, 5, 6, 7]
+    assert [row.event.token_id for row in activity_rows(runtime.db)] == [1, 3, 4, 5, 6, 7]
 
 
 def test_an_unreachable_database_requeues_the_rows_and_sets_nothing_aside(
@@ -208,7 +208,7 @@ def test_an_unreachable_database_requeues_the_rows_and_sets_nothing_aside(
 
     recorder.db = runtime.db  # the database is back: the good rows go in, the refused one is set aside
     assert recorder.flush() == 2
-    assert [row.token_id for row in activity_rows(runtime.db)] == [1, 3]
+    assert [row.event.token_id for row in activity_rows(runtime.db)] == [1, 3]
     assert recorder.stats().set_aside == 1
 
 

@@ -11,8 +11,9 @@ from deploy_tokens.runtime import Runtime
 from domain.actors import Actor
 from domain.clock import FixedClock
 from domain.deploy_token import deploy_token_uuid
-from domain.directory import stream_id
-from projections.audit import AUDITED_EVENTS, AuditQuery, AuditRecord, AuditTrail, audit_events
+from domain.streams import stream_id
+from projections.audit import AUDITED_EVENTS, AuditTrail
+from projections.audit_queries import AuditQuery, AuditRecord, audit_events
 from projections.base import Projector
 
 from ..conftest import T0, World
@@ -38,7 +39,7 @@ def holder_of(world: World, kind: str) -> int:
 
 
 def create(world: World, kind: str, name: str = "deploy", actor: Actor | None = None, **options: Any) -> int:
-    issued = world.runtime.service.create_token(
+    issued = world.runtime.tokens.create_token(
         actor or world.admin, kind, holder_of(world, kind), name=name, scopes=BOTH_SCOPES, **options
     )
     return issued.token.token_id
@@ -70,12 +71,12 @@ def table_rows(runtime: Runtime) -> dict[str, list[tuple[Any, ...]]]:
 
 def do_everything(world: World, clock: FixedClock) -> dict[str, Any]:
     """At least one event of every audited class, with the secrets issued along the way."""
-    runtime, service, admin = world.runtime, world.runtime.service, world.admin
+    runtime, admin = world.runtime, world.admin
     values = [world.admin_token]
-    project_token = service.create_token(
+    project_token = world.runtime.tokens.create_token(
         admin, "project", world.project, name="p", scopes=BOTH_SCOPES, expires_at=T0 + timedelta(days=5)
     )
-    group_token = service.create_token(admin, "group", world.top, name="g", scopes=BOTH_SCOPES)
+    group_token = world.runtime.tokens.create_token(admin, "group", world.top, name="g", scopes=BOTH_SCOPES)
     values += [project_token.value, group_token.value]
     project_id, group_id = project_token.token.token_id, group_token.token.token_id
     change_aggregate(
@@ -83,37 +84,47 @@ def do_everything(world: World, clock: FixedClock) -> dict[str, Any]:
         deploy_token_uuid(group_id),
         lambda t: t.narrow_scopes(["read_registry"], actor=admin, now=clock.now()),
     )
-    values.append(service.rotate_token(admin, "group", world.top, group_id, grace=timedelta(hours=1)).value)
-    values.append(service.rotate_token(admin, "group", world.top, group_id).value)
-    service.mark_notification_due(project_id, 7)
-    service.claim_notification(project_id, 7, message_id="<m1@example.com>", lease=timedelta(minutes=10))
-    service.release_notification(project_id, 7, message_id="<m1@example.com>", error="451 try later")
-    service.claim_notification(project_id, 7, message_id="<m1@example.com>", lease=timedelta(minutes=10))
-    service.record_notification(
+    values.append(
+        world.runtime.tokens.rotate_token(admin, "group", world.top, group_id, grace=timedelta(hours=1)).value
+    )
+    values.append(world.runtime.tokens.rotate_token(admin, "group", world.top, group_id).value)
+    world.runtime.tokens.mark_notification_due(project_id, 7)
+    world.runtime.tokens.claim_notification(
+        project_id, 7, message_id="<m1@example.com>", lease=timedelta(minutes=10)
+    )
+    world.runtime.tokens.release_notification(
+        project_id, 7, message_id="<m1@example.com>", error="451 try later"
+    )
+    world.runtime.tokens.claim_notification(
+        project_id, 7, message_id="<m1@example.com>", lease=timedelta(minutes=10)
+    )
+    world.runtime.tokens.record_notification(
         project_id, 7, message_id="<m1@example.com>", recipients=["maintainer@example.com"]
     )
-    service.revoke_by_value(admin, values[-1])  # the group token's current value
+    world.runtime.tokens.revoke_by_value(admin, values[-1])  # the group token's current value
     clock.set(T0 + timedelta(days=6))
-    service.record_expiry(project_id)
-    service.delete_token(admin, "project", world.project, project_id)
+    world.runtime.tokens.record_expiry(project_id)
+    world.runtime.tokens.delete_token(admin, "project", world.project, project_id)
     outsider = world.users["outsider"].user_id
-    service.set_user_blocked(admin, outsider, True)
-    service.set_user_blocked(admin, outsider, False)
+    world.runtime.directory.set_user_blocked(admin, outsider, True)
+    world.runtime.directory.set_user_blocked(admin, outsider, False)
     change_aggregate(
         runtime, stream_id("user", outsider), lambda u: u.set_admin(True, actor=admin, now=clock.now())
     )
-    pat = service.create_personal_access_token(admin, outsider, name="ci", scopes=["read_api"])
+    pat = world.runtime.directory.create_personal_access_token(
+        admin, outsider, name="ci", scopes=["read_api"]
+    )
     values.append(pat.value)
     change_aggregate(
         runtime, stream_id("pat", pat.token.pat_id), lambda p: p.revoke(actor=admin, now=clock.now())
     )
-    service.set_member(admin, "project", world.project, world.users["guest"].user_id, 20)
-    service.remove_member(admin, "group", world.top, world.users["group_maintainer"].user_id)
-    service.remove_member(admin, "project", world.project, world.users["developer"].user_id)
-    service.set_dependency_proxy(admin, world.top, False)
-    service.change_project_features(admin, world.project, container_registry_enabled=False)
-    service.set_external_authorization(admin, True)
-    service.set_feature(admin, "project_deploy_token_expiring_notifications", False)
+    world.runtime.members.set_member(admin, "project", world.project, world.users["guest"].user_id, 20)
+    world.runtime.members.remove_member(admin, "group", world.top, world.users["group_maintainer"].user_id)
+    world.runtime.members.remove_member(admin, "project", world.project, world.users["developer"].user_id)
+    world.runtime.directory.set_dependency_proxy(admin, world.top, False)
+    world.runtime.directory.change_project_features(admin, world.project, container_registry_enabled=False)
+    world.runtime.directory.set_external_authorization(admin, True)
+    world.runtime.directory.set_feature(admin, "project_deploy_token_expiring_notifications", False)
     return {"values": values, "token_ids": [project_id, group_id]}
 
 
@@ -134,7 +145,7 @@ def test_creation_has_gitlabs_type_and_message(world: World, projector: Projecto
 @pytest.mark.parametrize(("kind", "prefix"), [("project", ""), ("group", "group_")])
 def test_revocation_has_gitlabs_type_and_message(world: World, projector: Projector, kind: str, prefix: str):
     token_id = create(world, kind)
-    world.runtime.service.revoke_token(world.admin, kind, holder_of(world, kind), token_id)
+    world.runtime.tokens.revoke_token(world.admin, kind, holder_of(world, kind), token_id)
     revoked = token_rows(world, projector, token_id)[-1]
     assert revoked.event_type == f"{prefix}deploy_token_revoked"
     assert revoked.message == (
@@ -146,7 +157,7 @@ def test_revocation_has_gitlabs_type_and_message(world: World, projector: Projec
 @pytest.mark.parametrize(("kind", "prefix"), [("project", ""), ("group", "group_")])
 def test_deletion_is_gitlabs_destroyed_event(world: World, projector: Projector, kind: str, prefix: str):
     token_id = create(world, kind)
-    world.runtime.service.delete_token(world.admin, kind, holder_of(world, kind), token_id)
+    world.runtime.tokens.delete_token(world.admin, kind, holder_of(world, kind), token_id)
     destroyed = token_rows(world, projector, token_id)[-1]
     assert destroyed.event_type == f"{prefix}deploy_token_destroyed"
     assert destroyed.message == (
@@ -180,7 +191,7 @@ def test_a_later_revocation_names_the_narrowed_scopes(world: World, projector: P
         deploy_token_uuid(token_id),
         lambda t: t.narrow_scopes(["read_registry"], actor=world.admin, now=clock.now()),
     )
-    world.runtime.service.revoke_token(world.admin, "project", world.project, token_id)
+    world.runtime.tokens.revoke_token(world.admin, "project", world.project, token_id)
     narrowed, revoked = token_rows(world, projector, token_id)[-2:]
     assert narrowed.message == (
         f"Narrowed scopes of project deploy token with name: deploy with token_id: {token_id} "
@@ -194,7 +205,7 @@ def test_rotation_says_whether_the_old_value_has_a_grace_period(
     world: World, projector: Projector, grace: timedelta | None
 ):
     token_id = create(world, "project")
-    world.runtime.service.rotate_token(world.admin, "project", world.project, token_id, grace=grace)
+    world.runtime.tokens.rotate_token(world.admin, "project", world.project, token_id, grace=grace)
     rotated = token_rows(world, projector, token_id)[-1]
     assert rotated.event_type == "deploy_token_rotated"
     if grace is None:
@@ -207,7 +218,7 @@ def test_rotation_says_whether_the_old_value_has_a_grace_period(
 
 def test_a_changed_access_level_records_the_old_and_new_level(world: World, projector: Projector):
     guest = world.users["guest"].user_id
-    world.runtime.service.set_member(world.admin, "project", world.project, guest, 30)
+    world.runtime.members.set_member(world.admin, "project", world.project, guest, 30)
     changed = trail(world, projector, namespace_kind="project", namespace_id=world.project)[-1]
     assert changed.event_type == "member_updated"
     assert changed.message == (
@@ -262,9 +273,9 @@ def test_no_token_value_or_digest_appears_in_the_audit_tables(
 
 def test_deleting_a_token_keeps_its_earlier_rows(world: World, projector: Projector):
     token_id = create(world, "project")
-    world.runtime.service.revoke_token(world.admin, "project", world.project, token_id)
+    world.runtime.tokens.revoke_token(world.admin, "project", world.project, token_id)
     before = token_rows(world, projector, token_id)
-    world.runtime.service.delete_token(world.admin, "project", world.project, token_id)
+    world.runtime.tokens.delete_token(world.admin, "project", world.project, token_id)
     assert token_rows(world, projector, token_id)[:-1] == before
 
 
@@ -287,7 +298,7 @@ def test_actor_username_and_address_are_recorded(world: World, projector: Projec
 
 def test_filter_by_token_returns_only_that_tokens_history(world: World, projector: Projector):
     mine, other = create(world, "project", "mine"), create(world, "project", "other")
-    world.runtime.service.revoke_token(world.admin, "project", world.project, mine)
+    world.runtime.tokens.revoke_token(world.admin, "project", world.project, mine)
     rows = token_rows(world, projector, mine)
     assert {(row.target_type, row.target_id) for row in rows} == {("DeployToken", mine)}
     assert [row.event_type for row in rows] == [
@@ -350,7 +361,7 @@ def test_keyset_paging_returns_every_row_once_in_order(world: World, projector: 
 
 
 def test_instance_settings_changes_belong_to_the_instance(world: World, projector: Projector):
-    world.runtime.service.set_external_authorization(world.admin, True)
+    world.runtime.directory.set_external_authorization(world.admin, True)
     rows = trail(world, projector, namespace_kind="instance")
     assert [(row.event_type, row.target_type, row.namespace_id, row.message) for row in rows] == [
         ("external_authorization_changed", "InstanceSettings", None, "Enabled external authorization.")

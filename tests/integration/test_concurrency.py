@@ -17,19 +17,21 @@ def _run_all(calls):
 
 def test_concurrent_revokes_record_one_event(pg_runtime: Runtime):
     world = World(pg_runtime)
-    service = pg_runtime.service
-    token_id = service.create_token(
+    token_id = pg_runtime.tokens.create_token(
         world.admin, "project", world.project, name="t", scopes=["read_repository"]
     ).token.token_id
-    _run_all([lambda: service.revoke_token(world.admin, "project", world.project, token_id)] * THREADS * 2)
-    events = [entry["event"] for entry in service.history(token_id)]
+    _run_all(
+        [lambda: pg_runtime.tokens.revoke_token(world.admin, "project", world.project, token_id)]
+        * THREADS
+        * 2
+    )
+    events = [entry["event"] for entry in pg_runtime.tokens.history(token_id)]
     assert events.count("Revoked") == 1
 
 
 def test_concurrent_notification_records_one_event(pg_runtime: Runtime):
     world = World(pg_runtime)
-    service = pg_runtime.service
-    token_id = service.create_token(
+    token_id = pg_runtime.tokens.create_token(
         world.admin,
         "project",
         world.project,
@@ -38,20 +40,20 @@ def test_concurrent_notification_records_one_event(pg_runtime: Runtime):
         expires_at=pg_runtime.clock.now() + timedelta(days=5),
     ).token.token_id
     results = _run_all(
-        [lambda: service.record_notification(token_id, 7, message_id="<m@x>", recipients=["a@x"])]
+        [lambda: pg_runtime.tokens.record_notification(token_id, 7, message_id="<m@x>", recipients=["a@x"])]
         * THREADS
         * 2
     )
     assert results.count(True) == 1
-    assert [entry["event"] for entry in service.history(token_id)].count("Notified") == 1
+    assert [entry["event"] for entry in pg_runtime.tokens.history(token_id)].count("Notified") == 1
 
 
 def test_concurrent_creation_gives_distinct_dense_ids(pg_runtime: Runtime):
     world = World(pg_runtime)
-    # Separate service instances model separate processes: each has its own id allocator.
+    # Separate runtimes model separate processes: each has its own id allocator.
     runtimes = [Runtime.open(pg_runtime.settings, clock=pg_runtime.clock) for _ in range(3)]
     try:
-        services = [runtime.service for runtime in [pg_runtime, *runtimes]]
+        services = [runtime.tokens for runtime in [pg_runtime, *runtimes]]
         calls = [
             (
                 lambda svc=services[i % 4], i=i: (
@@ -76,6 +78,9 @@ def test_processes_starting_together_on_a_new_schema_do_not_race(tmp_path, postg
     settings = make_settings("postgres", tmp_path, postgres_schema)
 
     def start() -> None:
-        Runtime.open(settings).close()
+        with Runtime.open(settings) as runtime:
+            # Every table is created at start-up under the lock, the web UI's sessions among them: none is
+            # left to a later first request, which would race other processes on the catalog again.
+            assert runtime.web_sessions.count() == 0
 
     _run_all([start] * 4)  # before the start-up lock, some raised UniqueViolation on the catalog

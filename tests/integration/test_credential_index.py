@@ -31,27 +31,27 @@ def git_check(index: CredentialIndex, world: World, value: str, username: str, p
 
 def test_the_revoking_process_denies_at_once(world: World):
     runtime = world.runtime
-    issued = runtime.service.create_token(
+    issued = runtime.tokens.create_token(
         world.admin, "project", world.project, name="t", scopes=["read_repository"]
     )
     assert git_check(runtime.index, world, issued.value, issued.token.username, world.project).allowed
-    runtime.service.revoke_token(world.admin, "project", world.project, issued.token.token_id)
+    runtime.tokens.revoke_token(world.admin, "project", world.project, issued.token.token_id)
     decision = git_check(runtime.index, world, issued.value, issued.token.username, world.project)
     assert (decision.allowed, decision.reason) == (False, Reason.REVOKED)
 
 
 def test_projects_created_after_a_group_token_are_covered_at_once(world: World):
     runtime = world.runtime
-    issued = runtime.service.create_token(
+    issued = runtime.tokens.create_token(
         world.admin, "group", world.top, name="g", scopes=["read_repository"]
     )
-    later = runtime.service.create_project(world.admin, name="Later", namespace_id=world.subsub)
+    later = runtime.directory.create_project(world.admin, name="Later", namespace_id=world.subsub)
     assert git_check(runtime.index, world, issued.value, issued.token.username, later).allowed
 
 
 def test_resources_resolve_by_path_case_insensitively(world: World):
     runtime = world.runtime
-    issued = runtime.service.create_token(
+    issued = runtime.tokens.create_token(
         world.admin, "project", world.project, name="t", scopes=["read_repository"]
     )
     decision = runtime.index.check(
@@ -70,8 +70,24 @@ def test_malformed_values_are_rejected_before_any_lookup(world: World):
     assert decision.reason is Reason.MALFORMED_TOKEN
 
 
+def test_credentials_that_could_not_be_read_are_malformed_and_none_at_all_are_missing(world: World):
+    def check(unreadable: bool) -> Reason:
+        return world.runtime.index.check(
+            value=None,
+            unreadable=unreadable,
+            username=None,
+            action=Action.GIT_READ,
+            resource=Resource("project", world.project),
+            now=world.runtime.clock.now(),
+            check_username=True,
+        ).reason
+
+    assert check(unreadable=True) is Reason.MALFORMED_TOKEN
+    assert check(unreadable=False) is Reason.NO_CREDENTIALS
+
+
 def test_a_mistyped_value_is_malformed_and_an_unissued_one_unknown(world: World):
-    issued = world.runtime.service.create_token(
+    issued = world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="t", scopes=["read_repository"]
     )
     value = issued.value
@@ -85,10 +101,10 @@ def test_a_mistyped_value_is_malformed_and_an_unissued_one_unknown(world: World)
 
 def test_rotated_secret_works_only_during_grace(world: World):
     runtime = world.runtime
-    old = runtime.service.create_token(
+    old = runtime.tokens.create_token(
         world.admin, "project", world.project, name="t", scopes=["read_repository"]
     )
-    new = runtime.service.rotate_token(
+    new = runtime.tokens.rotate_token(
         world.admin, "project", world.project, old.token.token_id, grace=timedelta(hours=1)
     )
     username = old.token.username
@@ -109,7 +125,7 @@ class FakeMonotonic:
 
 def test_fails_closed_when_the_projection_stalls_and_recovers_without_restart(world: World):
     runtime = world.runtime
-    issued = runtime.service.create_token(
+    issued = runtime.tokens.create_token(
         world.admin, "project", world.project, name="t", scopes=["read_repository"]
     )
     ticks = FakeMonotonic()
@@ -142,14 +158,14 @@ def test_another_process_denies_a_revoked_token_through_its_follower(pg_runtime:
     follower = threading.Thread(target=other.index.follow, args=(stop,), daemon=True)
     follower.start()
     try:
-        issued = pg_runtime.service.create_token(
+        issued = pg_runtime.tokens.create_token(
             world.admin, "project", world.project, name="t", scopes=["read_repository"]
         )
         deadline = time.monotonic() + 10
         while not git_check(other.index, world, issued.value, issued.token.username, world.project).allowed:
             assert time.monotonic() < deadline, "the other process never saw the new token"
             time.sleep(0.01)
-        pg_runtime.service.revoke_token(world.admin, "project", world.project, issued.token.token_id)
+        pg_runtime.tokens.revoke_token(world.admin, "project", world.project, issued.token.token_id)
         while git_check(other.index, world, issued.value, issued.token.username, world.project).allowed:
             assert time.monotonic() < deadline, "the other process never saw the revocation"
             time.sleep(0.01)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy_tokens.members import MembersService
 from deploy_tokens.runtime import Runtime
-from deploy_tokens.service import DeployTokenService
 from domain.actors import Actor
 from domain.errors import PermissionDenied, ValidationError
 
@@ -15,12 +15,12 @@ from ..conftest import World
 from .test_cli import run
 
 
-def levels(service: DeployTokenService, kind: str, source: int) -> dict[str, int]:
-    return {user.username: member.access_level for member, user in service.read.members(kind, source)}
+def levels(world: World, kind: str, source: int) -> dict[str, int]:
+    return {user.username: member.access_level for member, user in world.runtime.read.members(kind, source)}
 
 
 def new_user(world: World, username: str) -> Actor:
-    record = world.runtime.service.register_user(
+    record = world.runtime.directory.register_user(
         world.admin, username=username, email=f"{username}@example.com"
     )
     return Actor.user(record.user_id, record.username)
@@ -35,13 +35,12 @@ def uid(actor: Actor) -> int:
 
 
 def test_bootstrap_refuses_a_reserved_username_and_writes_nothing(runtime: Runtime):
-    service = runtime.service
     with pytest.raises(ValidationError) as caught:
-        service.bootstrap_admin(username="Admin", email="admin@example.com")
+        runtime.directory.bootstrap_admin(username="Admin", email="admin@example.com")
     assert caught.value.errors == {"username": ["Admin is a reserved name"]}
-    assert not service.read.any_admin()
+    assert not runtime.read.any_admin()
     assert runtime.store.head() == 0
-    user, _ = service.bootstrap_admin(username="root", email="root@example.com")
+    user, _ = runtime.directory.bootstrap_admin(username="root", email="root@example.com")
     assert user.username == "root"
 
 
@@ -60,63 +59,61 @@ def test_the_console_script_refuses_reserved_group_paths_and_usernames(tmp_path:
 
 
 def test_a_maintainer_cannot_demote_or_remove_a_project_owner(world: World):
-    service = world.runtime.service
     maintainer, outsider = world.users["maintainer"], uid(world.users["outsider"])
-    service.set_member(world.admin, "project", world.project, outsider, 50)
+    world.runtime.members.set_member(world.admin, "project", world.project, outsider, 50)
     with pytest.raises(PermissionDenied):
-        service.set_member(maintainer, "project", world.project, outsider, 30)
+        world.runtime.members.set_member(maintainer, "project", world.project, outsider, 30)
     with pytest.raises(PermissionDenied):
-        service.remove_member(maintainer, "project", world.project, outsider)
-    assert levels(service, "project", world.project)["outsider"] == 50
+        world.runtime.members.remove_member(maintainer, "project", world.project, outsider)
+    assert levels(world, "project", world.project)["outsider"] == 50
 
 
 def test_a_members_inherited_role_counts_against_a_maintainer(world: World):
     """The group's Owner is only a Developer of the project directly, but an Owner there through the group."""
-    service = world.runtime.service
     maintainer, owner = world.users["maintainer"], uid(world.users["owner"])
-    service.set_member(world.admin, "project", world.project, owner, 30)
+    world.runtime.members.set_member(world.admin, "project", world.project, owner, 30)
     with pytest.raises(PermissionDenied):
-        service.set_member(maintainer, "project", world.project, owner, 10)
+        world.runtime.members.set_member(maintainer, "project", world.project, owner, 10)
     with pytest.raises(PermissionDenied):
-        service.remove_member(maintainer, "project", world.project, owner)
-    assert levels(service, "project", world.project)["owner"] == 30
+        world.runtime.members.remove_member(maintainer, "project", world.project, owner)
+    assert levels(world, "project", world.project)["owner"] == 30
 
 
 def test_the_last_owner_of_a_group_can_be_neither_removed_nor_demoted_even_by_an_admin(world: World):
-    service = world.runtime.service
     solo = new_user(world, "solo")
-    group = service.create_group(solo, name="Solo", path="solo-team")
+    group = world.runtime.directory.create_group(solo, name="Solo", path="solo-team")
     for attempt in (
-        lambda: service.remove_member(world.admin, "group", group, uid(solo)),
-        lambda: service.set_member(world.admin, "group", group, uid(solo), 40),
-        lambda: service.remove_member(solo, "group", group, uid(solo)),
-        lambda: service.set_member(solo, "group", group, uid(solo), 30),
+        lambda: world.runtime.members.remove_member(world.admin, "group", group, uid(solo)),
+        lambda: world.runtime.members.set_member(world.admin, "group", group, uid(solo), 40),
+        lambda: world.runtime.members.remove_member(solo, "group", group, uid(solo)),
+        lambda: world.runtime.members.set_member(solo, "group", group, uid(solo), 30),
     ):
         with pytest.raises(PermissionDenied) as caught:
             attempt()
         assert caught.value.reason.startswith("403 Forbidden")
-    assert levels(service, "group", group) == {"solo": 50}
+    assert levels(world, "group", group) == {"solo": 50}
     # With a second Owner, either may go.
-    service.set_member(solo, "group", group, uid(world.users["outsider"]), 50)
-    service.set_member(world.admin, "group", group, uid(solo), 40)
-    assert levels(service, "group", group) == {"solo": 40, "outsider": 50}
+    world.runtime.members.set_member(solo, "group", group, uid(world.users["outsider"]), 50)
+    world.runtime.members.set_member(world.admin, "group", group, uid(solo), 40)
+    assert levels(world, "group", group) == {"solo": 40, "outsider": 50}
 
 
 def test_owners_of_a_parent_group_keep_a_subgroup_owned(world: World):
-    service = world.runtime.service
     system = Actor.system("test")
     lead = new_user(world, "lead")
-    parent = service.create_group(system, name="Holding", path="holding")  # no Owner: created by a process
-    child = service.create_group(system, name="Unit", path="unit", parent_id=parent)
-    service.set_member(system, "group", child, uid(lead), 50)
+    parent = world.runtime.directory.create_group(
+        system, name="Holding", path="holding"
+    )  # no Owner: created by a process
+    child = world.runtime.directory.create_group(system, name="Unit", path="unit", parent_id=parent)
+    world.runtime.members.set_member(system, "group", child, uid(lead), 50)
     with pytest.raises(PermissionDenied):
-        service.remove_member(world.admin, "group", child, uid(lead))
-    service.set_member(system, "group", parent, uid(world.users["outsider"]), 50)
-    service.remove_member(world.admin, "group", child, uid(lead))
-    assert levels(service, "group", child) == {}
+        world.runtime.members.remove_member(world.admin, "group", child, uid(lead))
+    world.runtime.members.set_member(system, "group", parent, uid(world.users["outsider"]), 50)
+    world.runtime.members.remove_member(world.admin, "group", child, uid(lead))
+    assert levels(world, "group", child) == {}
 
 
-def race_self_demotions(service: DeployTokenService, group: int, owners: list[Actor]) -> list[str]:
+def race_self_demotions(members: MembersService, group: int, owners: list[Actor]) -> list[str]:
     """Each Owner steps down to Maintainer at the same moment, on a thread of its own."""
     start = threading.Barrier(len(owners))
     outcomes: list[str] = []
@@ -125,7 +122,7 @@ def race_self_demotions(service: DeployTokenService, group: int, owners: list[Ac
     def demote(owner: Actor) -> None:
         start.wait()
         try:
-            service.set_member(owner, "group", group, uid(owner), 40)
+            members.set_member(owner, "group", group, uid(owner), 40)
             outcome = "demoted"
         except PermissionDenied:
             outcome = "refused"
@@ -142,12 +139,13 @@ def race_self_demotions(service: DeployTokenService, group: int, owners: list[Ac
 
 def test_concurrent_demotions_of_the_last_two_owners_leave_one(world: World):
     """Each demotion alone is allowed; together they would orphan the group, so exactly one may win."""
-    service = world.runtime.service
     system = Actor.system("test")
     owners = [new_user(world, "first"), new_user(world, "second")]
     for round_number in range(5):
-        group = service.create_group(system, name=f"Pair {round_number}", path=f"pair-{round_number}")
+        group = world.runtime.directory.create_group(
+            system, name=f"Pair {round_number}", path=f"pair-{round_number}"
+        )
         for owner in owners:
-            service.set_member(system, "group", group, uid(owner), 50)
-        assert race_self_demotions(service, group, owners) == ["demoted", "refused"]
-        assert sorted(levels(service, "group", group).values()) == [40, 50]
+            world.runtime.members.set_member(system, "group", group, uid(owner), 50)
+        assert race_self_demotions(world.runtime.members, group, owners) == ["demoted", "refused"]
+        assert sorted(levels(world, "group", group).values()) == [40, 50]

@@ -1,4 +1,4 @@
-"""Crash test of the documented window (workers/notifier.py): real forking RQ workers SIGKILLed mid-send.
+"""Crash test of the documented window (deploy_tokens/expiry.py): real forking RQ workers SIGKILLed mid-send.
 
 PostgreSQL, a real Redis (db 13) and an aiosmtpd sink in this process. The sink stores each message and
 only then waits a little before its ``250``, so kills land while messages are in flight, including the
@@ -33,7 +33,6 @@ from deploy_tokens.runtime import Runtime
 from domain.clock import start_of_day
 from domain.deploy_token import due_interval
 from workers.jobs import QUEUE, RqDispatcher, run_expiry_scan
-from workers.scan import ExpiryScan
 
 from ..conftest import World, make_settings
 from .conftest_smtp import REDIS_URL, SmtpSink, job_environment, redis_db, running_sink
@@ -132,7 +131,7 @@ def spawned() -> Iterator[list[WorkerProcess]]:
 
 
 def events_of(runtime: Runtime, token_id: int) -> list[str]:
-    return [entry["event"] for entry in runtime.service.history(token_id)]
+    return [entry["event"] for entry in runtime.tokens.history(token_id)]
 
 
 def test_sigkilled_workers_lose_no_email_and_duplicate_at_most_once_per_kill(
@@ -151,7 +150,7 @@ def test_sigkilled_workers_lose_no_email_and_duplicate_at_most_once_per_kill(
     tokens: dict[int, str] = {}  # token id -> the Message-ID its email must carry
     for number in range(DUE_TOKENS):
         expires_on = today + timedelta(days=DAYS_OUT[number % len(DAYS_OUT)])
-        token_id = live_runtime.service.create_token(
+        token_id = live_runtime.tokens.create_token(
             world.admin,
             "project",
             world.project,
@@ -163,7 +162,7 @@ def test_sigkilled_workers_lose_no_email_and_duplicate_at_most_once_per_kill(
         tokens[token_id] = f"<deploy-token-expiry.{token_id}.{expires_on:%Y%m%d}.{interval}d@127.0.0.1>"
 
     queue = Queue(QUEUE, connection=redis)
-    report = ExpiryScan(live_runtime, RqDispatcher(queue, "crash-1")).run()
+    report = live_runtime.expiry_scan.run(RqDispatcher(queue, "crash-1"))
     assert len(report.dispatched) == DUE_TOKENS
     assert queue.count == DUE_TOKENS
 
@@ -218,7 +217,7 @@ def test_sigkilled_workers_lose_no_email_and_duplicate_at_most_once_per_kill(
     for token_id, message_id in tokens.items():
         events = events_of(live_runtime, token_id)
         assert events.count("Notified") == 1, (token_id, events)
-        [notified] = [e for e in live_runtime.service.history(token_id) if e["event"] == "Notified"]
+        [notified] = [e for e in live_runtime.tokens.history(token_id) if e["event"] == "Notified"]
         assert notified["changes"]["message_id"] == message_id
         reclaimed += events.count("NotificationClaimed") > 1
     received = sink.message_ids()

@@ -18,15 +18,14 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
+from deploy_tokens.expiry import ScanReport, SendOutcome
 from deploy_tokens.runtime import Runtime
 from domain.actors import Actor
 from domain.clock import FixedClock, start_of_day
-from domain.directory import EXPIRING_NOTIFICATIONS_FLAG
-from projections.notifications import due_tokens, notification_state
+from domain.instance_settings import EXPIRING_NOTIFICATIONS_FLAG
+from infrastructure.mail import SmtpMailer
+from projections.notification_queries import due_tokens, notification_state
 from workers.jobs import QUEUE, InlineDispatcher, trigger_daily_scan
-from workers.mail import SmtpMailer
-from workers.notifier import ExpiryNotifier, SendOutcome
-from workers.scan import ExpiryScan, ScanReport
 
 from ..conftest import T0, World, make_settings
 from .conftest_smtp import REDIS_URL, SmtpSink, job_environment, redis_db, reset_job_runtime, running_sink
@@ -72,7 +71,9 @@ class Scans:
     def __init__(self, world: World, clock: FixedClock, sink: SmtpSink) -> None:
         self.world = world
         self.runtime: Runtime = world.runtime
-        self.service = world.runtime.service
+        self.tokens = world.runtime.tokens
+        self.directory = world.runtime.directory
+        self.members = world.runtime.members
         self.clock = clock
         self.sink = sink
         self.outcomes: list[tuple[int, int, str]] = []
@@ -87,7 +88,7 @@ class Scans:
     ) -> int:
         kind, holder_id = holder or ("project", self.world.project)
         assert kind in ("project", "group")
-        return self.service.create_token(
+        return self.tokens.create_token(
             actor or self.world.admin,
             "project" if kind == "project" else "group",
             holder_id,
@@ -98,16 +99,16 @@ class Scans:
 
     def scan(self, runtime: Runtime | None = None) -> ScanReport:
         runtime = runtime or self.runtime
-        dispatcher = InlineDispatcher(ExpiryNotifier(runtime, SmtpMailer(self.sink.url)))
-        report = ExpiryScan(runtime, dispatcher).run()
+        dispatcher = InlineDispatcher(runtime.expiry_notifier(SmtpMailer(self.sink.url)))
+        report = runtime.expiry_scan.run(dispatcher)
         self.outcomes = dispatcher.outcomes
         return report
 
     def events(self, token_id: int) -> list[str]:
-        return [entry["event"] for entry in self.service.history(token_id)]
+        return [entry["event"] for entry in self.tokens.history(token_id)]
 
     def notified(self, token_id: int) -> list[dict[str, object]]:
-        return [e["changes"] for e in self.service.history(token_id) if e["event"] == "Notified"]
+        return [e["changes"] for e in self.tokens.history(token_id) if e["event"] == "Notified"]
 
     def still_due(self, token_id: int) -> bool:
         self.runtime.projector.catch_up()
@@ -153,8 +154,8 @@ def test_each_window_gets_its_email_and_tokens_beyond_60_days_get_none(scans: Sc
 def test_recipients_inherit_roles_from_every_ancestor_group_and_exclude_developers(scans: Scans) -> None:
     world = scans.world
     # A Developer on the deep project and a Maintainer of an unrelated group must get nothing.
-    scans.service.set_member(world.admin, "project", world.deep_project, user_id(world, "developer"), 30)
-    scans.service.set_member(world.admin, "group", world.sibling, user_id(world, "outsider"), 40)
+    scans.members.set_member(world.admin, "project", world.deep_project, user_id(world, "developer"), 30)
+    scans.members.set_member(world.admin, "group", world.sibling, user_id(world, "outsider"), 40)
     token_id = scans.token(6, holder=("project", world.deep_project))
 
     scans.scan()
@@ -181,7 +182,7 @@ def test_a_group_token_mails_the_groups_owners_only(scans: Scans) -> None:
 
 def test_a_personal_projects_token_mails_the_namespace_owner(scans: Scans) -> None:
     outsider = scans.world.users["outsider"]
-    project_id = scans.service.create_project(outsider, name="Mine")  # outsider/mine: no group, no members
+    project_id = scans.directory.create_project(outsider, name="Mine")  # outsider/mine: no group, no members
     token_id = scans.token(6, holder=("project", project_id), actor=outsider)
 
     scans.scan()
@@ -196,7 +197,7 @@ def test_a_personal_projects_token_mails_the_namespace_owner(scans: Scans) -> No
 
 def test_a_revoked_token_gets_nothing(scans: Scans) -> None:
     token_id = scans.token(6)
-    scans.service.revoke_token(scans.world.admin, "project", scans.world.project, token_id)
+    scans.tokens.revoke_token(scans.world.admin, "project", scans.world.project, token_id)
 
     report = scans.scan()
 
@@ -219,7 +220,7 @@ def test_an_expired_token_gets_no_email_and_its_expiry_is_recorded_once(scans: S
 
 def test_a_deleted_token_gets_nothing(scans: Scans) -> None:
     token_id = scans.token(6)
-    scans.service.delete_token(scans.world.admin, "project", scans.world.project, token_id)
+    scans.tokens.delete_token(scans.world.admin, "project", scans.world.project, token_id)
 
     report = scans.scan()
 
@@ -229,15 +230,15 @@ def test_a_deleted_token_gets_nothing(scans: Scans) -> None:
 
 
 def test_a_blocked_only_recipient_gets_nothing_and_the_interval_stays_open(scans: Scans) -> None:
-    world, service = scans.world, scans.service
-    solo_record = service.register_user(world.admin, username="solo", email="solo@example.com")
+    world = scans.world
+    solo_record = scans.directory.register_user(world.admin, username="solo", email="solo@example.com")
     solo = Actor.user(solo_record.user_id, solo_record.username)
     # solo is the group's Owner and the project's Maintainer; the admin has no role in either.
-    group_id = service.create_group(solo, name="Solo team", path="solo-team")
-    project_id = service.create_project(solo, name="Tool", namespace_id=group_id)
-    service.set_member(solo, "project", project_id, user_id(world, "developer"), 30)
+    group_id = scans.directory.create_group(solo, name="Solo team", path="solo-team")
+    project_id = scans.directory.create_project(solo, name="Tool", namespace_id=group_id)
+    scans.members.set_member(solo, "project", project_id, user_id(world, "developer"), 30)
     token_id = scans.token(6, holder=("project", project_id), actor=solo)
-    service.set_user_blocked(world.admin, solo_record.user_id, True)
+    scans.directory.set_user_blocked(world.admin, solo_record.user_id, True)
 
     scans.scan()
 
@@ -246,19 +247,19 @@ def test_a_blocked_only_recipient_gets_nothing_and_the_interval_stays_open(scans
     assert "Notified" not in scans.events(token_id)
     assert scans.still_due(token_id)
     # The block was the only reason: unblocked, the next scan mails solo (and still not the Developer).
-    service.set_user_blocked(world.admin, solo_record.user_id, False)
+    scans.directory.set_user_blocked(world.admin, solo_record.user_id, False)
     scans.scan()
     [mail] = scans.sink.received
     assert mail.to == ["solo@example.com"]
 
 
 def test_a_holder_without_maintainers_or_owners_gets_nothing(scans: Scans) -> None:
-    world, service = scans.world, scans.service
+    world = scans.world
     # Created by a process, which becomes no member: a group always keeps an Owner once it has one.
     setup = Actor.system("setup")
-    group_id = service.create_group(setup, name="Orphans", path="orphans")
-    project_id = service.create_project(setup, name="Lonely", namespace_id=group_id)
-    service.set_member(world.admin, "project", project_id, user_id(world, "developer"), 30)
+    group_id = scans.directory.create_group(setup, name="Orphans", path="orphans")
+    project_id = scans.directory.create_project(setup, name="Lonely", namespace_id=group_id)
+    scans.members.set_member(world.admin, "project", project_id, user_id(world, "developer"), 30)
     token_id = scans.token(6, holder=("project", project_id))
 
     scans.scan()
@@ -272,7 +273,7 @@ def test_a_holder_without_maintainers_or_owners_gets_nothing(scans: Scans) -> No
 def test_feature_flag_off_sends_nothing_but_still_records_expiries(scans: Scans) -> None:
     soon = scans.token(1)
     due = scans.token(8)
-    scans.service.set_feature(scans.world.admin, EXPIRING_NOTIFICATIONS_FLAG, False)
+    scans.directory.set_feature(scans.world.admin, EXPIRING_NOTIFICATIONS_FLAG, False)
     scans.clock.set(T0 + timedelta(days=2))  # soon has expired, due is 6 days out
 
     report = scans.scan()
@@ -282,7 +283,7 @@ def test_feature_flag_off_sends_nothing_but_still_records_expiries(scans: Scans)
     assert scans.events(soon) == ["Created", "Scoped", "Expired"]
     assert scans.events(due) == ["Created", "Scoped"]
     # Switched back on, the same token is mailed on the next run: the flag only held it back.
-    scans.service.set_feature(scans.world.admin, EXPIRING_NOTIFICATIONS_FLAG, True)
+    scans.directory.set_feature(scans.world.admin, EXPIRING_NOTIFICATIONS_FLAG, True)
     scans.scan()
     assert [r.message_id for r in scans.sink.received] == [
         expected_message_id(due, TODAY + timedelta(days=8), 7)
@@ -324,10 +325,10 @@ def test_two_concurrent_scanners_send_each_email_exactly_once(pg_runtime: Runtim
 
             def run(index: int) -> None:
                 runtime = runtimes[index]
-                dispatcher = InlineDispatcher(ExpiryNotifier(runtime, SmtpMailer(sink.url)))
+                dispatcher = InlineDispatcher(runtime.expiry_notifier(SmtpMailer(sink.url)))
                 start.wait()
                 try:
-                    ExpiryScan(runtime, dispatcher).run()
+                    runtime.expiry_scan.run(dispatcher)
                 except BaseException as error:  # surfaced below, not lost in the thread
                     errors.append(error)
                 outcomes[index] = dispatcher.outcomes
@@ -463,10 +464,9 @@ def test_rq_scan_job_and_mail_jobs_send_each_window_once_per_day(
     live_runtime: Runtime, job_env: Queue, sink: SmtpSink
 ) -> None:
     world = World(live_runtime)
-    service = live_runtime.service
     today = datetime.now(UTC).date()
     tokens = {
-        days: service.create_token(
+        days: live_runtime.tokens.create_token(
             world.admin,
             "project",
             world.project,
@@ -504,5 +504,5 @@ def test_rq_scan_job_and_mail_jobs_send_each_window_once_per_day(
     SimpleWorker([job_env], connection=job_env.connection).work(burst=True)
     assert len(sink.received) == 3
     for days, interval in expected.items():
-        notified = [e for e in service.history(tokens[days]) if e["event"] == "Notified"]
+        notified = [e for e in live_runtime.tokens.history(tokens[days]) if e["event"] == "Notified"]
         assert [e["changes"]["interval"] for e in notified] == [interval]

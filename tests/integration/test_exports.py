@@ -21,12 +21,13 @@ from ..conftest import World
 
 def _world_with_activity(runtime: Runtime) -> tuple[World, int, int]:
     world = World(runtime)
-    service = runtime.service
-    first = service.create_token(
+    first = runtime.tokens.create_token(
         world.admin, "project", world.project, name="a", scopes=["read_repository"]
     ).token
-    second = service.create_token(world.admin, "group", world.top, name="b", scopes=["read_registry"]).token
-    service.revoke_token(world.admin, "project", world.project, first.token_id)
+    second = runtime.tokens.create_token(
+        world.admin, "group", world.top, name="b", scopes=["read_registry"]
+    ).token
+    runtime.tokens.revoke_token(world.admin, "project", world.project, first.token_id)
     for number in range(7):
         token = first if number % 2 else second
         runtime.activity.record(
@@ -70,7 +71,7 @@ def test_manifest_hash_and_count_match_the_content(runtime: Runtime):
 def test_re_running_with_the_manifest_bound_gives_the_same_bytes(runtime: Runtime):
     world, _, _ = _world_with_activity(runtime)
     content, export = _run(runtime, ExportRequest("lifecycle", "jsonl"))
-    runtime.service.create_group(world.admin, name="Z", path="z")
+    runtime.directory.create_group(world.admin, name="Z", path="z")
     again, _ = _run(runtime, ExportRequest("lifecycle", "jsonl", upto=export.manifest.upto))
     assert again == content
     grown, _ = _run(runtime, ExportRequest("lifecycle", "jsonl"))
@@ -107,7 +108,7 @@ def test_time_range_is_half_open(runtime: Runtime):
 
 def test_exports_hold_no_token_values(runtime: Runtime):
     world = World(runtime)
-    value = runtime.service.create_token(
+    value = runtime.tokens.create_token(
         world.admin, "project", world.project, name="s", scopes=["read_repository"]
     ).value
     for dataset in ("lifecycle", "usage"):
@@ -167,7 +168,7 @@ def _names_in_lifecycle_csv(runtime: Runtime, names: list[str]) -> dict[str, str
     """Each token name as its ``deploy_token_created`` row's ``target_name`` cell, by the name it was given."""
     world = World(runtime)
     ids = {
-        runtime.service.create_token(
+        runtime.tokens.create_token(
             world.admin, "project", world.project, name=name, scopes=["read_repository"]
         ).token.token_id: name
         for name in names
@@ -234,7 +235,7 @@ def test_numbers_booleans_and_timestamps_are_written_as_they_are(runtime: Runtim
 
 def test_jsonl_holds_the_value_the_csv_neutralises(runtime: Runtime):
     world = World(runtime)
-    token_id = runtime.service.create_token(
+    token_id = runtime.tokens.create_token(
         world.admin, "project", world.project, name=HYPERLINK, scopes=["read_repository"]
     ).token.token_id
     as_csv, _ = _run(runtime, ExportRequest("lifecycle", "csv", token_id=token_id))
@@ -247,7 +248,7 @@ def test_jsonl_holds_the_value_the_csv_neutralises(runtime: Runtime):
 
 def test_the_cli_manifest_covers_the_csv_bytes_as_written(runtime: Runtime, tmp_path: Path):
     world = World(runtime)
-    runtime.service.create_token(world.admin, "project", world.project, name=DDE, scopes=["read_repository"])
+    runtime.tokens.create_token(world.admin, "project", world.project, name=DDE, scopes=["read_repository"])
     output = tmp_path / "lifecycle.csv"
     args = build_parser().parse_args(
         ["export", "--dataset", "lifecycle", "--format", "csv", "--output", str(output)]
@@ -262,7 +263,7 @@ def test_the_cli_manifest_covers_the_csv_bytes_as_written(runtime: Runtime, tmp_
 
 def test_the_audit_api_csv_export_is_neutralised(runtime: Runtime):
     world = World(runtime)
-    runtime.service.create_token(
+    runtime.tokens.create_token(
         world.admin, "project", world.project, name=HYPERLINK, scopes=["read_repository"]
     )
     client = create_app(runtime).test_client()

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from deploy_tokens.expiry_mail import ExpiryNotice, Recipient, compose
 from deploy_tokens.runtime import Runtime
 from infrastructure.activity import ActivityEvent, activity_rows
+from infrastructure.mail import mailer_from_url
 from infrastructure.settings import Settings
-from workers.mail import ExpiryNotice, Recipient, compose, mailer_from_url
 
 
 @pytest.fixture(params=[0o022, 0o000], ids=["umask022", "umask000"])
@@ -59,7 +60,7 @@ def use_the_service(data_dir: Path) -> Iterator[Path]:
     while the database is still open (so that its -wal and -shm files exist)."""
     settings = Settings.from_env({"DEPLOY_TOKENS_DATA_DIR": str(data_dir)})
     with Runtime.open(settings) as runtime:
-        runtime.service.bootstrap_admin(username="root", email="root@example.com")
+        runtime.directory.bootstrap_admin(username="root", email="root@example.com")
         runtime.activity.record(
             ActivityEvent(
                 datetime.now(UTC), 1, None, "check", "api", None, None, True, "allowed", 200, None, None

@@ -13,35 +13,36 @@ from ..conftest import World
 
 
 def _issue_everything(world: World) -> list[str]:
-    service = world.runtime.service
     secrets = [world.admin_token]
     secrets.append(
-        service.create_token(
+        world.runtime.tokens.create_token(
             world.admin, "project", world.project, name="p", scopes=["read_repository"]
         ).value
     )
     secrets.append(
-        service.create_token(world.admin, "group", world.top, name="g", scopes=["read_registry"]).value
+        world.runtime.tokens.create_token(
+            world.admin, "group", world.top, name="g", scopes=["read_registry"]
+        ).value
     )
-    ci = service.create_token(
+    ci = world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="gitlab-deploy-token", scopes=["read_repository"]
     )
     secrets.append(ci.value)
-    rotated = service.create_token(
+    rotated = world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="r", scopes=["read_repository"]
     )
     secrets.append(rotated.value)
     secrets.append(
-        service.rotate_token(
+        world.runtime.tokens.rotate_token(
             world.admin, "project", world.project, rotated.token.token_id, grace=timedelta(hours=1)
         ).value
     )
     secrets.append(
-        service.create_personal_access_token(
+        world.runtime.directory.create_personal_access_token(
             world.admin, world.users["owner"].user_id, name="x", scopes=["api"]
         ).value
     )
-    service.revoke_token(world.admin, "project", world.project, rotated.token.token_id)
+    world.runtime.tokens.revoke_token(world.admin, "project", world.project, rotated.token.token_id)
     return secrets
 
 
@@ -70,7 +71,7 @@ def test_no_secret_in_database_files_or_logs(world: World, caplog: pytest.LogCap
     caplog.set_level(logging.DEBUG)
     secrets = _issue_everything(world)
     runtime = world.runtime
-    assert world.runtime.service.ci_variables(world.project) is not None  # the vault works: ciphertext only
+    assert world.runtime.tokens.ci_variables(world.project) is not None  # the vault works: ciphertext only
     files = [path for path in Path(runtime.settings.data_dir).rglob("*") if path.is_file()]
     if runtime.settings.database.dialect == "sqlite":
         assert any(path.name.startswith("deploy-tokens.sqlite3") for path in files)

@@ -13,13 +13,8 @@ from domain.actors import Actor
 from domain.clock import FixedClock, start_of_day
 from domain.deploy_token import DeployToken, deploy_token_uuid, due_interval
 from projections.base import Projector
-from projections.notifications import (
-    TABLE,
-    DueToken,
-    ExpiryNotifications,
-    due_tokens,
-    notification_state,
-)
+from projections.notification_queries import due_tokens, notification_state
+from projections.notifications import TABLE, DueToken, ExpiryNotifications
 
 from ..conftest import T0, World
 
@@ -33,7 +28,7 @@ class Scan:
     def __init__(self, world: World, clock: FixedClock) -> None:
         self.world = world
         self.runtime: Runtime = world.runtime
-        self.service = world.runtime.service
+        self.tokens = world.runtime.tokens
         self.clock = clock
         self.projector = Projector(self.runtime.store, self.runtime.db, [ExpiryNotifications()])
         self.projector.setup()
@@ -41,7 +36,7 @@ class Scan:
 
     def token(self, expires_at: date | datetime | None, *, name: str = "t", holder: str = "project") -> int:
         holder_id = self.world.project if holder == "project" else self.world.top
-        return self.service.create_token(
+        return self.tokens.create_token(
             self.world.admin,
             "project" if holder == "project" else "group",
             holder_id,
@@ -54,7 +49,7 @@ class Scan:
         return self.token(TODAY + timedelta(days=days), name=f"{days}-days")
 
     def notify(self, token_id: int, interval: int) -> None:
-        assert self.service.record_notification(
+        assert self.tokens.record_notification(
             token_id, interval, message_id=f"<{token_id}.{interval}@test>", recipients=["owner@example.com"]
         )
 
@@ -175,7 +170,7 @@ def test_a_recorded_expiry_is_never_due_again(scan: Scan, clock: FixedClock):
     token_id = scan.days_out(6)
     clock.set(start_of_day(TODAY + timedelta(days=6)))
     assert token_id in scan.due_ids()  # expired, Expired not yet recorded (R19)
-    assert scan.service.record_expiry(token_id)
+    assert scan.tokens.record_expiry(token_id)
     assert scan.due_ids() == set()
     assert scan.due_ids(datetime(2999, 1, 1, tzinfo=UTC)) == set()
     state = scan.state(token_id)
@@ -185,7 +180,7 @@ def test_a_recorded_expiry_is_never_due_again(scan: Scan, clock: FixedClock):
 @pytest.mark.parametrize("action", ["revoke", "delete"])
 def test_revoked_and_deleted_tokens_are_never_due(scan: Scan, action: str):
     token_id = scan.days_out(6)
-    command = scan.service.revoke_token if action == "revoke" else scan.service.delete_token
+    command = scan.tokens.revoke_token if action == "revoke" else scan.tokens.delete_token
     command(scan.world.admin, "project", scan.world.project, token_id)
     assert scan.due_ids() == set()
     assert scan.due_ids(datetime(2999, 1, 1, tzinfo=UTC)) == set()
@@ -196,7 +191,7 @@ def test_revoked_and_deleted_tokens_are_never_due(scan: Scan, action: str):
 
 def test_a_notification_recorded_after_revocation_does_not_make_the_token_due(scan: Scan):
     token_id = scan.days_out(45)
-    scan.service.revoke_token(scan.world.admin, "project", scan.world.project, token_id)
+    scan.tokens.revoke_token(scan.world.admin, "project", scan.world.project, token_id)
     scan.notify(token_id, 60)  # a sender that claimed before the revocation finishes afterwards
     assert scan.due_ids(datetime(2999, 1, 1, tzinfo=UTC)) == set()
 
@@ -205,7 +200,7 @@ def test_claims_are_visible_while_the_token_stays_due_and_end_with_the_notificat
     scan: Scan, clock: FixedClock
 ):
     token_id = scan.days_out(6)
-    assert scan.service.claim_notification(token_id, 7, message_id="<m@test>", lease=timedelta(minutes=10))
+    assert scan.tokens.claim_notification(token_id, 7, message_id="<m@test>", lease=timedelta(minutes=10))
     [claimed] = scan.due()
     assert claimed.claims == {7: clock.now() + timedelta(minutes=10)}
     scan.notify(token_id, 7)
@@ -216,15 +211,15 @@ def test_claims_are_visible_while_the_token_stays_due_and_end_with_the_notificat
 
 def test_a_failed_send_releases_the_claim_and_the_token_stays_due(scan: Scan):
     token_id = scan.days_out(6)
-    assert scan.service.claim_notification(token_id, 7, message_id="<m@test>", lease=timedelta(minutes=10))
-    assert scan.service.release_notification(token_id, 7, message_id="<m@test>", error="550 refused")
+    assert scan.tokens.claim_notification(token_id, 7, message_id="<m@test>", lease=timedelta(minutes=10))
+    assert scan.tokens.release_notification(token_id, 7, message_id="<m@test>", error="550 refused")
     [retry] = scan.due()
     assert (retry.token_id, retry.claims, retry.notified) == (token_id, {}, frozenset())
 
 
 def test_recording_the_intent_to_send_leaves_the_token_due_until_notified(scan: Scan):
     token_id = scan.days_out(6)
-    assert scan.service.mark_notification_due(token_id, 7)
+    assert scan.tokens.mark_notification_due(token_id, 7)
     assert token_id in scan.due_ids()
 
 
@@ -247,7 +242,7 @@ def test_paging_returns_each_due_token_once_while_rows_change_underneath(scan: S
                 assert interval is not None
                 scan.notify(token.token_id, interval)  # handled: its next_due_at moves past now
         if len(seen) == 3:
-            scan.service.revoke_token(scan.world.admin, "project", scan.world.project, revoked_mid_pass)
+            scan.tokens.revoke_token(scan.world.admin, "project", scan.world.project, revoked_mid_pass)
             due.append(scan.days_out(6))  # created mid-pass, already inside its window
         after = page[-1].token_id
     assert seen == [token_id for token_id in due if token_id != revoked_mid_pass]
@@ -303,7 +298,7 @@ def test_a_scan_driven_by_the_due_set_does_what_a_full_scan_would(scan: Scan, cl
         assert _all_due_ids(scan, now) == set(work)
         for token_id, interval in work.items():
             if interval is None:
-                assert scan.service.record_expiry(token_id)
+                assert scan.tokens.record_expiry(token_id)
             else:
                 scan.notify(token_id, interval)
                 sent[token_id].append(interval)
@@ -337,11 +332,11 @@ def test_rebuild_from_scratch_yields_identical_rows(scan: Scan, clock: FixedCloc
     scan.token(None)
     scan.token(TODAY + timedelta(days=90), holder="group")
     scan.notify(notified, 60)
-    scan.service.claim_notification(claimed, 7, message_id="<c@test>", lease=timedelta(minutes=5))
-    scan.service.revoke_token(scan.world.admin, "project", scan.world.project, revoked)
-    scan.service.delete_token(scan.world.admin, "project", scan.world.project, deleted)
+    scan.tokens.claim_notification(claimed, 7, message_id="<c@test>", lease=timedelta(minutes=5))
+    scan.tokens.revoke_token(scan.world.admin, "project", scan.world.project, revoked)
+    scan.tokens.delete_token(scan.world.admin, "project", scan.world.project, deleted)
     clock.set(start_of_day(TODAY + timedelta(days=1)))
-    scan.service.record_expiry(expired)
+    scan.tokens.record_expiry(expired)
     scan.projector.catch_up()
     before = scan.rows()
     assert len(before) == 6

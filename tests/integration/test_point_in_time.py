@@ -22,7 +22,7 @@ def _timeline(runtime: Runtime) -> tuple[World, int]:
     clock = runtime.clock
     world = World(runtime)
     clock.set(T0 + timedelta(hours=1))  # type: ignore[attr-defined]
-    token_id = runtime.service.create_token(
+    token_id = runtime.tokens.create_token(
         world.users["maintainer"],
         "project",
         world.project,
@@ -34,7 +34,7 @@ def _timeline(runtime: Runtime) -> tuple[World, int]:
     token.narrow_scopes(["read_registry"], actor=Actor.system("test"), now=clock.now())
     runtime.store.save(token)
     clock.set(T0 + timedelta(hours=3))  # type: ignore[attr-defined]
-    runtime.service.revoke_token(world.admin, "project", world.project, token_id)
+    runtime.tokens.revoke_token(world.admin, "project", world.project, token_id)
     return world, token_id
 
 
@@ -80,7 +80,7 @@ def test_who_could_pull_until_the_revocation(runtime: Runtime):
 def test_group_tokens_count_for_projects_below_them(runtime: Runtime):
     world = World(runtime)
     runtime.clock.set(T0 + timedelta(hours=1))  # type: ignore[attr-defined]
-    token_id = runtime.service.create_token(
+    token_id = runtime.tokens.create_token(
         world.admin, "group", world.top, name="g", scopes=["read_repository"]
     ).token.token_id
     answers = who_could(

@@ -10,7 +10,7 @@ from ..conftest import World
 
 
 def test_project_maintainer_creates_a_project_token(world: World):
-    issued = world.runtime.service.create_token(
+    issued = world.runtime.tokens.create_token(
         world.users["maintainer"], "project", world.project, name="deploy", scopes=["read_repository"]
     )
     assert issued.token.holder_kind == "project"
@@ -20,20 +20,20 @@ def test_project_maintainer_creates_a_project_token(world: World):
 @pytest.mark.parametrize("role", ["developer", "reporter", "guest"])
 def test_below_maintainer_cannot_create_a_project_token(world: World, role: str):
     with pytest.raises(PermissionDenied):
-        world.runtime.service.create_token(
+        world.runtime.tokens.create_token(
             world.users[role], "project", world.project, name="x", scopes=["read_repository"]
         )
 
 
 def test_a_stranger_does_not_even_see_the_project(world: World):
     with pytest.raises(NotFound):
-        world.runtime.service.create_token(
+        world.runtime.tokens.create_token(
             world.users["outsider"], "project", world.project, name="x", scopes=["read_repository"]
         )
 
 
 def test_group_owner_creates_a_group_token(world: World):
-    issued = world.runtime.service.create_token(
+    issued = world.runtime.tokens.create_token(
         world.users["owner"], "group", world.top, name="g", scopes=["read_registry"]
     )
     assert issued.token.holder_kind == "group"
@@ -41,84 +41,91 @@ def test_group_owner_creates_a_group_token(world: World):
 
 def test_group_maintainer_cannot_create_a_group_token(world: World):
     with pytest.raises(PermissionDenied):
-        world.runtime.service.create_token(
+        world.runtime.tokens.create_token(
             world.users["group_maintainer"], "group", world.top, name="g", scopes=["read_registry"]
         )
 
 
 def test_group_maintainer_may_read_group_tokens(world: World):
-    world.runtime.service.check_token_reader(world.users["group_maintainer"], "group", world.top)
+    world.runtime.tokens.check_token_reader(world.users["group_maintainer"], "group", world.top)
 
 
 def test_group_roles_are_inherited_by_subgroups_and_their_projects(world: World):
-    service = world.runtime.service
-    service.create_token(world.users["owner"], "group", world.subsub, name="g", scopes=["read_registry"])
-    service.create_token(
+    world.runtime.tokens.create_token(
+        world.users["owner"], "group", world.subsub, name="g", scopes=["read_registry"]
+    )
+    world.runtime.tokens.create_token(
         world.users["owner"], "project", world.deep_project, name="p", scopes=["read_registry"]
     )
 
 
 def test_group_owner_has_no_rights_on_a_sibling_group(world: World):
     with pytest.raises(NotFound):
-        world.runtime.service.create_token(
+        world.runtime.tokens.create_token(
             world.users["owner"], "group", world.sibling, name="g", scopes=["read_registry"]
         )
 
 
 def test_revoke_needs_the_same_role_as_create(world: World):
-    service = world.runtime.service
-    issued = service.create_token(world.admin, "group", world.top, name="g", scopes=["read_registry"])
+    issued = world.runtime.tokens.create_token(
+        world.admin, "group", world.top, name="g", scopes=["read_registry"]
+    )
     with pytest.raises(PermissionDenied):
-        service.revoke_token(world.users["group_maintainer"], "group", world.top, issued.token.token_id)
-    assert service.revoke_token(world.users["owner"], "group", world.top, issued.token.token_id).revoked
+        world.runtime.tokens.revoke_token(
+            world.users["group_maintainer"], "group", world.top, issued.token.token_id
+        )
+    assert world.runtime.tokens.revoke_token(
+        world.users["owner"], "group", world.top, issued.token.token_id
+    ).revoked
 
 
 def test_revoking_twice_is_harmless_and_records_one_event(world: World):
-    service = world.runtime.service
-    token_id = service.create_token(
+    token_id = world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="t", scopes=["read_repository"]
     ).token.token_id
-    service.revoke_token(world.admin, "project", world.project, token_id)
-    service.revoke_token(world.admin, "project", world.project, token_id)
-    assert [entry["event"] for entry in service.history(token_id)] == ["Created", "Scoped", "Revoked"]
+    world.runtime.tokens.revoke_token(world.admin, "project", world.project, token_id)
+    world.runtime.tokens.revoke_token(world.admin, "project", world.project, token_id)
+    assert [entry["event"] for entry in world.runtime.tokens.history(token_id)] == [
+        "Created",
+        "Scoped",
+        "Revoked",
+    ]
 
 
 def test_another_holders_token_id_is_not_found(world: World):
-    service = world.runtime.service
-    token_id = service.create_token(
+    token_id = world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="t", scopes=["read_repository"]
     ).token.token_id
     with pytest.raises(NotFound):
-        service.revoke_token(world.admin, "project", world.deep_project, token_id)
+        world.runtime.tokens.revoke_token(world.admin, "project", world.deep_project, token_id)
     with pytest.raises(NotFound):
-        service.token_of(world.admin, "group", world.top, token_id)
+        world.runtime.tokens.token_of(world.admin, "group", world.top, token_id)
 
 
 def test_deleted_tokens_vanish_from_lists_but_keep_their_history(world: World):
-    service, read = world.runtime.service, world.runtime.read
-    token_id = service.create_token(
+    read = world.runtime.read
+    token_id = world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="t", scopes=["read_repository"]
     ).token.token_id
-    service.delete_token(world.admin, "project", world.project, token_id)
+    world.runtime.tokens.delete_token(world.admin, "project", world.project, token_id)
     page = read.tokens(
         holder_kind="project", holder_id=world.project, active_only=False, now=world.runtime.clock.now()
     )
     assert token_id not in [record.token_id for record in page.items]
     with pytest.raises(NotFound):
-        service.delete_token(world.admin, "project", world.project, token_id)
-    assert service.history(token_id)[-1]["event"] == "Deleted"
+        world.runtime.tokens.delete_token(world.admin, "project", world.project, token_id)
+    assert world.runtime.tokens.history(token_id)[-1]["event"] == "Deleted"
 
 
 def test_active_filter_drops_revoked_and_expired_tokens(world: World):
     runtime = world.runtime
-    service = runtime.service
-    keep = service.create_token(
+    keep = runtime.tokens.create_token(
         world.admin, "project", world.project, name="keep", scopes=["read_repository"]
     )
-    gone = service.create_token(
+    gone = runtime.tokens.create_token(
         world.admin, "project", world.project, name="gone", scopes=["read_repository"]
     )
-    soon = service.create_token(
+    soon = runtime.tokens.create_token(
         world.admin,
         "project",
         world.project,
@@ -126,7 +133,7 @@ def test_active_filter_drops_revoked_and_expired_tokens(world: World):
         scopes=["read_repository"],
         expires_at=runtime.clock.now() + timedelta(days=1),
     )
-    service.revoke_token(world.admin, "project", world.project, gone.token.token_id)
+    runtime.tokens.revoke_token(world.admin, "project", world.project, gone.token.token_id)
     later = runtime.clock.now() + timedelta(days=2)
     active = runtime.read.tokens(holder_kind="project", holder_id=world.project, active_only=True, now=later)
     everything = runtime.read.tokens(
@@ -141,9 +148,8 @@ def test_active_filter_drops_revoked_and_expired_tokens(world: World):
 
 
 def test_token_ids_are_sequential_integers(world: World):
-    service = world.runtime.service
     ids = [
-        service.create_token(
+        world.runtime.tokens.create_token(
             world.admin, "project", world.project, name=f"t{i}", scopes=["read_repository"]
         ).token.token_id
         for i in range(5)
@@ -155,12 +161,12 @@ def test_validation_errors_write_nothing(world: World):
     runtime = world.runtime
     head = runtime.store.head()
     with pytest.raises(ValidationError):
-        runtime.service.create_token(world.admin, "project", world.project, name="", scopes=["nope"])
+        runtime.tokens.create_token(world.admin, "project", world.project, name="", scopes=["nope"])
     assert runtime.store.head() == head
 
 
 def test_expiry_date_is_stored_as_midnight_utc(world: World):
-    issued = world.runtime.service.create_token(
+    issued = world.runtime.tokens.create_token(
         world.admin,
         "project",
         world.project,
@@ -174,8 +180,7 @@ def test_expiry_date_is_stored_as_midnight_utc(world: World):
 
 def test_record_expiry_only_after_the_instant(world: World):
     runtime = world.runtime
-    service = runtime.service
-    token_id = service.create_token(
+    token_id = runtime.tokens.create_token(
         world.admin,
         "project",
         world.project,
@@ -183,49 +188,45 @@ def test_record_expiry_only_after_the_instant(world: World):
         scopes=["read_repository"],
         expires_at=date(2026, 2, 1),
     ).token.token_id
-    assert not service.record_expiry(token_id)
+    assert not runtime.tokens.record_expiry(token_id)
     runtime.clock.set(runtime.clock.now().replace(year=2026, month=2, day=1, hour=0, minute=0))  # type: ignore[attr-defined]
-    assert service.record_expiry(token_id)
-    assert not service.record_expiry(token_id)
-    assert [e["event"] for e in service.history(token_id)][-1] == "Expired"
+    assert runtime.tokens.record_expiry(token_id)
+    assert not runtime.tokens.record_expiry(token_id)
+    assert [e["event"] for e in runtime.tokens.history(token_id)][-1] == "Expired"
 
 
 def test_ci_variables_come_from_the_projects_own_gitlab_deploy_token(world: World):
-    service = world.runtime.service
-    issued = service.create_token(
+    issued = world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="gitlab-deploy-token", scopes=["read_repository"]
     )
-    assert service.ci_variables(world.project) == (issued.token.username, issued.value)
+    assert world.runtime.tokens.ci_variables(world.project) == (issued.token.username, issued.value)
 
 
 def test_group_ci_token_reaches_only_direct_child_projects(world: World):
-    service = world.runtime.service
-    issued = service.create_token(
+    issued = world.runtime.tokens.create_token(
         world.admin, "group", world.top, name="gitlab-deploy-token", scopes=["read_registry"]
     )
-    assert service.ci_variables(world.project) == (issued.token.username, issued.value)
-    assert service.ci_variables(world.deep_project) is None
+    assert world.runtime.tokens.ci_variables(world.project) == (issued.token.username, issued.value)
+    assert world.runtime.tokens.ci_variables(world.deep_project) is None
 
 
 def test_ci_token_value_is_destroyed_on_revoke(world: World):
-    service = world.runtime.service
-    issued = service.create_token(
+    issued = world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="gitlab-deploy-token", scopes=["read_repository"]
     )
-    service.revoke_token(world.admin, "project", world.project, issued.token.token_id)
-    assert service.ci_variables(world.project) is None
+    world.runtime.tokens.revoke_token(world.admin, "project", world.project, issued.token.token_id)
+    assert world.runtime.tokens.ci_variables(world.project) is None
     assert world.runtime.vault.get(issued.token.token_id) is None
 
 
 def test_ci_token_value_is_destroyed_on_delete_and_on_expiry(world: World):
     runtime = world.runtime
-    service = runtime.service
-    deleted = service.create_token(
+    deleted = runtime.tokens.create_token(
         world.admin, "project", world.project, name="gitlab-deploy-token", scopes=["read_repository"]
     )
-    service.delete_token(world.admin, "project", world.project, deleted.token.token_id)
+    runtime.tokens.delete_token(world.admin, "project", world.project, deleted.token.token_id)
     assert runtime.vault.get(deleted.token.token_id) is None
-    expiring = service.create_token(
+    expiring = runtime.tokens.create_token(
         world.admin,
         "project",
         world.project,
@@ -234,58 +235,56 @@ def test_ci_token_value_is_destroyed_on_delete_and_on_expiry(world: World):
         expires_at=runtime.clock.now() + timedelta(days=1),
     )
     runtime.clock.set(runtime.clock.now() + timedelta(days=1))  # type: ignore[attr-defined]
-    assert service.record_expiry(expiring.token.token_id)
+    assert runtime.tokens.record_expiry(expiring.token.token_id)
     assert runtime.vault.get(expiring.token.token_id) is None
 
 
 def test_blocked_users_cannot_authenticate(world: World):
-    service = world.runtime.service
-    issued = service.create_personal_access_token(
+    issued = world.runtime.directory.create_personal_access_token(
         world.admin, world.users["developer"].user_id, name="p", scopes=["api"]
     )
-    assert service.authenticate(issued.value).user.username == "developer"
-    service.set_user_blocked(world.admin, world.users["developer"].user_id, True)
+    assert world.runtime.access.authenticate(issued.value).user.username == "developer"
+    world.runtime.directory.set_user_blocked(world.admin, world.users["developer"].user_id, True)
     with pytest.raises(Unauthenticated):
-        service.authenticate(issued.value)
+        world.runtime.access.authenticate(issued.value)
 
 
 def test_deploy_tokens_never_authenticate_the_management_api(world: World):
-    service = world.runtime.service
-    issued = service.create_token(world.admin, "project", world.project, name="t", scopes=["read_repository"])
+    issued = world.runtime.tokens.create_token(
+        world.admin, "project", world.project, name="t", scopes=["read_repository"]
+    )
     with pytest.raises(Unauthenticated):
-        service.authenticate(issued.value)
+        world.runtime.access.authenticate(issued.value)
 
 
 def test_only_admins_create_users(world: World):
     with pytest.raises(PermissionDenied):
-        world.runtime.service.register_user(world.users["owner"], username="eve", email="eve@example.com")
+        world.runtime.directory.register_user(world.users["owner"], username="eve", email="eve@example.com")
 
 
 def test_usernames_and_paths_are_unique_case_insensitively(world: World):
-    service = world.runtime.service
     with pytest.raises(ValidationError):
-        service.register_user(world.admin, username="ROOT", email="r2@example.com")
+        world.runtime.directory.register_user(world.admin, username="ROOT", email="r2@example.com")
     with pytest.raises(ValidationError):
-        service.create_group(world.admin, name="dup", path="ACME")
+        world.runtime.directory.create_group(world.admin, name="dup", path="ACME")
 
 
 def test_bootstrap_refuses_a_second_admin(world: World):
     from domain.errors import Conflict
 
     with pytest.raises(Conflict):
-        world.runtime.service.bootstrap_admin(username="root2", email="r2@example.com")
+        world.runtime.directory.bootstrap_admin(username="root2", email="r2@example.com")
 
 
 def test_history_has_version_time_actor_and_changes(world: World):
-    service = world.runtime.service
-    token_id = service.create_token(
+    token_id = world.runtime.tokens.create_token(
         world.admin.with_address("198.51.100.7"),
         "project",
         world.project,
         name="t",
         scopes=["read_repository"],
     ).token.token_id
-    first = service.history(token_id)[0]
+    first = world.runtime.tokens.history(token_id)[0]
     assert first["version"] == 1
     assert first["actor"]["username"] == "root"
     assert first["actor"]["address"] == "198.51.100.7"
@@ -294,8 +293,8 @@ def test_history_has_version_time_actor_and_changes(world: World):
 
 
 def test_projects_created_later_appear_under_their_group(world: World):
-    service, read = world.runtime.service, world.runtime.read
-    project_id = service.create_project(world.admin, name="Later", namespace_id=world.sub)
+    read = world.runtime.read
+    project_id = world.runtime.directory.create_project(world.admin, name="Later", namespace_id=world.sub)
     project = read.project(project_id)
     assert project is not None
     assert project.full_path == "acme/backend/later"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import psycopg
 
 from deploy_tokens.runtime import Runtime
-from projections.chain import chain_head, verify
+from projections.chain_queries import chain_head, verify
 
 from ..conftest import World
 
@@ -17,7 +17,7 @@ from ..conftest import World
 def _prepared(runtime: Runtime) -> list[int]:
     world = World(runtime)
     for number in range(5):
-        runtime.service.create_token(
+        runtime.tokens.create_token(
             world.admin, "project", world.project, name=f"t{number}", scopes=["read_repository"]
         )
     runtime.projector.catch_up()
@@ -122,7 +122,7 @@ def test_a_forged_checkpoint_is_found(runtime: Runtime):
 
 
 def test_an_exported_log_verifies_offline_against_its_head(runtime: Runtime):
-    from projections.chain import log_lines, verify_log_lines
+    from projections.chain_queries import log_lines, verify_log_lines
 
     _prepared(runtime)
     head = chain_head(runtime.db, runtime.keys.chain_key)

@@ -34,7 +34,7 @@ def personal_access_token(world: World, role: str, scopes: Iterable[str] = ("api
         return world.admin_token
     user_id = world.users[role].user_id
     assert user_id is not None
-    issued = world.runtime.service.create_personal_access_token(
+    issued = world.runtime.directory.create_personal_access_token(
         world.admin, user_id, name="ui", scopes=list(scopes)
     )
     return issued.value

@@ -254,9 +254,8 @@ def create_revoke_flow(
 def test_project_maintainer_creates_reads_once_and_revokes_in_the_browser(
     new_page: Any, live_server: str, live_app: Flask, world: World
 ) -> None:
-    service = world.runtime.service
     # Neighbours for the screenshots: one token close to expiry, one that never expires, one revoked.
-    service.create_token(
+    world.runtime.tokens.create_token(
         world.admin,
         "project",
         world.project,
@@ -264,13 +263,13 @@ def test_project_maintainer_creates_reads_once_and_revokes_in_the_browser(
         scopes=["read_registry"],
         expires_at=(T0 + timedelta(days=5)).date(),
     )
-    service.create_token(
+    world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="release-bot", scopes=["read_package_registry"]
     )
-    old = service.create_token(
+    old = world.runtime.tokens.create_token(
         world.admin, "project", world.project, name="old-ci", scopes=["read_repository"]
     )
-    service.revoke_token(world.admin, "project", world.project, old.token.token_id)
+    world.runtime.tokens.revoke_token(world.admin, "project", world.project, old.token.token_id)
 
     page = new_page(permissions=["clipboard-read", "clipboard-write"])
     sign_in(page, live_server, personal_access_token(world, "maintainer"))

@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 from flask import Flask
 
+from deploy_tokens.expiry import NoticeContext
 from deploy_tokens.runtime import Runtime
 from domain.clock import FixedClock
-from workers.notifier import NoticeContext
 
 from ..conftest import T0, World
 from .conftest import GROUP_SETTINGS, PROJECT_SETTINGS, WebClient, csrf_of, personal_access_token
@@ -125,7 +125,6 @@ def test_sign_out_ends_the_session_on_the_server(web: WebClient, world: World):
 def test_sessions_end_with_their_token_and_after_their_lifetime(
     web: WebClient, world: World, clock: FixedClock
 ):
-    service = world.runtime.service
     web.sign_in(personal_access_token(world, "maintainer"))
     assert web.get(PROJECT_SETTINGS).status_code == 200
     clock.set(T0 + timedelta(hours=8, seconds=1))
@@ -136,7 +135,7 @@ def test_sessions_end_with_their_token_and_after_their_lifetime(
     assert web.get(PROJECT_SETTINGS).status_code == 200
     maintainer_id = world.users["maintainer"].user_id
     assert maintainer_id is not None
-    service.set_user_blocked(world.admin, maintainer_id, True)
+    world.runtime.directory.set_user_blocked(world.admin, maintainer_id, True)
     assert web.get(PROJECT_SETTINGS).status_code == 302
 
 
@@ -191,7 +190,7 @@ def test_every_form_needs_the_session_csrf_token(web: WebClient, world: World, a
     assert response.status_code == 403
     assert count_tokens(runtime) == 0
 
-    issued = runtime.service.create_token(
+    issued = runtime.tokens.create_token(
         world.admin, "project", world.project, name="keep", scopes=["read_repository"]
     )
     revoke_url = f"/acme/api/-/deploy_tokens/{issued.token.token_id}/revoke"
@@ -387,9 +386,8 @@ def test_the_form_explains_its_fields(signed_in: SignIn, world: World):
 
 
 def test_expiry_warnings_have_words_not_only_colour(signed_in: SignIn, world: World):
-    service = world.runtime.service
     for name, days in (("soon", 5), ("month", 20), ("quarter", 50), ("later", 90)):
-        service.create_token(
+        world.runtime.tokens.create_token(
             world.admin,
             "project",
             world.project,
@@ -397,7 +395,9 @@ def test_expiry_warnings_have_words_not_only_colour(signed_in: SignIn, world: Wo
             scopes=["read_repository"],
             expires_at=(T0 + timedelta(days=days)).date(),
         )
-    service.create_token(world.admin, "project", world.project, name="forever", scopes=["read_repository"])
+    world.runtime.tokens.create_token(
+        world.admin, "project", world.project, name="forever", scopes=["read_repository"]
+    )
     table = active_table(signed_in("maintainer").get(PROJECT_SETTINGS).text)
     rows = {
         re.search(r'<th scope="row">([^<]+)</th>', row).group(1): row  # type: ignore[union-attr]
@@ -410,7 +410,7 @@ def test_expiry_warnings_have_words_not_only_colour(signed_in: SignIn, world: Wo
     assert "(in 90 days)" in rows["later"] and "Expires within" not in rows["later"]
     assert "Never" in rows["forever"] and "Expires within" not in rows["forever"]
 
-    revoked = service.create_token(
+    revoked = world.runtime.tokens.create_token(
         world.admin,
         "project",
         world.project,
@@ -418,14 +418,14 @@ def test_expiry_warnings_have_words_not_only_colour(signed_in: SignIn, world: Wo
         scopes=["read_repository"],
         expires_at=(T0 + timedelta(days=3)).date(),
     )
-    service.revoke_token(world.admin, "project", world.project, revoked.token.token_id)
+    world.runtime.tokens.revoke_token(world.admin, "project", world.project, revoked.token.token_id)
     web = signed_in("maintainer")
     history = web.get(f"/acme/api/-/deploy_tokens/{revoked.token.token_id}/history").text
     assert "(in 3 days)" in history and "Expires within" not in history  # no warning once revoked
 
 
 def test_expired_tokens_leave_the_active_list(signed_in: SignIn, world: World, clock: FixedClock):
-    world.runtime.service.create_token(
+    world.runtime.tokens.create_token(
         world.admin,
         "project",
         world.project,
@@ -447,7 +447,7 @@ def test_expired_tokens_leave_the_active_list(signed_in: SignIn, world: World, c
 
 def test_a_developer_sees_no_page_and_cannot_post(signed_in: SignIn, world: World):
     runtime = world.runtime
-    runtime.service.create_token(
+    runtime.tokens.create_token(
         world.admin, "project", world.project, name="secret-token-name", scopes=["read_repository"]
     )
     web = signed_in("developer")
@@ -512,7 +512,7 @@ def test_the_group_owner_manages_group_tokens(signed_in: SignIn, world: World):
     assert page.status_code == 200
     assert "of every project in this group and its subgroups" in page.text
     assert "it is currently <strong>enabled</strong>" in page.text  # the dependency proxy note
-    world.runtime.service.set_dependency_proxy(world.admin, world.top, False)
+    world.runtime.directory.set_dependency_proxy(world.admin, world.top, False)
     assert "it is currently <strong>disabled</strong>" in web.get(GROUP_SETTINGS).text
     html = create(web, GROUP_CREATE, name="group-puller", username="puller", scopes=["read_registry"])
     shown = shown_token(html)
@@ -570,7 +570,7 @@ def test_static_assets_are_served(web: WebClient):
 def test_expiry_email_links_open_the_deploy_tokens_section(
     signed_in: SignIn, world: World, kind: str, full_path: str
 ):
-    """The links in expiry emails (workers/notifier.py) land on these pages, at the section's anchor."""
+    """The links in expiry emails (deploy_tokens/expiry.py) land on these pages, at the section's anchor."""
     link = urlsplit(NoticeContext("https://deploy.example", "x@example.com").settings_url(kind, full_path))
     assert link.fragment == "js-deploy-tokens"
     page = signed_in("owner").get(link.path)

@@ -1,5 +1,5 @@
 """The pure helpers behind the auth-check endpoints: nginx sub-request -> (action, resource), credentials,
-registry scope -> project or group, status codes, settings, and the metrics text format."""
+registry scope -> project or group, status codes, and the metrics text format."""
 
 from __future__ import annotations
 
@@ -7,21 +7,14 @@ import base64
 
 import pytest
 
-from api.auth_checks import (
-    DEFAULT_REGISTRY_ISSUER,
-    REGISTRY_ISSUER_ENV,
-    REGISTRY_TOKEN_TTL_ENV,
+from api.auth_checks.common import (
     AuthorizationHeader,
     Credentials,
-    dependency_proxy_group,
-    longest_existing_prefix,
     parse_authorization,
     presented_credentials,
-    registry_action,
-    registry_issuer,
-    registry_token_ttl,
     status_for,
 )
+from api.auth_checks.registry import dependency_proxy_group, longest_existing_prefix, registry_action
 from api.metrics import Counter, Histogram
 from api.request_mapping import (
     NOT_A_DEPLOY_TOKEN_ROUTE,
@@ -30,7 +23,6 @@ from api.request_mapping import (
     map_original_request,
     resource_from_reference,
 )
-from infrastructure.settings import ConfigurationError
 from projections.access import Action, Decision, Reason
 from projections.credential_index import Resource
 
@@ -381,16 +373,6 @@ def test_every_reason_has_a_status():
         403,
     }
     assert status_for(Decision(True, Reason.ALLOWED, 1, "u")) == 200
-
-
-def test_registry_settings():
-    assert registry_issuer({}) == DEFAULT_REGISTRY_ISSUER
-    assert registry_issuer({REGISTRY_ISSUER_ENV: " gitlab-issuer "}) == "gitlab-issuer"
-    assert registry_token_ttl({}) == 300
-    assert registry_token_ttl({REGISTRY_TOKEN_TTL_ENV: "900"}) == 900
-    for bad in ("0", "59", "86401", "5m", "-300", "\u0663\u0660\u0660"):
-        with pytest.raises(ConfigurationError):
-            registry_token_ttl({REGISTRY_TOKEN_TTL_ENV: bad})
 
 
 def test_counter_text_format_escapes_label_values():

@@ -6,8 +6,10 @@ import pytest
 
 from domain.actors import Actor
 from domain.deploy_token import DeployToken
-from domain.directory import Group, Project, User, UserNamespace
 from domain.errors import ValidationError
+from domain.groups import Group
+from domain.projects import Project
+from domain.users import User, UserNamespace
 
 NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 ACTOR = Actor.user(1, "root", is_admin=True)

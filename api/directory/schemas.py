@@ -13,7 +13,8 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from api.params import PaginationSchema
 from api.schemas import Flag, GitLabDateTime
-from domain.directory import MEMBER_LEVELS, PERSONAL_ACCESS_TOKEN_SCOPES
+from domain.membership import MEMBER_LEVELS
+from domain.personal_access_tokens import PERSONAL_ACCESS_TOKEN_SCOPES
 
 # Ids are stored as 64-bit integers; anything larger cannot name a stored object.
 MAX_ID: Final = 2**63 - 1

@@ -1,0 +1,138 @@
+"""Users and their personal access tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Response, jsonify
+from flask.typing import ResponseReturnValue
+
+from api.auth import require_admin, require_principal
+from api.context import runtime
+from api.directory.blueprint import WITH_CONFLICT, created, directory, viewer
+from api.directory.representations import dump_user, pat_fields
+from api.directory.schemas import (
+    CreatedPersonalAccessTokenSchema,
+    PersonalAccessTokenCreateSchema,
+    UserCreateSchema,
+    UserListSchema,
+    UserSchema,
+)
+from api.idempotency import idempotency_slot, idempotent, rebuilt
+from api.openapi import operation
+from api.params import load, paginate_list, paginated
+from domain.errors import Conflict, ValidationError
+from projections.directory import PersonalAccessTokenRecord
+
+
+def _recreated_user(result: Mapping[str, Any]) -> Response:
+    principal = require_principal()
+    return created(dump_user(rebuilt(runtime().read.user(int(result["user_id"]))), principal.actor))
+
+
+@directory.post("/users")
+@operation(
+    "Create a user (administrators)",
+    tag="users",
+    body=UserCreateSchema,
+    response=UserSchema,
+    status=201,
+    errors=WITH_CONFLICT,
+)
+@idempotent(_recreated_user)
+def create_user() -> ResponseReturnValue:
+    principal = require_admin(writes=True)
+    params = load(UserCreateSchema())
+    try:
+        user = runtime().directory.register_user(
+            principal.actor,
+            username=params["username"],
+            email=params["email"],
+            name=params["name"],
+            is_admin=params["admin"],
+            idempotency=idempotency_slot(),
+        )
+    except ValidationError as error:
+        if error.errors.get("username") == ["has already been taken"]:
+            raise Conflict("Username has already been taken") from None  # GitLab answers 409 here
+        raise
+    return created(dump_user(user, principal.actor))
+
+
+@directory.get("/users")
+@operation("List users", tag="users", query=UserListSchema, response=UserSchema, many=True)
+def list_users() -> ResponseReturnValue:
+    principal = require_principal(anonymous="403")
+    params = load(UserListSchema())
+    users = runtime().directory.users(username=params["username"], search=params["search"])
+    page = paginate_list(users, params["page"], params["per_page"])
+    return paginated(page, [dump_user(user, principal.actor) for user in page.items])
+
+
+@directory.get("/users/<int:user_id>")
+@operation("Get a user", tag="users", response=UserSchema)
+def get_user(user_id: int) -> ResponseReturnValue:
+    caller = viewer()
+    return jsonify(dump_user(runtime().directory.user(caller, user_id), caller))
+
+
+@directory.get("/user")
+@operation("The current user", tag="users", response=UserSchema, errors=(401,))
+def current_user() -> ResponseReturnValue:
+    principal = require_principal()
+    user = runtime().directory.user(principal.actor, principal.user.user_id)
+    return jsonify(dump_user(user, principal.actor))
+
+
+def _set_blocked(user_id: int, blocked: bool) -> ResponseReturnValue:
+    principal = require_admin(writes=True)
+    runtime().directory.set_user_blocked(principal.actor, user_id, blocked)
+    return created(True)
+
+
+@directory.post("/users/<int:user_id>/block")
+@operation("Block a user (administrators); answers true", tag="users", status=201)
+def block_user(user_id: int) -> ResponseReturnValue:
+    return _set_blocked(user_id, True)
+
+
+@directory.post("/users/<int:user_id>/unblock")
+@operation("Unblock a user (administrators); answers true", tag="users", status=201)
+def unblock_user(user_id: int) -> ResponseReturnValue:
+    return _set_blocked(user_id, False)
+
+
+def _created_pat(token: PersonalAccessTokenRecord, value: str) -> Response:
+    response = created(CreatedPersonalAccessTokenSchema().dump({**pat_fields(token), "token": value}))
+    response.headers["Cache-Control"] = "no-store"  # the one response that carries the secret
+    return response
+
+
+def _recreated_pat(result: Mapping[str, Any], *_: Any, **__: Any) -> Response:
+    value = str(result["token"])
+    found = rebuilt(runtime().read.personal_access_token(runtime().keys.digest(value)))
+    return _created_pat(found[0], value)
+
+
+@directory.post("/users/<int:user_id>/personal_access_tokens")
+@operation(
+    "Create a personal access token for a user (administrators; the value is in this response only)",
+    tag="users",
+    body=PersonalAccessTokenCreateSchema,
+    response=CreatedPersonalAccessTokenSchema,
+    status=201,
+)
+@idempotent(_recreated_pat)
+def create_personal_access_token(user_id: int) -> ResponseReturnValue:
+    principal = require_admin(writes=True)
+    params = load(PersonalAccessTokenCreateSchema())
+    issued = runtime().directory.create_personal_access_token(
+        principal.actor,
+        user_id,
+        name=params["name"],
+        scopes=params["scopes"],
+        expires_at=params["expires_at"],
+        idempotency=idempotency_slot(),
+    )
+    return _created_pat(issued.token, issued.value)

@@ -1,0 +1,137 @@
+"""Who is calling, and what they may see: authentication, access levels and the visibility rules.
+
+Levels are decided on the aggregates (strongly consistent: a just-removed Owner has no level left). A
+member's level on a group applies to everything below it; a user owns the projects of their personal
+namespace; administrators and automatic processes hold Owner everywhere. Everything is private: without a
+role on a group or project (or above it), it does not exist for the caller (404); with too low a role, the
+action is forbidden (403).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deploy_tokens.unit_of_work import UnitOfWork
+from domain.actors import Actor
+from domain.clock import Clock
+from domain.errors import NotFound, PermissionDenied, Unauthenticated
+from domain.groups import Group
+from domain.membership import AccessLevel
+from domain.projects import Project
+from domain.streams import stream_id
+from domain.token_values import PERSONAL_ACCESS_TOKEN_PREFIX, is_well_formed
+from domain.users import UserNamespace
+from infrastructure.keys import Keyring
+from projections.directory import UserRecord
+from projections.views import ReadModel
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated API caller: a user, with the scopes of the personal access token used."""
+
+    user: UserRecord
+    scopes: tuple[str, ...]
+    address: str | None = None
+
+    @property
+    def actor(self) -> Actor:
+        return Actor.user(
+            self.user.user_id, self.user.username, is_admin=self.user.is_admin, address=self.address
+        )
+
+    @property
+    def can_write(self) -> bool:
+        return "api" in self.scopes
+
+
+class AccessService:
+    def __init__(self, uow: UnitOfWork, read: ReadModel, keys: Keyring, clock: Clock) -> None:
+        self.uow = uow
+        self.read = read
+        self.keys = keys
+        self.clock = clock
+
+    # Authentication ----------------------------------------------------------------------------------
+
+    def authenticate(self, value: str | None, *, address: str | None = None) -> Principal:
+        """A personal access token for the management API. Deploy tokens are never accepted here (R13)."""
+        if not value or not is_well_formed(value, PERSONAL_ACCESS_TOKEN_PREFIX):
+            raise Unauthenticated("401 Unauthorized")
+        found = self.read.personal_access_token(self.keys.digest(value))
+        if found is None:
+            raise Unauthenticated("401 Unauthorized")
+        pat, user = found
+        if not pat.is_active(self.clock.now()) or user.blocked:
+            raise Unauthenticated("401 Unauthorized")
+        return Principal(user, pat.scopes, address)
+
+    def require_admin(self, actor: Actor) -> None:
+        if not actor.is_admin:
+            raise PermissionDenied("403 Forbidden")
+
+    # Access levels -----------------------------------------------------------------------------------
+
+    def group(self, group_id: int) -> Group:
+        return self.uow.get(Group, stream_id("namespace", group_id), "404 Group")
+
+    def project(self, project_id: int) -> Project:
+        return self.uow.get(Project, stream_id("project", project_id), "404 Project")
+
+    def user_level(self, source: Group | Project, user_id: int) -> int:
+        """A user's effective level on a group or project: direct, inherited from a group above it, or Owner of
+        a project in their personal namespace. An administrator flag does not count: it is no membership."""
+        if isinstance(source, Group):
+            groups = [source, *(self.group(ancestor) for ancestor in source.ancestor_ids)]
+            return max(group.members.get(user_id, 0) for group in groups)
+        if source.namespace_kind == "user":
+            namespace = self.uow.get(
+                UserNamespace, stream_id("namespace", source.namespace_id), "404 Namespace"
+            )
+            if namespace.user_id == user_id:
+                return AccessLevel.OWNER
+        levels = [source.members.get(user_id, 0)]
+        levels += [self.group(group_id).members.get(user_id, 0) for group_id in source.group_ids]
+        return max(levels)
+
+    def access_level(self, actor: Actor | None, source: Group | Project) -> int:
+        """The highest level the actor holds on the group or project (nobody: no level at all)."""
+        if actor is None:
+            return AccessLevel.NO_ACCESS
+        if actor.kind == "system" or actor.is_admin:
+            return AccessLevel.OWNER
+        assert actor.user_id is not None
+        return self.user_level(source, actor.user_id)
+
+    # Visibility --------------------------------------------------------------------------------------
+
+    def visible_group(self, actor: Actor | None, group_id: int, needed: int = AccessLevel.GUEST) -> Group:
+        """Groups are private: an actor without any role there gets 404, one with too low a role 403."""
+        group = self.group(group_id)
+        self._check(self.access_level(actor, group), needed, "404 Group")
+        return group
+
+    def visible_project(
+        self, actor: Actor | None, project_id: int, needed: int = AccessLevel.GUEST
+    ) -> Project:
+        project = self.project(project_id)
+        self._check(self.access_level(actor, project), needed, "404 Project")
+        return project
+
+    @staticmethod
+    def _check(level: int, needed: int, hidden: str) -> None:
+        if level < AccessLevel.GUEST:
+            raise NotFound(hidden)
+        if level < needed:
+            raise PermissionDenied("403 Forbidden")
+
+    def sees_group(self, actor: Actor | None, group_id: int) -> bool:
+        return self.access_level(actor, self.group(group_id)) >= AccessLevel.GUEST
+
+    def sees_project(self, actor: Actor | None, project_id: int) -> bool:
+        return self.access_level(actor, self.project(project_id)) >= AccessLevel.GUEST
+
+    @staticmethod
+    def sees_whole_profile(viewer: Actor | None, user_id: int) -> bool:
+        """Administrators and the user themselves see every field of a user; others GitLab's ``UserBasic``."""
+        return viewer is not None and (viewer.is_admin or viewer.user_id == user_id)

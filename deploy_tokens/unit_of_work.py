@@ -1,0 +1,150 @@
+"""The one way the services load and save aggregates: load, decide, save; retry a lost race; read your writes.
+
+Each command loads the aggregates it needs from the event store, decides on them and saves every pending
+event in one transaction. Losing an optimistic-concurrency race (another writer saved the same version
+first) reloads and decides again on fresh state, so N concurrent revokes record one event. Integer ids are
+claimed by saving the first event of the stream ``uuid5(kind, n)``. After a save the process brings its
+projections up to that position, so its own reads see its own writes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, Recording
+
+from domain.clock import Clock
+from domain.deploy_token import deploy_token_uuid
+from domain.errors import Conflict, NotFound, ValidationError
+from domain.instance_settings import InstanceSettings
+from domain.streams import SETTINGS_ID, stream_id
+from infrastructure.idempotency import IdempotencySlot, saving_with
+from infrastructure.store import EventStore, IdAllocator
+from projections.base import Projector
+
+A = TypeVar("A", bound=Aggregate)
+
+# What an idempotent command records with its events: the ids it creates and, for a credential, its value.
+IdempotentResult = dict[str, Any]
+
+_RETRIES = 50
+
+
+class UnitOfWork:
+    def __init__(self, store: EventStore, projector: Projector, clock: Clock) -> None:
+        self.store = store
+        self.projector = projector
+        self.clock = clock
+        self.token_ids = IdAllocator(store, deploy_token_uuid)
+        # A user and their personal namespace share one id, so users are numbered by the namespace allocator.
+        self.namespace_ids = IdAllocator(store, lambda n: stream_id("namespace", n))
+        self.project_ids = IdAllocator(store, lambda n: stream_id("project", n))
+        self.pat_ids = IdAllocator(store, lambda n: stream_id("pat", n))
+        self._deferral = threading.local()
+
+    # Loading -------------------------------------------------------------------------------------------
+
+    def get(self, cls: type[A], stream: UUID, what: str) -> A:
+        """The aggregate of ``stream`` as it is now; ``what`` (e.g. "404 Token") when there is none of ``cls``."""
+        try:
+            aggregate: Aggregate = self.store.repository.get(stream)
+        except AggregateNotFoundError:
+            raise NotFound(what) from None
+        if not isinstance(aggregate, cls):
+            raise NotFound(what)
+        return aggregate
+
+    def settings(self) -> InstanceSettings:
+        """The instance settings; their defaults until an administrator first changes one."""
+        try:
+            aggregate: Aggregate = self.store.repository.get(SETTINGS_ID)
+        except AggregateNotFoundError:
+            return InstanceSettings.initial(self.clock.now())
+        assert isinstance(aggregate, InstanceSettings)
+        return aggregate
+
+    # Saving --------------------------------------------------------------------------------------------
+
+    def retry(
+        self,
+        attempt: Callable[[], Sequence[Aggregate]],
+        *,
+        idempotency: IdempotencySlot | None = None,
+        result: IdempotentResult | None = None,
+    ) -> list[Recording[Any]]:
+        """Run a load-decide-save attempt; on a lost race, reload and decide again.
+
+        With ``idempotency``, the key's record (``result``) commits with whichever attempt's events commit.
+        """
+        if idempotency is not None:
+            idempotency.result = result
+        with saving_with(idempotency):
+            for _ in range(_RETRIES):
+                aggregates = attempt()
+                if not any(aggregate.pending_events for aggregate in aggregates):
+                    return []
+                try:
+                    recordings = self.store.save(*aggregates)
+                except IntegrityError:
+                    continue
+                self.caught_up(recordings)
+                return recordings
+        raise Conflict("the command kept losing concurrent races; try again")
+
+    def save_new(
+        self,
+        ids: IdAllocator,
+        build: Callable[[int], Sequence[Aggregate]],
+        *,
+        idempotency: IdempotencySlot | None = None,
+        result: Callable[[int], IdempotentResult] | None = None,
+        claims_path_of: str | None = None,
+    ) -> tuple[int, list[Recording[Any]]]:
+        """Save what ``build`` makes for the next free id of ``ids``; return the id and the recordings.
+
+        The read models are not caught up yet: the caller does that (``caught_up``) once whatever must be
+        in place before anyone can read the new object is. With ``idempotency``, the key's record
+        (``result`` of the id tried) commits with the events. With ``claims_path_of`` (a field name), the
+        aggregates include a ``PathClaim``, and a path claimed already is that field's validation error.
+        """
+
+        def build_for(number: int) -> Sequence[Aggregate]:
+            if idempotency is not None:
+                idempotency.result = result(number) if result is not None else None
+            return build(number)
+
+        with saving_with(idempotency):
+            try:
+                return ids.save_new(build_for)
+            except IntegrityError:
+                if claims_path_of is None:
+                    raise
+                # Not the id (the allocator retries those): the path is claimed already.
+                raise ValidationError.single(claims_path_of, "has already been taken") from None
+
+    # Reading your writes -------------------------------------------------------------------------------
+
+    def caught_up(self, recordings: Sequence[Recording[Any]]) -> None:
+        """Read-your-writes: this process's read models include what it just wrote before it answers."""
+        if recordings and not getattr(self._deferral, "active", False):
+            self.projector.catch_up(until=recordings[-1].notification.id)
+
+    @contextmanager
+    def batch_of_commands(self) -> Iterator[None]:
+        """Many automatic commands in a row (the expiry scan): catch the read models up once, at the end.
+
+        Each command still decides on fresh aggregates from the event store; only the read models wait.
+        Scoped to the calling thread, so API requests served meanwhile keep read-your-writes.
+        """
+        self._deferral.active = True
+        try:
+            yield
+        finally:
+            self._deferral.active = False
+            self.projector.catch_up()

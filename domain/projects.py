@@ -1,0 +1,176 @@
+"""Projects: in a group (inheriting its members' roles) or in a user's personal namespace."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.domain import Aggregate
+
+from domain.actors import Actor
+from domain.errors import ErrorCollector
+from domain.groups import Group
+from domain.membership import Membership
+from domain.names import RESERVED_PROJECT_PATHS, validate_display_name, validate_path
+from domain.streams import stream_id
+from domain.users import UserNamespace
+
+
+class Project(Membership):
+    TOPIC = "deploy_tokens:Project"
+
+    class Event(Aggregate.Event):
+        TOPIC = "deploy_tokens:Project.Event"
+
+    class Created(Aggregate.Created):
+        TOPIC = "deploy_tokens:Project.Created"
+        project_id: int
+        name: str
+        path: str
+        namespace_id: int
+        namespace_kind: str
+        group_ids: list[int]
+        full_path: str
+        repository_enabled: bool
+        container_registry_enabled: bool
+        actor: dict[str, Any]
+
+    class FeaturesChanged(Aggregate.Event):
+        TOPIC = "deploy_tokens:Project.FeaturesChanged"
+        repository_enabled: bool
+        container_registry_enabled: bool
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Project)
+            aggregate.repository_enabled = self.repository_enabled
+            aggregate.container_registry_enabled = self.container_registry_enabled
+
+    class MemberSet(Aggregate.Event):
+        TOPIC = "deploy_tokens:Project.MemberSet"
+        user_id: int
+        access_level: int
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Project)
+            aggregate.members[self.user_id] = self.access_level
+
+    class MemberRemoved(Aggregate.Event):
+        TOPIC = "deploy_tokens:Project.MemberRemoved"
+        user_id: int
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Project)
+            aggregate.members.pop(self.user_id, None)
+
+    def __init__(
+        self,
+        project_id: int,
+        name: str,
+        path: str,
+        namespace_id: int,
+        namespace_kind: str,
+        group_ids: list[int],
+        full_path: str,
+        repository_enabled: bool,
+        container_registry_enabled: bool,
+        actor: dict[str, Any],
+    ) -> None:
+        self.project_id = project_id
+        self.name = name
+        self.path = path
+        self.namespace_id = namespace_id
+        self.namespace_kind = namespace_kind
+        self.group_ids = tuple(group_ids)
+        self.full_path = full_path
+        self.repository_enabled = repository_enabled
+        self.container_registry_enabled = container_registry_enabled
+        self.members: dict[int, int] = {}
+
+    @classmethod
+    def found(
+        cls,
+        *,
+        project_id: int,
+        name: str,
+        path: str | None,
+        namespace: Group | UserNamespace,
+        repository_enabled: bool,
+        container_registry_enabled: bool,
+        actor: Actor,
+        now: datetime,
+    ) -> Project:
+        errors = ErrorCollector()
+        checked_name = errors.check(validate_display_name, name)
+        checked_path = errors.check(
+            lambda value: validate_path(value, "path", RESERVED_PROJECT_PATHS), path or _path_from_name(name)
+        )
+        errors.raise_if_any()
+        assert checked_name and checked_path
+        if isinstance(namespace, Group):
+            group_ids = [*namespace.ancestor_ids, namespace.group_id]
+            parent_path, kind, namespace_id = namespace.full_path, "group", namespace.group_id
+        else:
+            group_ids, parent_path, kind, namespace_id = [], namespace.path, "user", namespace.namespace_id
+        return cls._create(
+            cls.Created,
+            id=stream_id("project", project_id),
+            timestamp=now,
+            project_id=project_id,
+            name=checked_name,
+            path=checked_path,
+            namespace_id=namespace_id,
+            namespace_kind=kind,
+            group_ids=group_ids,
+            full_path=f"{parent_path}/{checked_path}",
+            repository_enabled=repository_enabled,
+            container_registry_enabled=container_registry_enabled,
+            actor=actor.as_event_data(),
+        )
+
+    @property
+    def group_id(self) -> int | None:
+        """The group the project lives directly in (None in a user namespace)."""
+        return self.group_ids[-1] if self.group_ids else None
+
+    def _member_set_event(self) -> type[Aggregate.Event]:
+        return self.MemberSet
+
+    def _member_removed_event(self) -> type[Aggregate.Event]:
+        return self.MemberRemoved
+
+    def change_features(
+        self,
+        *,
+        repository_enabled: bool | None,
+        container_registry_enabled: bool | None,
+        actor: Actor,
+        now: datetime,
+    ) -> bool:
+        repository = self.repository_enabled if repository_enabled is None else repository_enabled
+        registry = (
+            self.container_registry_enabled
+            if container_registry_enabled is None
+            else container_registry_enabled
+        )
+        if (repository, registry) == (self.repository_enabled, self.container_registry_enabled):
+            return False
+        self.trigger_event(
+            self.FeaturesChanged,
+            timestamp=now,
+            repository_enabled=repository,
+            container_registry_enabled=registry,
+            actor=actor.as_event_data(),
+        )
+        return True
+
+
+def _path_from_name(name: str | None) -> str:
+    """GitLab derives a project's path from its name when no path is given."""
+    if not name:
+        return ""
+    slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", name.strip()).strip("-")
+    return slug.lower()
