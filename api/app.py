@@ -43,7 +43,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.register_blueprint(directory)
     app.register_blueprint(auth_checks)
     app.register_blueprint(metrics)
-    from api.ui import ui  # the web UI: Settings > Repository > Deploy tokens (R15, R16)
+    from api.ui import ui  # the web UI: Settings > Repository > Deploy tokens (behaviour [manage], [ui])
 
     app.register_blueprint(ui)
     register_error_handlers(app)

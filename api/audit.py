@@ -1,4 +1,5 @@
-"""Auditors' API (R21, administrators): audit events, per-token activity, point-in-time answers, exports."""
+"""Auditors' API (behaviour [history], administrators): audit events, per-token activity, point-in-time
+answers, exports."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Who is calling the management API: a personal access token, never a deploy token (R13)."""
+"""Who is calling the management API: a personal access token, never a deploy token (behaviour [api-routes])."""
 
 from __future__ import annotations
 

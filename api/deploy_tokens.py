@@ -1,5 +1,5 @@
 """Deploy tokens, GitLab REST v4: instance list, per project and group list/get/create/delete, plus
-revoke, rotate, history, revoke-by-value and the CI variables of R9 (GitLab-style extensions)."""
+revoke, rotate, history, revoke-by-value and the CI variables (behaviour [ci-token]; GitLab-style extensions)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from projections.credentials import TokenRecord
 
 deploy_tokens = Blueprint("deploy_tokens", __name__, url_prefix="/api/v4")
 
-# Anonymous callers: a private project is hidden (404); a group refuses (403) — gitlab-behaviour.md §15.
+# Anonymous callers: a private project is hidden (404); a group refuses (403) (behaviour [manage]).
 _ANONYMOUS = {"project": "404", "group": "403"}
 
 
@@ -262,7 +262,7 @@ def revoke_by_value() -> ResponseReturnValue:
 
 @deploy_tokens.get("/projects/<path:reference>/deploy_token_variables")
 @operation(
-    "CI/CD variables CI_DEPLOY_USER and CI_DEPLOY_PASSWORD of the gitlab-deploy-token (R9)",
+    "CI/CD variables CI_DEPLOY_USER and CI_DEPLOY_PASSWORD of the gitlab-deploy-token (behaviour [ci-token])",
     tag="deploy_tokens",
     response=CiVariableSchema,
     many=True,

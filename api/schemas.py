@@ -19,7 +19,7 @@ def gitlab_time(moment: datetime | None) -> str | None:
 
 
 class GitLabDateTime(fields.Field[date | datetime | None]):
-    """Serialises as GitLab does; parses ISO 8601 datetimes and plain dates (a date: 00:00 UTC, R5)."""
+    """Serialises as GitLab does; parses ISO 8601 datetimes and plain dates (a date: 00:00 UTC, behaviour [expiry])."""
 
     default_error_messages = {"invalid": "must be in ISO 8601 format"}
 

@@ -1,4 +1,4 @@
-"""The ``deploy-tokens`` console script (SPEC §9.1).
+"""The ``deploy-tokens`` console script (its commands and names are in the README).
 
 Administrative commands act directly on the store that the ``DEPLOY_TOKENS_*`` settings select, as the
 operator: they are recorded with a system actor named after the command (``cli:<os user>``).

@@ -55,7 +55,8 @@ class AccessService:
     # Authentication ----------------------------------------------------------------------------------
 
     def authenticate(self, value: str | None, *, address: str | None = None) -> Principal:
-        """A personal access token for the management API. Deploy tokens are never accepted here (R13)."""
+        """A personal access token for the management API. Deploy tokens are never accepted here (behaviour
+        [api-routes])."""
         if not value or not is_well_formed(value, PERSONAL_ACCESS_TOKEN_PREFIX):
             raise Unauthenticated("401 Unauthorized")
         found = self.read.personal_access_token(self.keys.digest(value))

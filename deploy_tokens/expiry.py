@@ -107,7 +107,9 @@ class ExpiryScan:
                 report.examined += 1
                 if now >= row.expires_at:
                     if not row.expiry_recorded and self.tokens.record_expiry(row.token_id):
-                        report.expired_recorded += 1  # R19, recorded even with notifications off
+                        report.expired_recorded += (
+                            1  # behaviour [expiry-event], recorded even with notifications off
+                        )
                     continue
                 if report.notifications_off:
                     continue

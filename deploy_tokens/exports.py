@@ -1,4 +1,5 @@
-"""Compliance exports (R21): per-token activity — lifecycle events and recorded uses — as CSV or JSON Lines.
+"""Compliance exports (behaviour [history]): per-token activity — lifecycle events and recorded uses — as CSV
+or JSON Lines.
 
 Exports stream: rows are read in keyset pages and written out page by page, so memory stays flat however
 large the export. Every export is bounded by a position fixed when it starts (the last audit position or

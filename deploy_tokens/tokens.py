@@ -81,7 +81,7 @@ class TokenService:
             self.access.visible_group(actor, holder_id, AccessLevel.MAINTAINER)
 
     def check_token_manager(self, actor: Actor, holder_kind: HolderKind, holder_id: int) -> None:
-        """R14/R15: managing a project's tokens needs Maintainer or higher; a group's needs Owner."""
+        """behaviour [manage]: managing a project's tokens needs Maintainer or higher; a group's needs Owner."""
         if holder_kind == "project":
             self.access.visible_project(actor, holder_id, AccessLevel.MAINTAINER)
         else:
@@ -142,7 +142,8 @@ class TokenService:
         return record
 
     def ci_variables(self, project_id: int) -> tuple[str, str] | None:
-        """R9: the project's own ``gitlab-deploy-token``, else its direct parent group's; only while active."""
+        """behaviour [ci-token]: the project's own ``gitlab-deploy-token``, else its direct parent group's;
+        only while active."""
         project = self.access.project(project_id)
         now = self.clock.now()
         candidates = [("project", project_id)]
@@ -243,7 +244,7 @@ class TokenService:
         idempotency: IdempotencySlot | None = None,
         result: IdempotentResult | None = None,
     ) -> DeployToken:
-        """R15: revoking and deleting need the same role as creating, within the token's own holder."""
+        """behaviour [manage]: revoking and deleting need the same role as creating, within the token's own holder."""
         self.check_token_manager(actor, holder_kind, holder_id)
         managed: list[DeployToken] = []
 
@@ -306,7 +307,7 @@ class TokenService:
         return IssuedToken(record, secret.value)
 
     def revoke_by_value(self, actor: Actor, value: str) -> TokenRecord:
-        """Leak response (R20): an admin revokes whatever token has this value, wherever it belongs."""
+        """Leak response (behaviour [value]): an admin revokes whatever token has this value, wherever it belongs."""
         self.access.require_admin(actor)
         if not value or not value.startswith(DEPLOY_TOKEN_PREFIX):
             raise ValidationError.single("token", "is not a deploy token")
@@ -353,7 +354,8 @@ class TokenService:
         return bool(changed and changed[0])
 
     def record_expiry(self, token_id: int) -> bool:
-        """R19. Also destroys a CI token's recoverable value: an expired token has no use for it."""
+        """behaviour [expiry-event]. Also destroys a CI token's recoverable value: an expired token has no
+        use for it."""
         now = self.clock.now()
         recorded = self._system_token_command(token_id, lambda token: token.record_expiry(now=now))
         if recorded:
@@ -383,7 +385,7 @@ class TokenService:
     def record_notification(
         self, token_id: int, interval: int, *, message_id: str, recipients: Iterable[str]
     ) -> bool:
-        """Records that an interval's email was accepted; at most once per interval (R18)."""
+        """Records that an interval's email was accepted; at most once per interval (behaviour [notifications])."""
         now = self.clock.now()
         emails = list(recipients)
         return self._system_token_command(

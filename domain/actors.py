@@ -1,4 +1,4 @@
-"""Who did something, and from where: carried by every lifecycle event for auditors (R21)."""
+"""Who did something, and from where: carried by every lifecycle event for auditors (behaviour [history])."""
 
 from __future__ import annotations
 

@@ -36,5 +36,5 @@ def as_utc(moment: datetime) -> datetime:
 
 
 def start_of_day(day: date) -> datetime:
-    """R5: a token that expires on a date expires at 00:00 UTC of that date."""
+    """behaviour [expiry]: a token that expires on a date expires at 00:00 UTC of that date."""
     return datetime.combine(day, time(0, 0), tzinfo=UTC)

@@ -1,7 +1,7 @@
 """The DeployToken aggregate: a token's whole life is the list of its events.
 
 Topics are pinned (``TOPIC``) so that moving or renaming this module never breaks replay of stored events.
-Every event carries the actor (who, and from which address) because auditors replay this history (R21).
+Every event carries the actor (who, and from which address) because auditors replay this history (behaviour [history]).
 Event bodies only assign values passed in: ids, times and secrets are decided before an event is triggered.
 """
 
@@ -32,7 +32,7 @@ USERNAME_PATTERN: Final = re.compile(r"\A[a-zA-Z0-9.+_-]+\Z")
 DEFAULT_USERNAME_PATTERN: Final = re.compile(r"\Agitlab\+deploy-token-[0-9]+\Z", re.IGNORECASE)
 CI_TOKEN_NAME: Final = "gitlab-deploy-token"
 
-# Notification intervals (R17), most distant first; the value is GitLab's ``days_to_expire``.
+# Notification intervals (behaviour [notifications]), most distant first; the value is GitLab's ``days_to_expire``.
 INTERVALS: Final[tuple[int, ...]] = (60, 30, 7)
 INTERVAL_NAMES: Final[dict[int, str]] = {60: "sixty_days", 30: "thirty_days", 7: "seven_days"}
 
@@ -57,7 +57,8 @@ def validate_name(name: str | None) -> str:
 
 
 def validate_username(username: str | None) -> str | None:
-    """R2: an empty username means "use the default"; anything else must match GitLab's pattern and must not
+    """behaviour [username]: an empty username means "use the default"; anything else must match GitLab's
+    pattern and must not
     look like a default username."""
     if username is None or username == "":
         return None
@@ -74,7 +75,7 @@ def validate_username(username: str | None) -> str | None:
 
 
 def normalise_expiry(expires_at: date | datetime | None) -> datetime | None:
-    """R5: a date means 00:00 UTC of that date; a datetime is kept as that instant, in UTC."""
+    """behaviour [expiry]: a date means 00:00 UTC of that date; a datetime is kept as that instant, in UTC."""
     if expires_at is None:
         return None
     if isinstance(expires_at, datetime):
@@ -113,7 +114,7 @@ class DeployToken(Aggregate):
         TOPIC = "deploy_tokens:DeployToken.Event"
 
     class Created(Aggregate.Created):
-        """A token was issued. Only the keyed digest of its value is recorded, never the value (R7)."""
+        """A token was issued. Only the keyed digest of its value is recorded, never the value (behaviour [value])."""
 
         TOPIC = "deploy_tokens:DeployToken.Created"
         token_id: int
@@ -162,7 +163,7 @@ class DeployToken(Aggregate):
             aggregate.digest = self.digest
 
     class Expired(Aggregate.Event):
-        """R19: the expiry instant has passed, and the service noticed."""
+        """behaviour [expiry-event]: the expiry instant has passed, and the service noticed."""
 
         TOPIC = "deploy_tokens:DeployToken.Expired"
         expires_at: datetime
@@ -184,7 +185,7 @@ class DeployToken(Aggregate):
             aggregate.due_intervals.add(self.interval)
 
     class NotificationClaimed(Aggregate.Event):
-        """A sender took the right to send one interval's email until ``lease_until`` (R18)."""
+        """A sender took the right to send one interval's email until ``lease_until`` (behaviour [notifications])."""
 
         TOPIC = "deploy_tokens:DeployToken.NotificationClaimed"
         interval: int
@@ -210,7 +211,7 @@ class DeployToken(Aggregate):
             aggregate.claims.pop(self.interval, None)
 
     class Notified(Aggregate.Event):
-        """The SMTP server accepted one interval's expiry email (R17, R18)."""
+        """The SMTP server accepted one interval's expiry email (behaviour [notifications])."""
 
         TOPIC = "deploy_tokens:DeployToken.Notified"
         interval: int
@@ -322,7 +323,7 @@ class DeployToken(Aggregate):
         return self.deleted_at is not None
 
     def is_expired(self, now: datetime) -> bool:
-        """R5, the one rule everywhere: expired iff ``now >= expires_at``."""
+        """behaviour [expiry], the one rule everywhere: expired iff ``now >= expires_at``."""
         return self.expires_at is not None and now >= self.expires_at
 
     def is_active(self, now: datetime) -> bool:
@@ -356,7 +357,7 @@ class DeployToken(Aggregate):
         return True
 
     def revoke(self, *, actor: Actor, now: datetime, reason: str = "revoked") -> bool:
-        """Idempotent: revoking a revoked token records nothing (R15)."""
+        """Idempotent: revoking a revoked token records nothing (behaviour [manage])."""
         self._ensure_not_deleted()
         if self.revoked:
             return False
@@ -378,7 +379,7 @@ class DeployToken(Aggregate):
         )
 
     def record_expiry(self, *, now: datetime) -> bool:
-        """R19, recorded once and only once the expiry has passed."""
+        """behaviour [expiry-event], recorded once and only once the expiry has passed."""
         self._ensure_not_deleted()
         if self.expiry_recorded or self.expires_at is None or now < self.expires_at:
             return False

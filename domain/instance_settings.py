@@ -16,7 +16,8 @@ KNOWN_FEATURES: Final[dict[str, bool]] = {EXPIRING_NOTIFICATIONS_FLAG: True}
 
 
 class InstanceSettings(Aggregate):
-    """Instance-wide settings: external authorization (R6) and feature flags (R18)."""
+    """Instance-wide settings: external authorization (behaviour [external-authorization]) and feature flags
+    (behaviour [notifications])."""
 
     TOPIC = "deploy_tokens:InstanceSettings"
 

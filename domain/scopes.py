@@ -1,4 +1,4 @@
-"""The seven deploy-token scopes, in GitLab's canonical order (R8)."""
+"""The seven deploy-token scopes, in GitLab's canonical order (behaviour [scopes])."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ the checksum is CRC32 of prefix+body written as 6 URL-safe base64 characters (Gi
 with base62; base64 keeps the check in C and the whole value in one URL-safe alphabet). The
 checksum is not a secret; it tells a mistyped value from an unknown one (the auth path checks it when a
 lookup found nothing: a value whose digest matched is one we issued) and makes a leaked ``gldt-`` value
-recognisable to secret scanners with no database at hand (R20).
+recognisable to secret scanners with no database at hand (behaviour [value]).
 """
 
 from __future__ import annotations

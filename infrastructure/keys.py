@@ -33,7 +33,7 @@ class Keyring:
         )
 
     def digest(self, value: str) -> str:
-        """HMAC-SHA256 of a token value: what events and read models hold instead of the value (R7).
+        """HMAC-SHA256 of a token value: what events and read models hold instead of the value (behaviour [value]).
 
         Tokens carry 144 random bits, so a fast keyed hash is enough; a slow KDF would only slow the hot path.
         """

@@ -1,4 +1,5 @@
-"""Settings from the environment (SPEC §9.1). Nothing configured means the embedded default."""
+"""Settings from the environment (every variable is in the README's table). Nothing configured means the embedded
+default."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The CI token vault (R9): the one recoverable secret, AES-GCM encrypted, outside the immutable event log.
+"""The CI token vault (behaviour [ci-token]): the one recoverable secret, AES-GCM encrypted, outside the
+immutable event log.
 
 GitLab hands ``CI_DEPLOY_PASSWORD`` to CI jobs, so the value of a token named ``gitlab-deploy-token`` must be
 recoverable. It is kept here, encrypted with a key derived from the server secret and bound to the token id

@@ -1,9 +1,10 @@
 """The auth decision: a pure function over credential-lookup data. No I/O, no clock, no globals.
 
 Given the token a secret resolved to (or none), the resource asked for and the action, it answers allow, or
-deny with a machine-readable reason. Every rule cites the spec: R4 (project vs group and subgroups), R5
-(expiry), R6 (external authorization), R8/R10-R13 (every scope against every action), the dependency-proxy
-rules, revoked and deleted tokens, disabled features, and username matching where the protocol requires it.
+deny with a machine-readable reason. The rules are those of docs/behaviour.md: [reach] (project vs group
+and subgroups), [expiry], [external-authorization], [scopes], [git], [registry], [dependency-proxy],
+[packages] and [api-routes] (every scope against every action), revoked and deleted tokens, disabled features,
+and username matching where the protocol requires it.
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ from projections.credentials import NamespaceRecord, ProjectRecord, TokenRecord
 
 
 class Action(StrEnum):
-    GIT_READ = "git_read"  # clone, fetch (R10)
+    GIT_READ = "git_read"  # clone, fetch (behaviour [git])
     GIT_WRITE = "git_write"  # push: never (no repository write scope)
     REGISTRY_LOGIN = "registry_login"  # token exchange with no scope asked
     REGISTRY_PULL = "registry_pull"
     REGISTRY_PUSH = "registry_push"
-    REGISTRY_DELETE = "registry_delete"  # never granted to a deploy token (R11)
+    REGISTRY_DELETE = "registry_delete"  # never granted to a deploy token (behaviour [registry])
     PACKAGE_READ = "package_read"
     PACKAGE_WRITE = "package_write"
     DEPENDENCY_PROXY_READ = "dependency_proxy_read"
     DEPENDENCY_PROXY_WRITE = "dependency_proxy_write"
-    API = "api"  # any other API route: deploy tokens are never accepted (R13)
+    API = "api"  # any other API route: deploy tokens are never accepted (behaviour [api-routes])
 
 
 class Reason(StrEnum):
@@ -88,9 +89,9 @@ class AuthRequest(NamedTuple):
     action: Action
     username: str | None
     # Git and the registry log in with username and token, and the username must match; most package
-    # endpoints ignore the username (gitlab-behaviour.md §7, §10).
+    # endpoints ignore the username (behaviour [git], [packages]).
     check_username: bool
-    # A group-level package endpoint accepts only the token's exact group, never a subgroup (§5).
+    # A group-level package endpoint accepts only the token's exact group, never a subgroup (behaviour [reach]).
     exact_group_only: bool = False
 
 
@@ -104,8 +105,8 @@ _PROXY = frozenset({Action.DEPENDENCY_PROXY_READ, Action.DEPENDENCY_PROXY_WRITE}
 REQUIRED_SCOPES: dict[Action, frozenset[str]] = {
     Action.GIT_READ: frozenset({READ_REPOSITORY}),
     Action.REGISTRY_PULL: frozenset({READ_REGISTRY}),
-    Action.REGISTRY_PUSH: frozenset({READ_REGISTRY, WRITE_REGISTRY}),  # R11: push needs both
-    Action.PACKAGE_READ: frozenset({READ_PACKAGE_REGISTRY}),  # R12
+    Action.REGISTRY_PUSH: frozenset({READ_REGISTRY, WRITE_REGISTRY}),  # behaviour [registry]: push needs both
+    Action.PACKAGE_READ: frozenset({READ_PACKAGE_REGISTRY}),  # behaviour [packages]
     Action.PACKAGE_WRITE: frozenset({WRITE_PACKAGE_REGISTRY}),
 }
 _NEVER = frozenset({Action.GIT_WRITE, Action.REGISTRY_DELETE, Action.API})
@@ -124,7 +125,8 @@ def _proxy_scopes_ok(scopes: frozenset[str]) -> bool:
 
 
 def token_reaches_project(token: TokenRecord, project: ProjectRecord) -> bool:
-    """R4: a project token reaches its project; a group token every project of its group and subgroups."""
+    """behaviour [reach]: a project token reaches its project; a group token every project of its group and
+    subgroups."""
     if token.holder_kind == "project":
         return token.holder_id == project.project_id
     return token.holder_id in project.group_ids
@@ -164,11 +166,11 @@ def decide(
         return Decision.deny(Reason.DELETED, token)
     if token.revoked_at is not None:
         return Decision.deny(Reason.REVOKED, token)
-    if token.is_expired(now):  # R5: expired iff now >= expires_at
+    if token.is_expired(now):  # behaviour [expiry]: expired iff now >= expires_at
         return Decision.deny(Reason.EXPIRED, token)
     if request.check_username and request.username != token.username:
         return Decision.deny(Reason.USERNAME_MISMATCH, token)
-    if external_authorization and action in _GIT_AND_PACKAGES:  # R6
+    if external_authorization and action in _GIT_AND_PACKAGES:  # behaviour [external-authorization]
         return Decision.deny(Reason.EXTERNAL_AUTHORIZATION, token)
     scopes = token.scope_set
     if action is _REGISTRY_LOGIN:  # login needs a registry ability, no resource

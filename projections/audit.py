@@ -1,4 +1,4 @@
-"""The audit trail (R21): one row per lifecycle event of tokens and directory, GitLab-style, queryable.
+"""The audit trail (behaviour [history]): one row per lifecycle event of tokens and directory, GitLab-style, queryable.
 
 Each row is keyed by the event's log position and says when, who (kind, id, username, address), what (a
 GitLab-style ``event_type`` and human ``message``), to which target (type, id, name) and in which namespace

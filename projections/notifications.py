@@ -1,6 +1,6 @@
 """The expiry-notification projection: one row per expiring token, indexed by when it next needs attention.
 
-The daily scan (R17-R19, gitlab-behaviour §12) must send each interval's email once (60, 30, 7 days before
+The daily scan (behaviour [notifications], [expiry-event]) must send each interval's email once (60, 30, 7 days before
 expiry, no back-fill) and record ``Expired`` once the expiry has passed. Scanning every token every day
 costs O(all tokens). Instead each row carries ``next_due_at``: the earliest instant at which the scan could
 have anything to do for that token. It is a pure function of the row (``next_due_at()`` below):

@@ -1,4 +1,5 @@
-"""Point-in-time answers by replaying the event log (R21): what a token was, and who could do what, at T.
+"""Point-in-time answers by replaying the event log (behaviour [history]): what a token was, and who could do
+what, at T.
 
 Nothing here reads the live read models: the log is replayed up to the instant asked about, through the
 same projection code, into a private in-memory database, and the same pure decision function answers. So

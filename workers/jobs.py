@@ -25,7 +25,7 @@ from infrastructure.settings import Settings
 log = logging.getLogger(__name__)
 
 QUEUE = "deploy-tokens"
-SCAN_HOUR_UTC = 1  # R17: every day at 01:00 UTC
+SCAN_HOUR_UTC = 1  # behaviour [notifications]: every day at 01:00 UTC
 MAIL_RETRY = Retry(max=4, interval=[30, 120, 600, 1800])
 
 _runtime: tuple[int, Runtime] | None = None

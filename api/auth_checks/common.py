@@ -46,7 +46,7 @@ auth_checks = Blueprint("auth_checks", __name__)
 AUTH_CHALLENGE: Final = 'Basic realm="deploy-tokens"'
 
 # Reasons that mean "these are not valid credentials": 401, so the client may (re)send some. Routes that never
-# take deploy tokens (R13) are here too: GitLab's API ignores the token there, which reads as 401.
+# take deploy tokens (behaviour [api-routes]) are here too: GitLab's API ignores the token there, which reads as 401.
 BAD_CREDENTIALS: Final = frozenset(
     {
         Reason.NO_CREDENTIALS,
@@ -157,10 +157,10 @@ class Credentials(NamedTuple):
 def presented_credentials(
     authorization: AuthorizationHeader, deploy_token: str | None, *, basic_only: bool
 ) -> Credentials:
-    """Git and the registry log in with Basic ``username:token`` only (gitlab-behaviour.md §7, §8).
+    """Git and the registry log in with Basic ``username:token`` only (behaviour [git], [registry]).
 
     Package endpoints take the token from the Basic password (which wins), else ``Deploy-Token``, else
-    ``Authorization: Bearer``, and ignore the Basic username (§10).
+    ``Authorization: Bearer``, and ignore the Basic username (behaviour [packages]).
     """
     if basic_only:
         if authorization.scheme != "basic":

@@ -1,10 +1,11 @@
-"""``/internal/auth_request``: nginx's ``auth_request`` for Git over HTTP (R10) and packages (R12, R13).
+"""``/internal/auth_request``: nginx's ``auth_request`` for Git over HTTP (behaviour [git]) and packages
+(behaviour [packages], [api-routes]).
 
 Any method (nginx may forward the original one). It reads ``Authorization`` (Basic or Bearer),
 ``Deploy-Token``, ``X-Original-URI``, ``X-Original-Method`` and ``X-Original-Remote-Addr``, and answers only
 what nginx understands: **200** (``X-Auth-User``, ``X-Deploy-Token-Id``), **401** with
 ``WWW-Authenticate: Basic realm="deploy-tokens"`` (no or bad credentials: missing, malformed, unknown,
-revoked, deleted, expired, wrong username; also any route that never accepts deploy tokens, R13, as
+revoked, deleted, expired, wrong username; also any route that never accepts deploy tokens, behaviour [api-routes], as
 GitLab's API ignores the token there) or **403** (a valid token that may not do this: scope, namespace,
 external authorization, push, a disabled feature, an unrecognised resource).
 

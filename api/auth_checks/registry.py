@@ -1,6 +1,7 @@
 """The Docker registry's token server: ``GET``/``POST /jwt/auth`` and ``GET /jwt/certificate``.
 
-``/jwt/auth`` is the distribution token server for ``container_registry`` (R11) and ``dependency_proxy``: it
+``/jwt/auth`` is the distribution token server for ``container_registry`` (behaviour [registry]) and
+``dependency_proxy``: it
 logs the client in with Basic ``username:token`` (or the OAuth2 password grant's form), then grants, per
 requested scope, only the actions that are allowed, in a JWT signed with a key derived from the server
 secret (``api.registry_token``). ``/jwt/certificate`` is the PEM for the registry's ``rootcertbundle``. The
@@ -118,7 +119,7 @@ _REGISTRY_ACTIONS: Final[dict[str, dict[str, Action]]] = {
         "pull": Action.REGISTRY_PULL,
         "push": Action.REGISTRY_PUSH,
         "delete": Action.REGISTRY_DELETE,
-        "*": Action.REGISTRY_DELETE,  # "*" includes delete: never granted to a deploy token (R11)
+        "*": Action.REGISTRY_DELETE,  # "*" includes delete: never granted to a deploy token (behaviour [registry])
     },
     DEPENDENCY_PROXY: {
         "pull": Action.DEPENDENCY_PROXY_READ,

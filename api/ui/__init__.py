@@ -1,4 +1,5 @@
-"""The web UI (R15, R16): Settings > Repository > Deploy tokens for projects and groups, signed in with a
+"""The web UI (behaviour [manage], [ui]): Settings > Repository > Deploy tokens for projects and groups,
+signed in with a
 personal access token. ``create_app`` registers :data:`ui`."""
 
 from api.ui.views import ui

@@ -12,7 +12,8 @@ from projections.credentials import TokenRecord
 
 VIRTUAL_REGISTRY_SCOPES: Final = frozenset({READ_VIRTUAL_REGISTRY, WRITE_VIRTUAL_REGISTRY})
 
-# Warning levels inside the notification windows (R17): the closest window decides. Each level has words
+# Warning levels inside the notification windows (behaviour [notifications]): the closest window decides.
+# Each level has words
 # and an icon, so that the warning never rests on colour alone.
 _LEVELS: Final[dict[int, str]] = {7: "danger", 30: "warning", 60: "notice"}
 

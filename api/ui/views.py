@@ -1,4 +1,5 @@
-"""The web UI: *Settings > Repository > Deploy tokens* of projects and groups, as GitLab lays it out (R15, R16).
+"""The web UI: *Settings > Repository > Deploy tokens* of projects and groups, as GitLab lays it out
+(behaviour [manage], [ui]).
 
 Server-rendered (Flask + Jinja); the small script in ``api/static/ui/ui.js`` only adds copy buttons, a
 ``<dialog>`` for the revoke confirmation and a collapse toggle, each with a plain-HTML fallback.
@@ -6,7 +7,7 @@ Server-rendered (Flask + Jinja); the small script in ``api/static/ui/ui.js`` onl
 Permissions are the application's: every page and form asks the token service, and its
 ``NotFound``/``PermissionDenied`` become the 404/403 pages, as the API answers. Writes also need the ``api``
 scope on the personal access token that signed in, as in the API. The value of a new token is kept in the
-(encrypted, server-side) session for exactly the one GET that the POST redirects to, then deleted (R7).
+(encrypted, server-side) session for exactly the one GET that the POST redirects to, then deleted (behaviour [value]).
 """
 
 from __future__ import annotations
@@ -375,7 +376,7 @@ def create(kind: HolderKind, full_path: str) -> ResponseReturnValue:
 
 def revoke(kind: HolderKind, full_path: str, token_id: int) -> ResponseReturnValue:
     """GET: the confirmation page (the no-JavaScript path; with JavaScript a ``<dialog>`` asks instead).
-    POST: revoke (R15; revoking twice is harmless) and go back to the list."""
+    POST: revoke (behaviour [manage]; revoking twice is harmless) and go back to the list."""
     principal, holder = _managed(kind, full_path)
     token = runtime().tokens.token_of(principal.actor, holder.kind, holder.id, token_id)
     if request.method == "GET":
@@ -391,7 +392,7 @@ def revoke(kind: HolderKind, full_path: str, token_id: int) -> ResponseReturnVal
 
 
 def history(kind: HolderKind, full_path: str, token_id: int) -> ResponseReturnValue:
-    """The token's audit trail (R21): every lifecycle event, who did it, when and from where."""
+    """The token's audit trail (behaviour [history]): every lifecycle event, who did it, when and from where."""
     principal, holder = _managed(kind, full_path)
     token = runtime().tokens.token_of(principal.actor, holder.kind, holder.id, token_id)
     rows = audit_events(runtime().db, AuditQuery(token_id=token_id, limit=None))

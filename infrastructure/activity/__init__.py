@@ -1,8 +1,9 @@
-"""Per-token activity (R20, R21): every auth decision becomes one ``token_activity`` row, off the hot path.
+"""Per-token activity (behaviour [value], [history]): every auth decision becomes one ``token_activity`` row,
+off the hot path.
 
 What a row holds: the token id, or, for a value that matched no token, the first 12 hex characters of its
 keyed digest (a pseudonym that lets repeated attempts with one unknown value be correlated; never the
-value, R7); when; which endpoint, action and resource; the result, reason and HTTP status; the client
+value, behaviour [value]); when; which endpoint, action and resource; the result, reason and HTTP status; the client
 address (``X-Original-Remote-Addr`` from nginx, else the peer address) and the user agent.
 
 One job per module: ``table`` declares the row once (``ActivityEvent``: the columns, their order and SQL
