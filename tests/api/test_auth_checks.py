@@ -1,6 +1,6 @@
-"""Auth checks through the Flask test client, on both backends: nginx auth_request (Git, packages, R13),
+"""Auth checks through the Flask test client, on both backends: nginx auth_request (Git, packages, behaviour [api-routes]),
 the registry token server (/jwt/auth, container registry and dependency proxy), the JSON check, activity
-recording and /metrics (SPEC R3, R6, R10-R13, R20, §9.1; gitlab-behaviour.md §7-§11)."""
+recording and /metrics (behaviour [git], [registry], [dependency-proxy], [packages], [external-authorization], [activity])."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def git_auth(token: IssuedToken) -> dict[str, str]:
 def nginx(
     client: FlaskClient, uri: str, method: str = "GET", headers: dict[str, str] | None = None
 ) -> TestResponse:
-    """What nginx's auth_request sub-request carries (real-clients.md §2)."""
+    """What nginx's auth_request sub-request carries (the headers of tests/e2e/harness.py's nginx configuration)."""
     return client.get(
         "/internal/auth_request",
         headers={
@@ -119,7 +119,7 @@ def recorder(app: Flask, runtime: Runtime) -> Iterator[ActivityRecorder]:
     installed.close()  # before the runtime closes its database
 
 
-# Git over HTTP (R10, §7) --------------------------------------------------------------------------------
+# Git over HTTP (behaviour [git]) --------------------------------------------------------------------------------
 
 
 def test_git_clone_is_allowed_with_read_repository(client: FlaskClient, world: World):
@@ -174,7 +174,7 @@ def test_custom_username_must_match(client: FlaskClient, world: World):
 def test_git_without_basic_credentials_is_challenged(client: FlaskClient, world: World, headers):
     response = nginx(client, CLONE, headers=headers)
     assert response.status_code == 401
-    # git sends the user:token of the URL only after this challenge (real-clients.md §2).
+    # git sends the user:token of the URL only after this challenge.
     assert response.headers["WWW-Authenticate"] == AUTH_CHALLENGE
 
 
@@ -237,7 +237,7 @@ def test_expired_token_is_401_from_midnight_utc(client: FlaskClient, world: Worl
     token = issue(world, "project", world.project, "read_repository", expires_at=expiry)
     clock.set(T0.replace(year=2026, month=1, day=31, hour=23, minute=59))
     assert nginx(client, CLONE, headers=git_auth(token)).status_code == 200
-    clock.set(T0.replace(year=2026, month=2, day=1, hour=0, minute=0))  # R5: now >= expires_at
+    clock.set(T0.replace(year=2026, month=2, day=1, hour=0, minute=0))  # behaviour [expiry]: now >= expires_at
     assert nginx(client, CLONE, headers=git_auth(token)).status_code == 401
 
 
@@ -314,7 +314,7 @@ def test_nginx_may_forward_the_original_method(client: FlaskClient, world: World
     assert response.status_code == 200
 
 
-# Package registries (R12, R13, §10) ---------------------------------------------------------------------
+# Package registries (behaviour [packages]) ---------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -336,7 +336,7 @@ def test_package_read_with_every_credential_style(
 ):
     value = packages["read"].value
     headers = {
-        "basic-any-username": basic("whatever", value),  # the Basic username is ignored (§10)
+        "basic-any-username": basic("whatever", value),  # the Basic username is ignored (behaviour [packages])
         "deploy-token-header": {"Deploy-Token": value},
         "bearer": {"Authorization": f"Bearer {value}"},
     }[style]
@@ -415,7 +415,7 @@ def test_group_level_package_endpoints_accept_the_exact_group_only(client: Flask
     assert nginx(client, "/api/v4/groups/acme/-/packages/npm/@acme%2ftool", "GET", headers).status_code == 200
     subgroup = "/api/v4/groups/acme%2Fbackend/-/packages/maven/a/b/1/b.pom"
     assert nginx(client, subgroup, "GET", headers).status_code == 403
-    # ... while project-level endpoints in subgroups work (§5).
+    # ... while project-level endpoints in subgroups work (behaviour [reach]).
     deep = GENERIC.format(ref="acme%2Fbackend%2Fservices%2Fdb")
     assert nginx(client, deep, "GET", headers).status_code == 200
 
@@ -450,7 +450,7 @@ def test_instance_level_package_routes_name_no_project(
     assert nginx(client, "/api/v4/packages/maven/com/acme/tool/1.0/x.jar", "GET", headers).status_code == 403
 
 
-# External authorization (R6, §11) -----------------------------------------------------------------------
+# External authorization (behaviour [external-authorization]) -----------------------------------------------------------------------
 
 
 def test_external_authorization_refuses_git_and_packages_but_not_the_registry(
@@ -518,7 +518,7 @@ def test_denials_never_need_the_index_for_malformed_values(client: FlaskClient, 
     assert nginx(client, CLONE, headers=basic("u", "not-a-token")).status_code == 401
 
 
-# Docker registry token server (R11, §8) -----------------------------------------------------------------
+# Docker registry token server (behaviour [registry]) -----------------------------------------------------------------
 
 
 def test_registry_grants_exactly_the_allowed_actions(client: FlaskClient, world: World):
@@ -578,7 +578,7 @@ def test_login_without_scope(client: FlaskClient, world: World):
     denied = registry_token(client, repository_only)
     assert denied.status_code == 403
     assert denied.get_json() == {"errors": [{"code": "DENIED", "message": "access forbidden"}]}
-    # Login needs a registry scope even when a scope is requested (§8).
+    # Login needs a registry scope even when a scope is requested (behaviour [registry]).
     assert registry_token(client, repository_only, "repository:acme/api:pull").status_code == 403
 
 
@@ -689,7 +689,7 @@ def test_certificate_endpoint_serves_the_signer_pem(client: FlaskClient, world: 
     assert response.get_data() == registry_certificate_pem(world.runtime.settings)
 
 
-# Dependency proxy (§9) ----------------------------------------------------------------------------------
+# Dependency proxy (behaviour [dependency-proxy]) ----------------------------------------------------------------------------------
 
 PROXY_IMAGE = "repository:acme/dependency_proxy/containers/alpine:pull"
 
@@ -802,7 +802,7 @@ def test_json_check_rejects_a_non_json_body(client: FlaskClient, world: World):
     assert response.status_code == 400
 
 
-# Activity (R20, R21) ------------------------------------------------------------------------------------
+# Activity (behaviour [activity], [history]) ------------------------------------------------------------------------------------
 
 
 def test_every_decision_is_recorded_without_token_values(

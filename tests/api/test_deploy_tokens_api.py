@@ -1,4 +1,4 @@
-"""Deploy-token endpoints: every status-code row of gitlab-behaviour.md §15, fields, pagination, errors."""
+"""Deploy-token endpoints: every status code GitLab answers, fields, pagination, errors."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Shared by ``tests/e2e`` (pytest fixtures) and ``scripts/e2e_stack.py`` (a person trying it by hand), so it
 never imports pytest: a missing binary raises :class:`MissingTool`, which the fixtures turn into a failure
-under ``CI=true`` and a skip otherwise. Configurations follow ``real-clients.md``; the helpers started as
+under ``CI=true`` and a skip otherwise. Configurations are the smallest each real client accepts; the helpers started as
 the ones in ``tests/api/test_auth_checks.py`` (git through nginx, skopeo through docker-registry).
 
 Every server is started in its own session (``start_new_session``) and stopped by process group, which
@@ -155,7 +155,7 @@ def run(
 
 
 def oci_image(folder: Path, tag: str) -> None:
-    """A one-layer OCI image layout written by hand (real-clients.md §1), readable as ``oci:folder:tag``."""
+    """A one-layer OCI image layout written by hand, readable as ``oci:folder:tag``."""
     blobs = folder / "blobs/sha256"
     blobs.mkdir(parents=True)
 

@@ -1,4 +1,4 @@
-"""Package registries behind nginx auth_request (R12): twine + pip on pypiserver, curl on generic packages."""
+"""Package registries behind nginx auth_request (behaviour [packages]): twine + pip on pypiserver, curl on generic packages."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .harness import Stack, run, tiny_wheel
 
 pytestmark = pytest.mark.e2e
 
-# pip turns a 401/403 from the index into "no distribution" (real-clients.md §3).
+# pip turns a 401/403 from the index into "no distribution".
 NOT_FOUND = "No matching distribution found"
 
 
@@ -90,7 +90,7 @@ def test_the_reverse_is_refused(stack: Stack, directory: Directory, project: Pro
     refused = twine_upload(stack, project, reader, wheel, work)
     assert refused.returncode != 0 and "403" in refused.stdout + refused.stderr
     assert twine_upload(stack, project, writer, wheel, work).returncode == 0
-    write_only = pip_install(stack, project, writer, wheel, work)  # write cannot read (R12)
+    write_only = pip_install(stack, project, writer, wheel, work)  # write cannot read (behaviour [packages])
     assert write_only.returncode != 0 and NOT_FOUND in write_only.stderr
     other = directory.project("otherpkgs", directory.group("packages"))
     stranger = directory.token(other, "read_package_registry")

@@ -1,4 +1,4 @@
-"""skopeo through docker-registry 2.8 with token auth against the service's /jwt/auth (R11, R6)."""
+"""skopeo through docker-registry 2.8 with token auth against the service's /jwt/auth (behaviour [registry], [external-authorization])."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_registry_refusals(
     assert code != 0 and "denied" in stderr  # read only cannot push
     target = f"docker://{stack.registry}/{project.path_with_namespace}/app:v1"
     code, stderr = skopeo("delete", "--tls-verify=false", "--creds", creds(writer), target, cwd=work)
-    assert code != 0 and "401 Unauthorized" in stderr  # delete is never granted (R11)
+    assert code != 0 and "401 Unauthorized" in stderr  # delete is never granted (behaviour [registry])
     code, stderr = pull(stack, project, reader, work)
     assert code == 0, stderr  # the image survived the refused delete
     another = directory.token(other, "read_registry")
@@ -107,7 +107,7 @@ def test_revoked_token_is_refused_by_the_very_next_pull(
 def test_external_authorization_refuses_git_and_packages_but_not_the_registry(
     stack: Stack, directory: Directory, images: tuple[Group, Project, Project, Token], work: Path
 ):
-    """R6: with external authorization on, deploy tokens keep the registry and lose git and packages."""
+    """behaviour [external-authorization]: with external authorization on, deploy tokens keep the registry and lose git and packages."""
     _, project, _, _ = images
     everything = directory.token(
         project, "read_repository", "read_registry", "read_package_registry", "write_package_registry"

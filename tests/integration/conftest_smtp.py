@@ -30,10 +30,12 @@ import workers.jobs
 
 from ..conftest import POSTGRES_URL, TEST_SECRET
 
-# One Redis database per pytest-xdist worker (10, 11, ...): each test flushes its own, never another's.
+# One Redis database per pytest-xdist worker (10, 11, ... by default): each test flushes its own, never
+# another's. Two suites running at once on one machine pick different bases (DEPLOY_TOKENS_TEST_REDIS_DB).
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
-REDIS_DB = 10 + (int(_WORKER.removeprefix("gw")) if _WORKER else 0)
-assert REDIS_DB <= 15, "Redis has 16 databases: run at most 6 workers"
+_BASE = int(os.environ.get("DEPLOY_TOKENS_TEST_REDIS_DB", "10"))
+REDIS_DB = _BASE + (int(_WORKER.removeprefix("gw")) if _WORKER else 0)
+assert 1 <= REDIS_DB <= 15, "Redis has 16 databases and db 0 is never flushed: check the base and worker count"
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 

@@ -1,4 +1,4 @@
-"""R7: after tokens are issued, no token value appears in any table or file the service wrote."""
+"""behaviour [value]: after tokens are issued, no token value appears in any table or file the service wrote."""
 
 import logging
 from datetime import timedelta

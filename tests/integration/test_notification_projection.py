@@ -169,7 +169,7 @@ def test_no_back_fill_a_token_first_seen_at_6_days_is_done_after_the_7_day_mail(
 def test_a_recorded_expiry_is_never_due_again(scan: Scan, clock: FixedClock):
     token_id = scan.days_out(6)
     clock.set(start_of_day(TODAY + timedelta(days=6)))
-    assert token_id in scan.due_ids()  # expired, Expired not yet recorded (R19)
+    assert token_id in scan.due_ids()  # expired, Expired not yet recorded (behaviour [expiry-event])
     assert scan.tokens.record_expiry(token_id)
     assert scan.due_ids() == set()
     assert scan.due_ids(datetime(2999, 1, 1, tzinfo=UTC)) == set()
@@ -310,7 +310,7 @@ def test_a_scan_driven_by_the_due_set_does_what_a_full_scan_would(scan: Scan, cl
 def _daily_scans(start: datetime, *, days: int) -> Iterator[datetime]:
     yield start
     for day in range(1, days + 1):
-        yield start_of_day(start.date() + timedelta(days=day)) + timedelta(hours=1)  # 01:00 UTC (R17)
+        yield start_of_day(start.date() + timedelta(days=day)) + timedelta(hours=1)  # 01:00 UTC (behaviour [notifications])
 
 
 def _all_due_ids(scan: Scan, now: datetime) -> set[int]:

@@ -1,4 +1,4 @@
-"""The service on both backends: permissions (R14, R15), lifecycle, CI variables, history."""
+"""The service on both backends: permissions (behaviour [manage]), lifecycle, CI variables, history."""
 
 from datetime import date, timedelta
 

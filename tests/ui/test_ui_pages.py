@@ -1,4 +1,4 @@
-"""The web UI through the Flask test client, on both backends (R7, R14-R16): sign-in and sessions, CSRF, the
+"""The web UI through the Flask test client, on both backends (behaviour [value], [manage], [ui]): sign-in and sessions, CSRF, the
 Deploy tokens section of project and group settings, create-and-show-once, revoke with confirmation, each
 token's history, permissions as in the API, validation errors next to their fields."""
 
@@ -241,7 +241,7 @@ def test_create_shows_the_token_once_and_a_reload_never_again(signed_in: SignIn,
 
 
 def test_a_created_value_is_never_stored_in_plaintext(signed_in: SignIn, world: World):
-    """R7: between the POST and its GET the value sits in the session row, encrypted; afterwards nowhere."""
+    """behaviour [value]: between the POST and its GET the value sits in the session row, encrypted; afterwards nowhere."""
     runtime = world.runtime
     pat = personal_access_token(world, "maintainer")
     web = signed_in("admin")
@@ -297,7 +297,7 @@ def test_the_no_javascript_revoke_path_confirms_first(signed_in: SignIn, world: 
     assert "to-revoke" in revoked and "Revoked</span>" in revoked
     assert "Deploy token to-revoke (username gitlab+deploy-token-" in after.text  # the notice, once
     assert "was revoked" not in web.get(PROJECT_SETTINGS).text
-    assert web.post(revoke_url).status_code == 303  # revoking twice is harmless (R15)
+    assert web.post(revoke_url).status_code == 303  # revoking twice is harmless (behaviour [manage])
 
 
 def test_each_token_has_its_history_one_click_away(signed_in: SignIn, world: World):
@@ -442,7 +442,7 @@ def test_expired_tokens_leave_the_active_list(signed_in: SignIn, world: World, c
     assert "short-lived" in inactive_list(page) and "Expired</span>" in inactive_list(page)
 
 
-# Permissions (R14, R15) ---------------------------------------------------------------------------------
+# Permissions (behaviour [manage]) ---------------------------------------------------------------------------------
 
 
 def test_a_developer_sees_no_page_and_cannot_post(signed_in: SignIn, world: World):
@@ -479,7 +479,7 @@ def test_a_developer_sees_no_page_and_cannot_post(signed_in: SignIn, world: Worl
         ("maintainer", PROJECT_SETTINGS, 200),
         ("owner", PROJECT_SETTINGS, 200),  # Owner of the parent group
         ("group_maintainer", PROJECT_SETTINGS, 200),
-        ("group_maintainer", GROUP_SETTINGS, 403),  # a group's tokens need Owner (R14)
+        ("group_maintainer", GROUP_SETTINGS, 403),  # a group's tokens need Owner (behaviour [manage])
         ("maintainer", GROUP_SETTINGS, 404),
         ("owner", GROUP_SETTINGS, 200),
         ("owner", "/groups/acme/backend/services/-/settings/repository", 200),  # inherited downwards

@@ -1,4 +1,4 @@
-"""The auth decision, table-driven: every scope against every action, every boundary (R4-R13)."""
+"""The auth decision, table-driven: every scope against every action, every boundary (behaviour [reach] to [api-routes])."""
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta

@@ -121,7 +121,7 @@ def package(action: Action, resource: Resource | None, *, exact: bool = False) -
         ),
         # instance-level packages: no project named
         ("/api/v4/packages/conan/v1/ping", "GET", package(Action.PACKAGE_READ, None)),
-        # R13: everything else under the API, and anything unrecognised
+        # behaviour [api-routes]: everything else under the API, and anything unrecognised
         ("/api/v4/projects/24", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
         ("/api/v4/projects/24/deploy_tokens", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
         ("/api/v4/projects/24/packages", "GET", NOT_A_DEPLOY_TOKEN_ROUTE),
