@@ -1,6 +1,7 @@
-"""Auth checks through the Flask test client, on both backends: nginx auth_request (Git, packages, behaviour [api-routes]),
-the registry token server (/jwt/auth, container registry and dependency proxy), the JSON check, activity
-recording and /metrics (behaviour [git], [registry], [dependency-proxy], [packages], [external-authorization], [activity])."""
+"""Auth checks through the Flask test client, on both backends: nginx auth_request (Git, packages,
+behaviour [api-routes]), the registry token server (/jwt/auth, container registry and dependency proxy),
+the JSON check, activity recording and /metrics (behaviour [git], [registry], [dependency-proxy],
+[packages], [external-authorization], [activity])."""
 
 from __future__ import annotations
 
@@ -237,7 +238,9 @@ def test_expired_token_is_401_from_midnight_utc(client: FlaskClient, world: Worl
     token = issue(world, "project", world.project, "read_repository", expires_at=expiry)
     clock.set(T0.replace(year=2026, month=1, day=31, hour=23, minute=59))
     assert nginx(client, CLONE, headers=git_auth(token)).status_code == 200
-    clock.set(T0.replace(year=2026, month=2, day=1, hour=0, minute=0))  # behaviour [expiry]: now >= expires_at
+    clock.set(
+        T0.replace(year=2026, month=2, day=1, hour=0, minute=0)
+    )  # behaviour [expiry]: now >= expires_at
     assert nginx(client, CLONE, headers=git_auth(token)).status_code == 401
 
 
@@ -336,7 +339,9 @@ def test_package_read_with_every_credential_style(
 ):
     value = packages["read"].value
     headers = {
-        "basic-any-username": basic("whatever", value),  # the Basic username is ignored (behaviour [packages])
+        "basic-any-username": basic(
+            "whatever", value
+        ),  # the Basic username is ignored (behaviour [packages])
         "deploy-token-header": {"Deploy-Token": value},
         "bearer": {"Authorization": f"Bearer {value}"},
     }[style]
@@ -450,7 +455,7 @@ def test_instance_level_package_routes_name_no_project(
     assert nginx(client, "/api/v4/packages/maven/com/acme/tool/1.0/x.jar", "GET", headers).status_code == 403
 
 
-# External authorization (behaviour [external-authorization]) -----------------------------------------------------------------------
+# External authorization (behaviour [external-authorization]) ----------------------------------------------------------
 
 
 def test_external_authorization_refuses_git_and_packages_but_not_the_registry(
@@ -689,7 +694,7 @@ def test_certificate_endpoint_serves_the_signer_pem(client: FlaskClient, world: 
     assert response.get_data() == registry_certificate_pem(world.runtime.settings)
 
 
-# Dependency proxy (behaviour [dependency-proxy]) ----------------------------------------------------------------------------------
+# Dependency proxy (behaviour [dependency-proxy]) ----------------------------------------------------------------------
 
 PROXY_IMAGE = "repository:acme/dependency_proxy/containers/alpine:pull"
 
@@ -802,7 +807,7 @@ def test_json_check_rejects_a_non_json_body(client: FlaskClient, world: World):
     assert response.status_code == 400
 
 
-# Activity (behaviour [activity], [history]) ------------------------------------------------------------------------------------
+# Activity (behaviour [activity], [history]) ---------------------------------------------------------------------------
 
 
 def test_every_decision_is_recorded_without_token_values(

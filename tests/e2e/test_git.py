@@ -1,4 +1,5 @@
-"""git clone/push through nginx auth_request + fcgiwrap + git http-backend (behaviour [git]), tokens from python-gitlab."""
+"""git clone/push through nginx auth_request + fcgiwrap + git http-backend (behaviour [git]),
+tokens from python-gitlab."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Package registries behind nginx auth_request (behaviour [packages]): twine + pip on pypiserver, curl on generic packages."""
+"""Package registries behind nginx auth_request (behaviour [packages]):
+twine + pip on pypiserver, curl on generic packages."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""skopeo through docker-registry 2.8 with token auth against the service's /jwt/auth (behaviour [registry], [external-authorization])."""
+"""skopeo through docker-registry 2.8 with token auth against the service's /jwt/auth
+(behaviour [registry], [external-authorization])."""
 
 from __future__ import annotations
 
@@ -107,7 +108,8 @@ def test_revoked_token_is_refused_by_the_very_next_pull(
 def test_external_authorization_refuses_git_and_packages_but_not_the_registry(
     stack: Stack, directory: Directory, images: tuple[Group, Project, Project, Token], work: Path
 ):
-    """behaviour [external-authorization]: with external authorization on, deploy tokens keep the registry and lose git and packages."""
+    """behaviour [external-authorization]: with external authorization on, deploy tokens keep
+    the registry and lose git and packages."""
     _, project, _, _ = images
     everything = directory.token(
         project, "read_repository", "read_registry", "read_package_registry", "write_package_registry"

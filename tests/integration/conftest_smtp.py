@@ -35,7 +35,9 @@ from ..conftest import POSTGRES_URL, TEST_SECRET
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 _BASE = int(os.environ.get("DEPLOY_TOKENS_TEST_REDIS_DB", "10"))
 REDIS_DB = _BASE + (int(_WORKER.removeprefix("gw")) if _WORKER else 0)
-assert 1 <= REDIS_DB <= 15, "Redis has 16 databases and db 0 is never flushed: check the base and worker count"
+assert 1 <= REDIS_DB <= 15, (
+    "Redis has 16 databases and db 0 is never flushed: check the base and worker count"
+)
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 

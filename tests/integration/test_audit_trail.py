@@ -1,4 +1,5 @@
-"""The audit trail (behaviour [history], [audit-types]) on both backends: GitLab's types and messages, one row per event, filters, rebuild."""
+"""The audit trail (behaviour [history], [audit-types]) on both backends:
+GitLab's types and messages, one row per event, filters, rebuild."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The daily expiry scan (behaviour [notifications], [expiry-event]) end to end: real SMTP (aiosmtpd on loopback), real PostgreSQL/SQLite and,
+"""The daily expiry scan (behaviour [notifications], [expiry-event]) end to end:
+ real SMTP (aiosmtpd on loopback), real PostgreSQL/SQLite and,
 for the RQ paths, a real Redis (db 13).
 
 Each test checks what reached the SMTP sink (Message-IDs, subjects, recipients) and what the event store

@@ -310,7 +310,9 @@ def test_a_scan_driven_by_the_due_set_does_what_a_full_scan_would(scan: Scan, cl
 def _daily_scans(start: datetime, *, days: int) -> Iterator[datetime]:
     yield start
     for day in range(1, days + 1):
-        yield start_of_day(start.date() + timedelta(days=day)) + timedelta(hours=1)  # 01:00 UTC (behaviour [notifications])
+        yield start_of_day(start.date() + timedelta(days=day)) + timedelta(
+            hours=1
+        )  # behaviour [notifications]
 
 
 def _all_due_ids(scan: Scan, now: datetime) -> set[int]:

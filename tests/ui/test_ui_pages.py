@@ -1,4 +1,5 @@
-"""The web UI through the Flask test client, on both backends (behaviour [value], [manage], [ui]): sign-in and sessions, CSRF, the
+"""The web UI through the Flask test client, on both backends (behaviour [value], [manage], [ui]):
+sign-in and sessions, CSRF, the
 Deploy tokens section of project and group settings, create-and-show-once, revoke with confirmation, each
 token's history, permissions as in the API, validation errors next to their fields."""
 
@@ -241,7 +242,8 @@ def test_create_shows_the_token_once_and_a_reload_never_again(signed_in: SignIn,
 
 
 def test_a_created_value_is_never_stored_in_plaintext(signed_in: SignIn, world: World):
-    """behaviour [value]: between the POST and its GET the value sits in the session row, encrypted; afterwards nowhere."""
+    """behaviour [value]: between the POST and its GET
+    the value sits in the session row, encrypted; afterwards nowhere."""
     runtime = world.runtime
     pat = personal_access_token(world, "maintainer")
     web = signed_in("admin")

@@ -1,4 +1,5 @@
-"""The auth decision, table-driven: every scope against every action, every boundary (behaviour [reach] to [api-routes])."""
+"""The auth decision, table-driven: every scope against every action, every boundary
+(behaviour [reach] to [api-routes])."""
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
