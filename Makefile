@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Most tests wait on PostgreSQL, Redis or a subprocess, so four workers keep two cores busy (at most six: one
-# Redis database each, tests/integration/conftest_smtp.py). TEST_WORKERS=0 runs everything in one process.
+# Redis database each, tests/integration/conftest.py). TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 4
 
 .PHONY: run test lint bench clean

@@ -1,4 +1,4 @@
-"""API fixtures: the Flask app over a runtime (both backends), a test client, and credentials per role."""
+"""API fixtures: the Flask app over a runtime (SQLite), a test client, and credentials per role."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from api.app import create_app
 from deploy_tokens.runtime import Runtime
 
 from ..conftest import World
+
+
+@pytest.fixture
+def backend() -> str:
+    """One backend here: views and services behave alike on both, and tests/integration runs the persistence
+    and the projections on both. A module whose behaviour depends on the database takes both back with
+    ``from ..conftest import backend``."""
+    return "sqlite"
 
 
 @pytest.fixture

@@ -6,19 +6,14 @@ the JSON check, activity recording and /metrics (behaviour [git], [registry], [d
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from datetime import date, timedelta
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
 from api.activity import install_activity
@@ -34,7 +29,6 @@ from infrastructure.activity import ActivityEvent, ActivityRecorder, activity_ro
 from projections.credential_index import StaleIndex
 
 from ..conftest import T0, World
-from ..e2e import harness
 
 CLIENT_ADDRESS = "203.0.113.7"
 CLONE = "/acme/api.git/info/refs?service=git-upload-pack"
@@ -987,151 +981,3 @@ def test_metrics_count_stale_answers(client: FlaskClient, world: World, stale: N
     nginx(client, CLONE, headers=git_auth(token))
     text = client.get("/metrics").get_data(as_text=True)
     assert 'result="unavailable",reason="stale_index"} 1' in text
-
-
-# End to end: the stale-index recipe through real nginx (the clients themselves are in tests/e2e) -----------
-
-
-def _tool(name: str) -> str:
-    try:
-        return harness.tool(name)
-    except harness.MissingTool as missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(missing))
-        pytest.skip(str(missing))
-
-
-_free_port, _http, _wait_for, _stop = harness.free_port, harness.http, harness.wait_for, harness.stop
-
-
-@pytest.fixture
-def live_app(app: Flask, clock: FixedClock) -> Iterator[str]:
-    """The app on a loopback port; the clock at real time, since real verifiers check token lifetimes."""
-    clock.set(datetime.now(UTC))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
-
-
-NGINX_CONF = """
-worker_processes 1;
-user root;
-pid {run}/nginx.pid;
-error_log {run}/nginx-error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {run}/body; proxy_temp_path {run}/proxy; fastcgi_temp_path {run}/fastcgi;
-  uwsgi_temp_path {run}/uwsgi; scgi_temp_path {run}/scgi;
-  client_max_body_size 0;
-  server {{
-    listen 127.0.0.1:{port};
-    location = /_auth {{
-      internal;
-      proxy_pass {app}/internal/auth_request;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Original-Remote-Addr $remote_addr;
-    }}
-    location ~ ^/.+\\.git/ {{
-      auth_request /_auth;
-      auth_request_set $auth_user $upstream_http_x_auth_user;
-      auth_request_set $auth_error $upstream_http_x_auth_error;
-      error_page 403 = @auth_denied;
-      fastcgi_pass unix:{run}/fcgiwrap.sock;
-      include /etc/nginx/fastcgi_params;
-      fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;
-      fastcgi_param GIT_PROJECT_ROOT {run}/repos;
-      fastcgi_param GIT_HTTP_EXPORT_ALL "";
-      fastcgi_param PATH_INFO $uri;
-      fastcgi_param REMOTE_USER $auth_user;
-      fastcgi_buffering off;
-    }}
-    location @auth_denied {{
-      if ($auth_error = "unavailable") {{ add_header Retry-After 1 always; return 503; }}
-      return 403;
-    }}
-  }}
-}}
-"""
-
-
-@pytest.fixture
-def git_over_nginx(live_app: str, tmp_path: Path) -> Iterator[str]:
-    """nginx (auth_request to the app) + fcgiwrap + git http-backend, serving acme/api.git with one commit."""
-    git, nginx_bin, fcgiwrap = _tool("git"), _tool("nginx"), _tool("fcgiwrap")
-    run = tmp_path / "nginx"
-    for folder in ("repos/acme", "body", "proxy", "fastcgi", "uwsgi", "scgi", "work"):
-        (run / folder).mkdir(parents=True)
-    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(run)}
-    bare = run / "repos/acme/api.git"
-    subprocess.run([git, "init", "-q", "--bare", str(bare)], check=True, env=env)
-    subprocess.run([git, "-C", str(bare), "config", "http.receivepack", "true"], check=True, env=env)
-    work = run / "work"
-    subprocess.run([git, "init", "-q", "-b", "main", str(work)], check=True, env=env)
-    (work / "README").write_text("hello\n")
-    commit = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([git, "-C", str(work), "add", "README"], check=True, env=env)
-    subprocess.run([git, "-C", str(work), *commit, "commit", "-q", "-m", "first"], check=True, env=env)
-    subprocess.run([git, "-C", str(work), "push", "-q", str(bare), "main"], check=True, env=env)
-    subprocess.run([git, "-C", str(bare), "symbolic-ref", "HEAD", "refs/heads/main"], check=True, env=env)
-    port = _free_port()
-    (run / "nginx.conf").write_text(NGINX_CONF.format(run=run, port=port, app=live_app))
-    log = run / "servers.log"
-    with log.open("wb") as out:
-        wrap = subprocess.Popen(
-            [fcgiwrap, "-c", "2", "-s", f"unix:{run}/fcgiwrap.sock"],
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-        web = subprocess.Popen(
-            [nginx_bin, "-p", str(run), "-c", str(run / "nginx.conf"), "-g", "daemon off;"],
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/", web, run / "nginx-error.log")
-        yield f"127.0.0.1:{port}"
-    finally:
-        _stop(web)
-        _stop(wrap)
-
-
-def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(cwd)}
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_e2e_nginx_recipe_turns_a_stale_index_into_a_retryable_503(
-    git_over_nginx: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """The module docstring's nginx recipe, with real nginx and git (tests/e2e covers the clients at large)."""
-    host = git_over_nginx
-    reader = issue(world, "project", world.project, "read_repository")
-    url = f"http://{reader.token.username}:{reader.value}@{host}/acme/api.git"
-    assert _git("ls-remote", url, cwd=tmp_path).returncode == 0
-
-    def refuse() -> None:
-        raise StaleIndex("behind")
-
-    monkeypatch.setattr(world.runtime.index, "ensure_fresh", refuse)
-    status, headers = _http(
-        f"http://{host}/acme/api.git/info/refs?service=git-upload-pack",
-        basic(reader.token.username, reader.value),
-    )
-    assert status == 503
-    assert headers.get("Retry-After") == "1"
-    stale = _git("ls-remote", url, cwd=tmp_path)
-    assert stale.returncode != 0 and "503" in stale.stderr
-    assert "Authentication failed" not in stale.stderr  # git keeps the stored credentials

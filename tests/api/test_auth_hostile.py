@@ -26,7 +26,11 @@ from infrastructure.bans import AddressBans, BanPolicy, RedisAddressBans
 from infrastructure.keys import Keyring
 from infrastructure.settings import ConfigurationError, Settings
 
-from ..conftest import T0, World
+from ..conftest import (
+    T0,
+    World,
+    backend,  # noqa: F401  (both backends: PostgreSQL refuses NUL that SQLite stores)
+)
 from .test_auth_checks import CLONE, basic, git_auth, granted, issue, nginx, registry_token
 
 ATTACKER = "203.0.113.66"

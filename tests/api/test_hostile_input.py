@@ -43,7 +43,10 @@ from api.registry_token import MAX_SCOPES
 from api.ui.sessions import COOKIE_NAME, CSRF_FIELD, sessions
 from deploy_tokens.tokens import IssuedToken
 
-from ..conftest import World
+from ..conftest import (
+    World,
+    backend,  # noqa: F401  (both backends: hostile text meets each database)
+)
 from .conftest import Credentials
 
 AUTH_REQUEST = b"/internal/auth_request"

@@ -19,7 +19,10 @@ from deploy_tokens.runtime import Runtime
 from domain.clock import FixedClock
 from infrastructure.idempotency import TABLE
 
-from ..conftest import World
+from ..conftest import (
+    World,
+    backend,  # noqa: F401  (both backends: keys are stored in the events' transaction)
+)
 from .conftest import Credentials
 
 KEY = "8e03978e-40d5-43e8-bc93-6894a57f9324"

@@ -38,6 +38,8 @@ from pathlib import Path
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from ..ports import free_port
+
 GIT_BACKEND = "/usr/lib/git-core/git-http-backend"
 BINARIES = ("git", "nginx", "fcgiwrap", "docker-registry", "skopeo", "curl")
 PYTHON_MODULES = ("pypiserver", "twine")
@@ -85,12 +87,6 @@ def check_tools() -> None:
         raise MissingTool(f"{GIT_BACKEND} is missing (package git)")
     for module in PYTHON_MODULES:
         python_module(module)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def http(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from gitlab.v4.objects import Group, Project
 
+from deploy_tokens.runtime import Runtime
+from projections.credential_index import StaleIndex
+
 from .conftest import Directory, Token
-from .harness import OffsetClock, Stack, git_env, run
+from .harness import OffsetClock, Stack, basic, git_env, http, run
 
 pytestmark = pytest.mark.e2e
 
@@ -118,3 +121,34 @@ def test_group_token_clones_deep_and_later_projects(stack: Stack, directory: Dir
     sub_token = directory.token(sub, "read_repository")
     code, stderr = clone(stack, at_top, work, sub_token.username, sub_token.value)
     assert code != 0 and "403" in stderr
+
+
+def test_a_stale_index_answers_a_retryable_503_and_git_keeps_its_credentials(
+    stack: Stack,
+    directory: Directory,
+    tree: Tree,
+    work: Path,
+    e2e_service: tuple[str, Runtime],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """behaviour [fail-closed]: through nginx's recipe, "unavailable" becomes 503 with Retry-After, which git
+    reports without discarding the credentials it was given (a 401 or 403 would)."""
+    _, project, _ = tree
+    reader = directory.token(project, "read_repository")
+    assert clone(stack, project, work, reader.username, reader.value)[0] == 0
+
+    def behind() -> None:
+        raise StaleIndex("behind")
+
+    monkeypatch.setattr(e2e_service[1].index, "ensure_fresh", behind)
+    status, headers = http(
+        stack.git_url(project.path_with_namespace) + "/info/refs?service=git-upload-pack",
+        basic(reader.username, reader.value),
+    )
+    assert status == 503
+    assert headers.get("Retry-After") == "1"
+    code, stderr = git(
+        "ls-remote", stack.git_url(project.path_with_namespace, reader.username, reader.value), cwd=work
+    )
+    assert code != 0 and "503" in stderr
+    assert "Authentication failed" not in stderr

@@ -32,7 +32,7 @@ from deploy_tokens.runtime import Runtime
 from infrastructure.settings import DatabaseLocation
 
 from ..conftest import POSTGRES_URL, TEST_SECRET, World, make_settings
-from ..e2e.harness import free_port
+from ..ports import free_port
 from .proxy import FaultyProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

@@ -34,8 +34,8 @@ from domain.clock import start_of_day
 from domain.deploy_token import due_interval
 from workers.jobs import QUEUE, RqDispatcher, run_expiry_scan
 
-from ..conftest import World, make_settings
-from .conftest_smtp import REDIS_URL, SmtpSink, job_environment, redis_db, running_sink
+from ..conftest import World
+from .conftest import REDIS_URL, SmtpSink, job_environment, running_sink
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -55,22 +55,10 @@ def rq_executable() -> str:
 
 
 @pytest.fixture
-def redis() -> Iterator[Redis]:
-    with redis_db() as connection:
-        yield connection
-
-
-@pytest.fixture
 def sink() -> Iterator[SmtpSink]:
+    """Slower than the shared sink, so a worker can be killed between a message and its 250."""
     with running_sink(delay=SINK_DELAY) as started:
         yield started
-
-
-@pytest.fixture
-def live_runtime(tmp_path: Path, postgres_schema: str) -> Iterator[Runtime]:
-    """The system clock: the workers' jobs run on it too."""
-    with Runtime.open(make_settings("postgres", tmp_path, postgres_schema)) as opened:
-        yield opened
 
 
 def child_pids(pid: int) -> list[int]:

@@ -28,8 +28,8 @@ from infrastructure.mail import SmtpMailer
 from projections.notification_queries import due_tokens, notification_state
 from workers.jobs import QUEUE, InlineDispatcher, trigger_daily_scan
 
-from ..conftest import T0, World, make_settings
-from .conftest_smtp import REDIS_URL, SmtpSink, job_environment, redis_db, reset_job_runtime, running_sink
+from ..conftest import T0, World
+from .conftest import REDIS_URL, SmtpSink, job_environment, reset_job_runtime, running_sink
 
 TODAY = T0.date()  # the clock fixture: 2026-01-10 12:00 UTC
 PROJECT_RECIPIENTS = [  # acme/api: its Maintainers, plus the Owner and Maintainer inherited from acme
@@ -52,18 +52,6 @@ def user_id(world: World, name: str) -> int:
 
 
 # Fixtures ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with running_sink() as started:
-        yield started
-
-
-@pytest.fixture
-def redis() -> Iterator[Redis]:
-    with redis_db() as connection:
-        yield connection
 
 
 class Scans:
@@ -435,13 +423,6 @@ def test_concurrent_triggers_enqueue_one_scan(trigger_env: Queue) -> None:
 
     assert sorted(results, key=str) == ["20260305"] + [None] * (threads * 3 - 1)
     assert trigger_env.job_ids == ["expiry-scan-20260305"]
-
-
-@pytest.fixture
-def live_runtime(tmp_path: Path, postgres_schema: str) -> Iterator[Runtime]:
-    """PostgreSQL with the system clock: RQ jobs open their own runtime on the real clock."""
-    with Runtime.open(make_settings("postgres", tmp_path, postgres_schema)) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -28,17 +28,10 @@ from cryptography.x509.oid import NameOID
 from deploy_tokens.expiry_mail import message_id
 from infrastructure.mail import MailDeliveryError, MaildirMailer, SmtpMailer, mailer_from_url
 
+from ..ports import free_port
 from ..unit.test_expiry_mail import DOMAIN, SENDER, UTC, make_message, make_notice
 
 # --------------------------------------------------------------------------- SMTP sink
-
-
-def free_port() -> int:
-    # Controller(port=0) cannot probe its own readiness, so pick a free port up front.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

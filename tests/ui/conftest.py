@@ -1,4 +1,4 @@
-"""Web UI fixtures: the Flask app over a runtime (both backends), a client that signs in like a browser, and
+"""Web UI fixtures: the Flask app over a runtime (SQLite), a client that signs in like a browser, and
 personal access tokens for the world's users."""
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ from ..conftest import World
 _CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
 PROJECT_SETTINGS = "/acme/api/-/settings/repository"
 GROUP_SETTINGS = "/groups/acme/-/settings/repository"
+
+
+@pytest.fixture
+def backend() -> str:
+    """One backend here: views and services behave alike on both, and tests/integration runs the persistence
+    and the projections on both. A module whose behaviour depends on the database takes both back with
+    ``from ..conftest import backend``."""
+    return "sqlite"
 
 
 @pytest.fixture

@@ -1,27 +1,15 @@
-"""Registry token auth: the derived signing key, scope parsing and the JWT that distribution 2.8.2 accepts.
+"""Registry token auth without I/O: the derived signing key, scope parsing and the JWT's claims and header.
 
-The ``e2e`` tests run Debian's ``docker-registry`` (distribution 2.8.2) on a free loopback port and
-present it tokens minted here, so the claim and header rules are checked against the real verifier
-rather than against our reading of it.
+``tests/integration/test_registry_key_tools.py`` checks the key against openssl and another process;
+``tests/e2e/test_registry_token_verifier.py`` presents these tokens to the real docker-registry.
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import jwt
 import pytest
@@ -40,14 +28,7 @@ from api.registry_token import (
     registry_error,
 )
 
-SECRET = b"registry-test-secret-0123456789abcdef"
-OTHER_SECRET = b"another-registry-secret-0123456789abc"
-ISSUER = "deploy-token-service"
-SERVICE = "container_registry"
-NOW = datetime(2026, 1, 10, 12, 0, 0, tzinfo=UTC)
-REPO = "group/project/app"
-PULL_PUSH: list[dict[str, object]] = [{"type": "repository", "name": REPO, "actions": ["pull", "push"]}]
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ..registry_signing import ISSUER, NOW, OTHER_SECRET, PULL_PUSH, REPO, SECRET, SERVICE, mint
 
 
 @pytest.fixture(scope="module")
@@ -55,29 +36,11 @@ def key() -> RegistrySigningKey:
     return derive_signing_key(SECRET)
 
 
-def mint(key: RegistrySigningKey, access: Sequence[Mapping[str, object]], *, now: datetime = NOW) -> str:
-    response = issue_token(
-        key, issuer=ISSUER, audience=SERVICE, subject="gitlab+deploy-token-1", access=access, now=now
-    )
-    token = response["token"]
-    assert isinstance(token, str)
-    return token
-
-
 def public_numbers(signing_key: RegistrySigningKey) -> ec.EllipticCurvePublicNumbers:
     return signing_key.private_key.public_key().public_numbers()
 
 
 # --- the derived signing key -------------------------------------------------------------------------
-
-
-def test_same_secret_gives_byte_identical_certificate_in_another_process(key: RegistrySigningKey) -> None:
-    script = (
-        "import sys; from api.registry_token import derive_signing_key; "
-        f"sys.stdout.buffer.write(derive_signing_key({SECRET!r}).certificate_pem())"
-    )
-    other = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, check=True)
-    assert other.stdout == key.certificate_pem()
 
 
 def test_same_secret_gives_same_private_key(key: RegistrySigningKey) -> None:
@@ -113,15 +76,6 @@ def test_certificate_holds_the_signing_public_key(key: RegistrySigningKey) -> No
     assert certificate_key.public_numbers() == public_numbers(key)
 
 
-def test_certificate_is_its_own_trust_anchor_for_openssl(key: RegistrySigningKey, tmp_path: Path) -> None:
-    pem = tmp_path / "token.crt"
-    pem.write_bytes(key.certificate_pem())
-    result = subprocess.run(
-        [require_tool("openssl"), "verify", "-CAfile", str(pem), str(pem)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_common_name_is_configurable() -> None:
     certificate = derive_signing_key(SECRET, common_name="registry-issuer").certificate
     assert certificate.subject.rfc4514_string() == "CN=registry-issuer"
@@ -129,20 +83,6 @@ def test_common_name_is_configurable() -> None:
 
 def test_kid_has_libtrust_shape(key: RegistrySigningKey) -> None:
     assert re.fullmatch(r"[A-Z2-7]{4}(?::[A-Z2-7]{4}){11}", key.kid)
-
-
-def test_kid_matches_openssl_libtrust_pipeline(key: RegistrySigningKey) -> None:
-    openssl = require_tool("openssl")
-    require_tool("base32")
-    pipeline = (
-        f"{openssl} x509 -pubkey -noout | {openssl} pkey -pubin -outform DER"
-        f" | {openssl} dgst -sha256 -binary | head -c 30 | base32"
-    )
-    result = subprocess.run(
-        ["sh", "-c", pipeline], input=key.certificate_pem(), capture_output=True, check=True
-    )
-    encoded = result.stdout.decode("ascii").strip()
-    assert ":".join(encoded[i : i + 4] for i in range(0, len(encoded), 4)) == key.kid
 
 
 def test_x5c_is_the_certificate_in_standard_base64(key: RegistrySigningKey) -> None:
@@ -392,152 +332,3 @@ def test_extra_claims_cannot_override_registered_claims(key: RegistrySigningKey)
 def test_malformed_access_entry_is_rejected(key: RegistrySigningKey, entry: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="access entry"):
         mint(key, [entry])
-
-
-# --- against the real registry (distribution 2.8.2) ------------------------------------------------
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def http_get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, bytes]:
-    request = urllib.request.Request(url, method=method)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    # No proxies: an http_proxy in the environment must not intercept loopback requests.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=5) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-@dataclass(frozen=True)
-class Registry:
-    url: str
-    key: RegistrySigningKey
-
-
-@pytest.fixture(scope="module")
-def registry(key: RegistrySigningKey, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("docker-registry is not installed (apt-get install docker-registry)")
-        pytest.skip("docker-registry is not installed")
-    run_dir = tmp_path_factory.mktemp("registry")
-    (run_dir / "token.crt").write_bytes(key.certificate_pem())
-    port = free_port()
-    # JSON strings are valid YAML scalars, so json.dumps quotes paths safely.
-    (run_dir / "config.yml").write_text(
-        f"""version: 0.1
-log: {{ level: warn }}
-storage:
-  filesystem: {{ rootdirectory: {json.dumps(str(run_dir / "data"))} }}
-http:
-  addr: 127.0.0.1:{port}
-auth:
-  token:
-    realm: http://127.0.0.1:9/jwt/auth
-    service: {SERVICE}
-    issuer: {ISSUER}
-    rootcertbundle: {json.dumps(str(run_dir / "token.crt"))}
-"""
-    )
-    log_path = run_dir / "registry.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([binary, "serve", str(run_dir / "config.yml")], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"docker-registry exited early:\n{log_path.read_text()}")
-            try:
-                if http_get(f"{url}/v2/")[0] == 401:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"docker-registry did not answer on {url}:\n{log_path.read_text()}")
-            time.sleep(0.05)
-        yield Registry(url=url, key=key)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def live(registry: Registry, access: Sequence[Mapping[str, object]]) -> str:
-    return mint(registry.key, access, now=datetime.now(UTC))
-
-
-@pytest.mark.e2e
-def test_registry_accepts_our_token_on_base_endpoint(registry: Registry) -> None:
-    assert http_get(f"{registry.url}/v2/", live(registry, []))[0] == 200
-
-
-@pytest.mark.e2e
-def test_registry_accepts_kid_alone_so_the_libtrust_fingerprint_is_right(registry: Registry) -> None:
-    # x5c takes precedence in the registry, so this is the only way to prove it computes the same kid.
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": SERVICE, "sub": "u", "exp": now + 60, "nbf": now, "access": []}
-    token = jwt.encode(claims, registry.key.private_key, algorithm="ES256", headers={"kid": registry.key.kid})
-    assert http_get(f"{registry.url}/v2/", token)[0] == 200
-
-
-@pytest.mark.e2e
-def test_registry_rejects_token_signed_by_another_key(registry: Registry) -> None:
-    foreign = mint(derive_signing_key(OTHER_SECRET), [], now=datetime.now(UTC))
-    assert http_get(f"{registry.url}/v2/", foreign)[0] == 401
-
-
-@pytest.mark.e2e
-def test_registry_rejects_unsigned_token(registry: Registry) -> None:
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": SERVICE, "sub": "u", "exp": now + 60, "access": []}
-    unsigned = jwt.encode(
-        claims, "", algorithm="none", headers={"x5c": registry.key.x5c, "kid": registry.key.kid}
-    )
-    assert http_get(f"{registry.url}/v2/", unsigned)[0] == 401
-
-
-@pytest.mark.e2e
-def test_registry_lets_a_pull_token_list_tags(registry: Registry) -> None:
-    token = live(registry, [{"type": "repository", "name": REPO, "actions": ["pull"]}])
-    status, body = http_get(f"{registry.url}/v2/{REPO}/tags/list", token)
-    assert status == 200 or (status == 404 and b"NAME_UNKNOWN" in body), (status, body)
-
-
-@pytest.mark.e2e
-def test_registry_denies_tags_to_a_token_without_access(registry: Registry) -> None:
-    assert http_get(f"{registry.url}/v2/{REPO}/tags/list", live(registry, []))[0] == 401
-
-
-@pytest.mark.e2e
-def test_registry_lets_a_pull_push_token_start_an_upload(registry: Registry) -> None:
-    status, body = http_get(
-        f"{registry.url}/v2/{REPO}/blobs/uploads/", live(registry, PULL_PUSH), method="POST"
-    )
-    assert status == 202, (status, body)
-
-
-@pytest.mark.e2e
-def test_registry_denies_an_upload_to_a_pull_token(registry: Registry) -> None:
-    token = live(registry, [{"type": "repository", "name": REPO, "actions": ["pull"]}])
-    assert http_get(f"{registry.url}/v2/{REPO}/blobs/uploads/", token, method="POST")[0] == 401

@@ -1,8 +1,6 @@
-"""Real servers for the expiry-scan tests: an aiosmtpd sink on loopback that records every message, and a
-dedicated Redis database (never db 0) for the RQ paths.
-
-Not a ``conftest.py``: the test modules wrap these helpers in their own fixtures.
-"""
+"""Real servers for the integration tests: an aiosmtpd sink on loopback that records every message
+(``sink``, or ``running_sink`` for a slow one), a dedicated Redis database that is never db 0 (``redis``), and
+a PostgreSQL runtime on the system clock for jobs that open their own (``live_runtime``)."""
 
 from __future__ import annotations
 
@@ -11,7 +9,6 @@ import email
 import email.policy
 import os
 import signal
-import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -27,8 +24,10 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import workers.jobs
+from deploy_tokens.runtime import Runtime
 
-from ..conftest import POSTGRES_URL, TEST_SECRET
+from ..conftest import POSTGRES_URL, TEST_SECRET, make_settings
+from ..ports import free_port
 
 # One Redis database per pytest-xdist worker (10, 11, ... by default): each test flushes its own, never
 # another's. Two suites running at once on one machine pick different bases (DEPLOY_TOKENS_TEST_REDIS_DB).
@@ -39,14 +38,6 @@ assert 1 <= REDIS_DB <= 15, (
     "Redis has 16 databases and db 0 is never flushed: check the base and worker count"
 )
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
-
-
-def free_port() -> int:
-    """Controller(port=0) cannot probe its own readiness, so pick a free port up front."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -144,8 +135,14 @@ def running_sink(*, delay: float = 0.0) -> Iterator[SmtpSink]:
         sink.stop()
 
 
-@contextmanager
-def redis_db() -> Iterator[Redis]:
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    with running_sink() as started:
+        yield started
+
+
+@pytest.fixture
+def redis() -> Iterator[Redis]:
     """The dedicated Redis database, empty before and after. Missing Redis skips, but fails under CI."""
     connection = Redis.from_url(REDIS_URL, socket_connect_timeout=3)
     try:
@@ -166,6 +163,13 @@ def redis_db() -> Iterator[Redis]:
             signal.signal(sig, handler)
         connection.flushdb()
         connection.close()
+
+
+@pytest.fixture
+def live_runtime(tmp_path: Path, postgres_schema: str) -> Iterator[Runtime]:
+    """PostgreSQL on the system clock: RQ jobs and worker processes open their own runtime on it."""
+    with Runtime.open(make_settings("postgres", tmp_path, postgres_schema)) as opened:
+        yield opened
 
 
 def job_environment(
