@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
+from infrastructure.activity import ActivityEvent
 from infrastructure.db import Database, as_utc_text
 from projections.audit_queries import AuditFilter
 from projections.chain_queries import chain_head
@@ -52,21 +53,7 @@ _COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "message",
         "details",
     ),
-    "usage": (
-        "id",
-        "occurred_at",
-        "token_id",
-        "token_ref",
-        "endpoint",
-        "action",
-        "resource_kind",
-        "resource_ref",
-        "allowed",
-        "reason",
-        "status",
-        "client_addr",
-        "user_agent",
-    ),
+    "usage": ("id", *ActivityEvent._fields),  # the table's columns, declared once
     # Activity rows the writer could not store as they were (docs/architecture.md, "Per-token activity").
     "usage_set_aside": ("id", "set_aside_at", "error", "row_json"),
 }
