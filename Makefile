@@ -1,34 +1,52 @@
-# The two commands a newcomer needs: `make run` and `make test`. Both create .venv on first use.
+# The two commands a newcomer needs: `make run` and `make test`. Both create .venv on first use: `make run`
+# installs what the service needs to run, `make test` adds the test extras. What pip says goes to
+# .venv/install.log (printed when an install fails), so `make run` prints little before "ready".
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check
+INSTALL_LOG := $(VENV)/install.log
+RUN_INSTALLED := $(VENV)/.installed-run
+TEST_INSTALLED := $(VENV)/.installed-test
 # Most tests wait on PostgreSQL, Redis or a subprocess, so four workers keep two cores busy (at most six: one
 # Redis database each, tests/integration/conftest.py). TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 4
 
-.PHONY: run test lint bench clean
+.PHONY: install run test lint bench clean
 
-$(BIN)/deploy-tokens: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@
+$(BIN)/python:
+	@echo "Creating $(VENV) (Python 3.11+); the install log is $(INSTALL_LOG)."
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install --upgrade pip > $(INSTALL_LOG) 2>&1 || { cat $(INSTALL_LOG); exit 1; }
 
-run: $(BIN)/deploy-tokens
-	$(BIN)/deploy-tokens serve --host 127.0.0.1 --port 8080
+$(RUN_INSTALLED): pyproject.toml | $(BIN)/python
+	@echo "Installing the service into $(VENV)..."
+	@$(PIP) install -e . >> $(INSTALL_LOG) 2>&1 || { cat $(INSTALL_LOG); exit 1; }
+	@touch $@
+
+$(TEST_INSTALLED): pyproject.toml | $(BIN)/python
+	@echo "Installing the service and its test extras into $(VENV)..."
+	@$(PIP) install -e '.[test]' >> $(INSTALL_LOG) 2>&1 || { cat $(INSTALL_LOG); exit 1; }
+	@touch $@ $(RUN_INSTALLED)
+
+# The service and what running it needs (the Procfile's processes, honcho), nothing for tests.
+install: $(RUN_INSTALLED)
+
+run: $(RUN_INSTALLED)
+	@$(BIN)/deploy-tokens serve --host 127.0.0.1 --port 8080
 
 test: lint
 	.ci/services
 	.ci/tools
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-lint: $(BIN)/deploy-tokens
+lint: $(TEST_INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: $(BIN)/deploy-tokens
+bench: $(TEST_INSTALLED)
 	.ci/services
 	.ci/tools
 	$(BIN)/python -m benchmarks
@@ -38,6 +56,6 @@ clean:
 
 # The end-to-end stack (service + nginx/git/pypiserver/docker-registry) for trying real clients by hand.
 .PHONY: e2e-stack
-e2e-stack: $(BIN)/deploy-tokens
+e2e-stack: $(TEST_INSTALLED)
 	.ci/tools
 	$(BIN)/python scripts/e2e_stack.py $(E2E_ARGS)

@@ -1,8 +1,4 @@
-"""``GET /metrics``: Prometheus text exposition (format 0.0.4), hand-written.
-
-``prometheus_client`` is not a dependency of the service, and the handful of series below does not justify
-one: a counter is a dict of label tuples, a histogram a list of bucket counts, each behind its own lock
-(uncontended, well under a microsecond on the auth hot path).
+"""``GET /metrics``: Prometheus text exposition (format 0.0.4), through ``prometheus_client``.
 
 Series (all names prefixed ``deploy_tokens_``):
 
@@ -11,8 +7,11 @@ Series (all names prefixed ``deploy_tokens_``):
   credential index could not be confirmed current, reason ``stale_index``).
 * ``auth_decision_duration_seconds{endpoint}`` histogram: time spent answering one auth request (parsing,
   every decision it needed, recording), measured inside the view.
+* ``auth_bans_total{endpoint}`` counter and ``auth_banned_addresses`` gauge: failed-credential bans.
 * ``projection_position{projection}``, ``projection_lag_events{projection}`` and ``event_log_head`` gauges,
   from ``runtime.projector.status()`` at scrape time; ``projection_status_up`` is 0 when that failed.
+* ``expiry_scan_last_success_timestamp_seconds`` gauge: when the last expiry scan that succeeded finished
+  (Unix time; 0: none recorded), read at scrape time (``deploy-tokens schedule`` tells the rest).
 * ``credential_index_age_seconds`` gauge: time since the in-memory index was last confirmed current;
   ``credential_index_tokens`` gauge.
 * ``activity_queue_depth``, ``activity_oldest_queued_age_seconds`` (by the oldest unwritten row's own
@@ -22,27 +21,51 @@ Series (all names prefixed ``deploy_tokens_``):
   ``activity_set_aside_total`` (rows the database refused on their own, kept in
   ``token_activity_rejected``) counters. Present once activity recording is installed.
 
-Values are per process: with several gunicorn workers each keeps its own counters (as with
-``prometheus_client`` outside its multiprocess mode); the embedded server runs one worker.
+**Several worker processes** (the ``web`` process: gunicorn, ``api/gunicorn_conf.py``) use
+``prometheus_client``'s multiprocess mode: the instance gives its workers a private folder
+(``PROMETHEUS_MULTIPROC_DIR``), every counter and histogram of every worker lives in a memory-mapped file
+there, and a scrape, whichever worker answers it, adds up the files of all workers (of exited ones too, so a
+restarted worker never makes a counter go back). Each worker publishes its per-process figures (index age,
+activity queue and counts, bans in force) every second; a scrape shows the worst of the live workers
+(``livemax``: ages, stalls, the index size, bans; the last write's time is the latest) or their sum
+(``livesum``: the queue), and sums the activity counters. The database's figures are read at scrape time.
+Without the folder (the embedded server's one worker, tests) the same series come from the process itself.
+
+The auth hot path pays one dict lookup and one ``prometheus_client`` increment per series: each labelled
+child is looked up once and kept.
 """
 
 from __future__ import annotations
 
-import bisect
+import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
+import prometheus_client
 from flask import Blueprint, Flask, Response, current_app
+from prometheus_client import CollectorRegistry, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from api.context import runtime_of
 from api.openapi import operation
+from infrastructure.scan_runs import ScanRuns
 
 __all__ = ["METRICS_KEY", "Counter", "Histogram", "Metrics", "metrics", "metrics_of"]
 
+log = logging.getLogger(__name__)
+
 METRICS_KEY = "deploy_tokens.metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PUBLISH_INTERVAL = 1.0  # seconds between a worker's publications of its per-process figures
+
+# The series are those of the exposition this replaced: no ``_created`` companions.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Auth answers take tens of microseconds in-process; the tail covers a refresh of the index (a database read).
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -65,240 +88,335 @@ DURATION_BUCKETS: tuple[float, ...] = (
 metrics = Blueprint("metrics", __name__)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _render(registry: CollectorRegistry) -> list[str]:
+    return generate_latest(registry).decode().splitlines()
 
 
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _header(name: str, help_text: str, kind: str) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+def _sample(collector: Collector, name: str, labels: dict[str, str]) -> float:
+    for family in collector.collect():
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
 
 
 class Counter:
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
+    """A ``prometheus_client`` counter whose labelled children are kept by label tuple, so that counting on
+    the hot path is one dict lookup and one increment."""
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labels: Sequence[str] = (),
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.name = name
-        self.help = help_text
         self.labels = tuple(labels)
-        self._values: dict[tuple[str, ...], float] = {}
-        self._lock = threading.Lock()
+        self.registry = CollectorRegistry() if registry is None else registry
+        self._metric = prometheus_client.Counter(name, help_text, self.labels, registry=self.registry)
+        self._children: dict[tuple[str, ...], Any] = {} if self.labels else {(): self._metric}
+
+    def _child(self, label_values: tuple[str, ...]) -> Any:
+        child = self._children.get(label_values)
+        if child is None:
+            child = self._children[label_values] = self._metric.labels(*label_values)
+        return child
 
     def inc(self, *label_values: str, amount: float = 1.0) -> None:
-        with self._lock:
-            self._values[label_values] = self._values.get(label_values, 0.0) + amount
+        child = self._children.get(label_values)
+        if child is None:
+            child = self._child(label_values)
+        child.inc(amount)
 
     def value(self, *label_values: str) -> float:
-        with self._lock:
-            return self._values.get(label_values, 0.0)
+        """This process's count (with several workers, ``/metrics`` adds up all of theirs)."""
+        return _sample(self._metric, self.name, dict(zip(self.labels, label_values, strict=True)))
 
     def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        lines = _header(self.name, self.help, "counter")
-        lines += [f"{self.name}{_labels(self.labels, key)} {_number(value)}" for key, value in items]
-        return lines
+        """This counter alone, as exposition lines (with ``registry`` shared, every series in it)."""
+        return _render(self.registry)
 
 
 class Histogram:
+    """A ``prometheus_client`` histogram with its labelled children kept, like :class:`Counter`."""
+
     def __init__(
         self,
         name: str,
         help_text: str,
         labels: Sequence[str] = (),
         buckets: Iterable[float] = DURATION_BUCKETS,
+        *,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.name = name
-        self.help = help_text
         self.labels = tuple(labels)
-        self.buckets = tuple(sorted(buckets))
-        # Per label tuple: per-bucket (non-cumulative) counts, the +Inf overflow last, then sum.
-        self._counts: dict[tuple[str, ...], list[int]] = {}
-        self._sums: dict[tuple[str, ...], float] = {}
-        self._lock = threading.Lock()
+        self.registry = CollectorRegistry() if registry is None else registry
+        self._metric = prometheus_client.Histogram(
+            name, help_text, self.labels, registry=self.registry, buckets=tuple(sorted(buckets))
+        )
+        self._children: dict[tuple[str, ...], Any] = {} if self.labels else {(): self._metric}
 
     def observe(self, value: float, *label_values: str) -> None:
-        slot = bisect.bisect_left(self.buckets, value)  # le: a value equal to a bound counts in it
-        with self._lock:
-            counts = self._counts.get(label_values)
-            if counts is None:
-                counts = self._counts[label_values] = [0] * (len(self.buckets) + 1)
-                self._sums[label_values] = 0.0
-            counts[slot] += 1
-            self._sums[label_values] += value
+        child = self._children.get(label_values)
+        if child is None:
+            child = self._children[label_values] = self._metric.labels(*label_values)
+        child.observe(value)
 
     def count(self, *label_values: str) -> int:
-        with self._lock:
-            return sum(self._counts.get(label_values, ()))
+        labels = dict(zip(self.labels, label_values, strict=True))
+        return int(_sample(self._metric, f"{self.name}_count", labels))
 
     def render(self) -> list[str]:
-        with self._lock:
-            snapshot = sorted((key, list(counts), self._sums[key]) for key, counts in self._counts.items())
-        lines = _header(self.name, self.help, "histogram")
-        for key, counts, total in snapshot:
-            running = 0
-            for bound, count in zip((*self.buckets, math.inf), counts, strict=True):
-                running += count
-                le = f'le="{_number(bound)}"'
-                lines.append(f"{self.name}_bucket{_labels(self.labels, key, le)} {running}")
-            lines.append(f"{self.name}_sum{_labels(self.labels, key)} {_number(total)}")
-            lines.append(f"{self.name}_count{_labels(self.labels, key)} {running}")
-        return lines
+        return _render(self.registry)
+
+
+# Per-process figures: (series, help, how several live workers combine).
+Combine = Literal["livemax", "livesum"]
+_PROCESS_GAUGES: tuple[tuple[str, str, Combine], ...] = (
+    (
+        "deploy_tokens_credential_index_age_seconds",
+        "Seconds since the in-memory credential index was last confirmed current.",
+        "livemax",
+    ),
+    ("deploy_tokens_credential_index_tokens", "Tokens held by the credential index.", "livemax"),
+    (
+        "deploy_tokens_auth_banned_addresses",
+        "Client addresses refused by every auth endpoint right now (failed-credential bans in force).",
+        "livemax",
+    ),
+)
+_ACTIVITY_GAUGES: tuple[tuple[str, str, Combine], ...] = (
+    ("deploy_tokens_activity_queue_depth", "Activity rows waiting to be written.", "livesum"),
+    (
+        "deploy_tokens_activity_oldest_queued_age_seconds",
+        "Age of the oldest activity row not written yet, by its own timestamp (0: none waiting).",
+        "livemax",
+    ),
+    (
+        "deploy_tokens_activity_stalled_seconds",
+        "Seconds the activity writer has made no progress while rows wait (0: none waiting).",
+        "livemax",
+    ),
+    (
+        "deploy_tokens_activity_last_write_timestamp_seconds",
+        "Unix time of the activity writer's last commit (0: none yet).",
+        "livemax",
+    ),
+)
+_ACTIVITY_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("dropped", "Activity rows dropped because the queue was full or they could not be kept."),
+    ("written", "Activity rows written to token_activity."),
+    ("write_errors", "Failed activity batch writes."),
+    ("set_aside", "Activity rows the database refused on their own, kept in token_activity_rejected."),
+)
+
+
+def _values_in_files() -> None:
+    """Keep this process's values in the multiprocess folder's files.
+
+    ``prometheus_client`` chooses where values live when it is first imported, from the environment. The web
+    process's master imports this package before its ``on_starting`` hook names the folder, so the choice is
+    made again here, in the worker, before its first metric exists (as the library itself would have, had
+    the folder been named earlier)."""
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
-    """One application's series (kept in ``app.extensions`` so test apps never share counts)."""
+    """One application's series (kept in ``app.extensions``, so test apps never share counts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, app: Flask, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            _values_in_files()
+        self.registry = registry = CollectorRegistry()
         self.auth_decisions = Counter(
             "deploy_tokens_auth_decisions_total",
             "Auth decisions by endpoint, action, result and reason.",
             ("endpoint", "action", "result", "reason"),
+            registry=registry,
         )
         self.auth_duration = Histogram(
             "deploy_tokens_auth_decision_duration_seconds",
             "Time to answer one auth request, by endpoint.",
             ("endpoint",),
+            registry=registry,
         )
         self.auth_bans = Counter(
             "deploy_tokens_auth_bans_total",
             "Client addresses banned after repeated failed credentials, by the endpoint of the last failure.",
             ("endpoint",),
+            registry=registry,
         )
+        self._gauges = {
+            name: prometheus_client.Gauge(name, text, registry=registry, multiprocess_mode=mode)
+            for name, text, mode in _PROCESS_GAUGES
+        }
+        self._activity_gauges: dict[str, prometheus_client.Gauge] = {}
+        self._activity_counters: dict[str, prometheus_client.Counter] = {}
+        self._activity_published: dict[str, int] = {}
+        self._publish_lock = threading.Lock()
+        self._database = _DatabaseFigures(app)
+        registry.register(self._database)
+
+    # Per-process figures ----------------------------------------------------------------------------------
+
+    def publish(self, app: Flask) -> None:
+        """Set this process's gauges and bring its activity counters up to date (at each scrape, and every
+        second from each worker when several add up)."""
+        runtime = runtime_of(app)
+        index = runtime.index
+        confirmed = index.confirmed_at
+        with self._publish_lock:
+            age = math.inf if confirmed is None else max(time.monotonic() - confirmed, 0.0)
+            self._gauges["deploy_tokens_credential_index_age_seconds"].set(age)
+            self._gauges["deploy_tokens_credential_index_tokens"].set(len(index))
+            banned = runtime.bans.stats().banned_addresses
+            self._gauges["deploy_tokens_auth_banned_addresses"].set(banned)
+            self._publish_activity(app)
+
+    def _publish_activity(self, app: Flask) -> None:
+        from api.activity import activity_of
+
+        recorder = activity_of(app)
+        if recorder is None:
+            return
+        if not self._activity_gauges:
+            for name, text, mode in _ACTIVITY_GAUGES:
+                self._activity_gauges[name] = prometheus_client.Gauge(
+                    name, text, registry=self.registry, multiprocess_mode=mode
+                )
+            for name, text in _ACTIVITY_COUNTERS:
+                series = f"deploy_tokens_activity_{name}_total"
+                self._activity_counters[name] = prometheus_client.Counter(
+                    series, text, registry=self.registry
+                )
+                self._activity_published[name] = 0
+        stats = recorder.stats()
+        last_write = 0.0 if stats.last_write_at is None else stats.last_write_at.timestamp()
+        for name, value in (
+            ("deploy_tokens_activity_queue_depth", float(stats.depth)),
+            ("deploy_tokens_activity_oldest_queued_age_seconds", stats.oldest_queued_age),
+            ("deploy_tokens_activity_stalled_seconds", stats.stalled_for),
+            ("deploy_tokens_activity_last_write_timestamp_seconds", last_write),
+        ):
+            self._activity_gauges[name].set(value)
+        for name, total in (
+            ("dropped", stats.dropped),
+            ("written", stats.written),
+            ("write_errors", stats.write_errors),
+            ("set_aside", stats.set_aside),
+        ):
+            delta = total - self._activity_published[name]
+            if delta > 0:
+                self._activity_counters[name].inc(delta)
+                self._activity_published[name] = total
+
+    def publisher(self, app: Flask) -> Callable[[threading.Event], None]:
+        """A background thread's target: publish every second until ``stop`` is set."""
+
+        def run(stop: threading.Event) -> None:
+            failing = False
+            while not stop.wait(PUBLISH_INTERVAL):
+                try:
+                    self.publish(app)
+                    failing = False
+                except Exception:
+                    if not failing:
+                        log.exception("publishing this worker's metrics failed; retrying every second")
+                    failing = True
+
+        return run
+
+    # The exposition ---------------------------------------------------------------------------------------
+
+    def exposition(self, app: Flask) -> bytes:
+        self.publish(app)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        registry.register(self._database)
+        return generate_latest(registry)
 
     def render(self, app: Flask) -> str:
-        lines = self.auth_decisions.render() + self.auth_duration.render() + self.auth_bans.render()
-        lines += _runtime_lines(app)
-        lines += _activity_lines(app)
-        return "\n".join(lines) + "\n"
+        return self.exposition(app).decode()
+
+
+class _DatabaseFigures(Collector):
+    """What the database says at scrape time, the same whichever worker answers: projection positions and
+    lag, and the last successful expiry scan. Asked through the runtime's probe, so a frozen database never
+    holds a scrape longer than the probe's deadline."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.scan_runs: ScanRuns | None = None
+
+    def describe(self) -> Iterable[Any]:
+        return []  # registered without collecting at registration time
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        runtime = runtime_of(self.app)
+        try:
+            statuses = runtime.probe.ask(runtime.projector.status)
+            up = 1.0
+        except Exception:  # the database is down or frozen: say so, and never fail or hold the scrape
+            statuses = []
+            up = 0.0
+        yield GaugeMetricFamily(
+            "deploy_tokens_projection_status_up",
+            "1 when the projection positions could be read at scrape time.",
+            value=up,
+        )
+        if statuses:
+            yield GaugeMetricFamily(
+                "deploy_tokens_event_log_head",
+                "Position of the last event in the log.",
+                value=statuses[0].head,
+            )
+            position = GaugeMetricFamily(
+                "deploy_tokens_projection_position",
+                "Position each projection has applied up to.",
+                labels=("projection",),
+            )
+            lag = GaugeMetricFamily(
+                "deploy_tokens_projection_lag_events",
+                "Events in the log that each projection has not applied yet.",
+                labels=("projection",),
+            )
+            for status in statuses:
+                position.add_metric((status.name,), status.position)
+                lag.add_metric((status.name,), status.lag)
+            yield position
+            yield lag
+        if self.scan_runs is None:
+            self.scan_runs = ScanRuns(runtime.db)
+        runs = self.scan_runs
+        try:
+            success = runtime.probe.ask(runs.last_success)
+        except Exception:
+            return  # unknown now: no sample rather than a wrong one
+        finished = None if success is None else success.finished_at
+        yield GaugeMetricFamily(
+            "deploy_tokens_expiry_scan_last_success_timestamp_seconds",
+            "Unix time the last successful expiry scan finished (0: none recorded).",
+            value=0.0 if finished is None else finished.timestamp(),
+        )
 
 
 def metrics_of(app: Flask) -> Metrics:
     found = app.extensions.get(METRICS_KEY)
     if isinstance(found, Metrics):
         return found
-    created = Metrics()
+    created = Metrics(app, runtime_of(app).settings.metrics_dir)
     return app.extensions.setdefault(METRICS_KEY, created)  # type: ignore[no-any-return]
-
-
-def _gauge(name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> list[str]:
-    """``samples``: (rendered label set, value)."""
-    return _header(name, help_text, "gauge") + [
-        f"{name}{labels} {_number(value)}" for labels, value in samples
-    ]
-
-
-def _runtime_lines(app: Flask) -> list[str]:
-    runtime = runtime_of(app)
-    lines: list[str] = []
-    try:
-        statuses = runtime.probe.ask(runtime.projector.status)
-        up = 1.0
-    except Exception:  # the database is down or frozen: say so, and never fail or hold the scrape
-        statuses = []
-        up = 0.0
-    lines += _gauge(
-        "deploy_tokens_projection_status_up",
-        "1 when the projection positions could be read at scrape time.",
-        [("", up)],
-    )
-    if statuses:
-        lines += _gauge(
-            "deploy_tokens_event_log_head", "Position of the last event in the log.", [("", statuses[0].head)]
-        )
-        lines += _gauge(
-            "deploy_tokens_projection_position",
-            "Position each projection has applied up to.",
-            [(_labels(("projection",), (s.name,)), s.position) for s in statuses],
-        )
-        lines += _gauge(
-            "deploy_tokens_projection_lag_events",
-            "Events in the log that each projection has not applied yet.",
-            [(_labels(("projection",), (s.name,)), s.lag) for s in statuses],
-        )
-    index = runtime.index
-    confirmed = index.confirmed_at
-    age = math.inf if confirmed is None else max(time.monotonic() - confirmed, 0.0)
-    lines += _gauge(
-        "deploy_tokens_credential_index_age_seconds",
-        "Seconds since the in-memory credential index was last confirmed current.",
-        [("", age)],
-    )
-    lines += _gauge(
-        "deploy_tokens_credential_index_tokens", "Tokens held by the credential index.", [("", len(index))]
-    )
-    lines += _gauge(
-        "deploy_tokens_auth_banned_addresses",
-        "Client addresses refused by every auth endpoint right now (failed-credential bans in force).",
-        [("", runtime.bans.stats().banned_addresses)],
-    )
-    return lines
-
-
-def _activity_lines(app: Flask) -> list[str]:
-    from api.activity import activity_of
-
-    recorder = activity_of(app)
-    if recorder is None:
-        return []
-    stats = recorder.stats()
-    last_write = 0.0 if stats.last_write_at is None else stats.last_write_at.timestamp()
-    lines: list[str] = []
-    for gauge, help_text, sample in (
-        ("queue_depth", "Activity rows waiting to be written.", float(stats.depth)),
-        (
-            "oldest_queued_age_seconds",
-            "Age of the oldest activity row not written yet, by its own timestamp (0: none waiting).",
-            stats.oldest_queued_age,
-        ),
-        (
-            "stalled_seconds",
-            "Seconds the activity writer has made no progress while rows wait (0: none waiting).",
-            stats.stalled_for,
-        ),
-        (
-            "last_write_timestamp_seconds",
-            "Unix time of the activity writer's last commit (0: none yet).",
-            last_write,
-        ),
-    ):
-        lines += _gauge(f"deploy_tokens_activity_{gauge}", help_text, [("", sample)])
-    for name, help_text, value in (
-        (
-            "dropped",
-            "Activity rows dropped because the queue was full or they could not be kept.",
-            stats.dropped,
-        ),
-        ("written", "Activity rows written to token_activity.", stats.written),
-        ("write_errors", "Failed activity batch writes.", stats.write_errors),
-        (
-            "set_aside",
-            "Activity rows the database refused on their own, kept in token_activity_rejected.",
-            stats.set_aside,
-        ),
-    ):
-        series = f"deploy_tokens_activity_{name}_total"
-        lines += [*_header(series, help_text, "counter"), f"{series} {value}"]
-    return lines
 
 
 @metrics.get("/metrics")
 @operation("Prometheus metrics (text exposition format)", tag="operations", auth="none", errors=())
 def prometheus_metrics() -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    body = metrics_of(app).render(app)
-    return Response(body, status=200, content_type=CONTENT_TYPE)
+    return Response(metrics_of(app).exposition(app), status=200, content_type=CONTENT_TYPE)

@@ -8,14 +8,16 @@ composed by the console script (``cli/serve.py``) from this and ``workers``.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Sequence
 
 from flask import Flask
 
 from api.app import create_app
+from api.metrics import metrics_of
 from deploy_tokens.runtime import Runtime
-from infrastructure.settings import Settings
+from infrastructure.settings import ConfigurationError, Settings
 
 Follower = Callable[[threading.Event], None]
 
@@ -47,9 +49,26 @@ class BackgroundThreads:
             thread.join(timeout=5)
 
 
+# gunicorn's exit status for a worker that cannot boot: the master stops instead of starting it again.
+WORKER_BOOT_ERROR = 3
+
+
 def wsgi_app() -> Flask:
     """``gunicorn 'api.server:wsgi_app()'``: the API; the projector, worker and scheduler are separate
-    processes. Called in each worker after the fork, so each worker follows the projection itself."""
-    runtime = Runtime.open(Settings.from_env())
-    BackgroundThreads(runtime).start()
-    return create_app(runtime)
+    processes. Called in each worker after the fork, so each worker follows the projection itself.
+
+    With several workers (a metrics folder is set), each also publishes its per-process figures every second
+    for ``/metrics`` to combine."""
+    try:
+        settings = Settings.from_env()
+    except ConfigurationError as error:  # api.gunicorn_conf reports this before any worker starts
+        sys.stderr.write(f"configuration error: {error}\n")
+        sys.stderr.flush()
+        raise SystemExit(WORKER_BOOT_ERROR) from None
+    runtime = Runtime.open(settings)
+    app = create_app(runtime)
+    extra: list[tuple[str, Follower]] = []
+    if settings.metrics_dir is not None:
+        extra.append(("metrics-publisher", metrics_of(app).publisher(app)))
+    BackgroundThreads(runtime, extra).start()
+    return app

@@ -1,43 +1,36 @@
-"""The ``deploy-tokens`` console script (its commands and names are in the README).
+"""deploy-tokens: issue, check, expire, revoke and audit deploy tokens (README.md, "First steps with the CLI").
 
-Administrative commands act directly on the store that the ``DEPLOY_TOKENS_*`` settings select, as the
-operator: they are recorded with a system actor named after the command (``cli:<os user>``).
+Administrative commands act directly on the store that the DEPLOY_TOKENS_* settings select, as the operator:
+they are recorded with a system actor named after the OS user (cli:<user>). Results go to stdout, in words or
+tables (--json where a program reads them); logs and progress go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from cli import directory, operations
+from cli.output import holder, holder_name, json_option, operator, print_json, print_table, resolve
 from deploy_tokens.runtime import Runtime
-from domain.actors import Actor
 from domain.clock import FixedClock, as_utc
 from domain.deploy_token import HolderKind
 from domain.errors import DomainError
 from infrastructure.logs import configure_logging
-from infrastructure.settings import ConfigurationError, Settings
+from infrastructure.settings import DEFAULT_HOST, DEFAULT_PORT, ConfigurationError, Settings
 from projections.access import Action
 from projections.credentials import TokenRecord
 
-
-def _operator() -> Actor:
-    return Actor.system(f"cli:{getpass.getuser()}")
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=_json_default))
+# Commands that may start a new embedded store; every other one refuses to run where there is none (a typo in
+# the folder would otherwise create an empty store, with a new secret, and answer from it).
+CREATES_STORE = frozenset({"bootstrap", "serve"})
+# Commands that run for as long as the process lives: they log at DEPLOY_TOKENS_LOG_LEVEL (INFO by default);
+# one-shot commands log warnings and errors only, unless DEPLOY_TOKENS_LOG_LEVEL says otherwise.
+LONG_RUNNING = frozenset({"serve", "projector", "worker", "scheduler"})
 
 
 def token_fields(record: TokenRecord, now: datetime) -> dict[str, Any]:
@@ -64,27 +57,6 @@ def _parse_expiry(text: str | None) -> date | datetime | None:
         raise SystemExit(f"error: --expires-at must be an ISO 8601 date or datetime, got {text!r}") from None
 
 
-def _holder(args: argparse.Namespace, runtime: Runtime) -> tuple[HolderKind, int]:
-    if args.project is not None:
-        return "project", _resolve(runtime, "project", args.project)
-    return "group", _resolve(runtime, "group", args.group)
-
-
-def _resolve(runtime: Runtime, kind: str, reference: str) -> int:
-    """Projects and groups are named by id or by full path, as in the API."""
-    if reference.isdigit():
-        return int(reference)
-    if kind == "project":
-        project = runtime.read.project_by_path(reference)
-        if project is None:
-            raise SystemExit(f"error: project {reference!r} not found")
-        return project.project_id
-    namespace = runtime.read.namespace_by_path(reference)
-    if namespace is None or namespace.kind != "group":
-        raise SystemExit(f"error: group {reference!r} not found")
-    return namespace.namespace_id
-
-
 # Commands ------------------------------------------------------------------------------------------------
 
 
@@ -96,11 +68,21 @@ def cmd_bootstrap(runtime: Runtime, args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe(record: TokenRecord, now: datetime) -> str:
+    expires = "never expires" if record.expires_at is None else f"expires {_utc(record.expires_at)}"
+    state = "revoked" if record.revoked else ("expired" if record.is_expired(now) else "active")
+    return f"{record.username}, scopes {', '.join(record.scopes)}, {expires}, {state}"
+
+
+def _utc(moment: datetime) -> str:
+    return as_utc(moment).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def cmd_token_create(runtime: Runtime, args: argparse.Namespace) -> int:
-    holder_kind, holder_id = _holder(args, runtime)
+    holder_kind, holder_id = holder(args, runtime)
     scopes = [scope for part in args.scopes for scope in part.split(",") if scope]
     issued = runtime.tokens.create_token(
-        _operator(),
+        operator(),
         holder_kind,
         holder_id,
         name=args.name,
@@ -108,8 +90,10 @@ def cmd_token_create(runtime: Runtime, args: argparse.Namespace) -> int:
         expires_at=_parse_expiry(args.expires_at),
         username=args.username,
     )
-    fields = token_fields(issued.token, runtime.clock.now())
-    print(json.dumps(fields), file=sys.stderr)
+    record = issued.token
+    where = holder_name(runtime, holder_kind, holder_id)
+    print(f"Created deploy token {record.token_id} ({record.name}) for {where}:", file=sys.stderr)
+    print(f"  {_describe(record, runtime.clock.now())}", file=sys.stderr)
     print("Record the token now: it cannot be shown again.", file=sys.stderr)
     print(issued.value)
     return 0
@@ -122,7 +106,7 @@ def cmd_token_list(runtime: Runtime, args: argparse.Namespace) -> int:
             holder_kind=None, holder_id=None, active_only=args.active, now=now, per_page=args.limit
         )
     else:
-        holder_kind, holder_id = _holder(args, runtime)
+        holder_kind, holder_id = holder(args, runtime)
         page = runtime.read.tokens(
             holder_kind=holder_kind,
             holder_id=holder_id,
@@ -130,42 +114,49 @@ def cmd_token_list(runtime: Runtime, args: argparse.Namespace) -> int:
             now=now,
             per_page=args.limit,
         )
-    _print_json([token_fields(record, now) for record in page.items])
+    if args.json:
+        print_json([token_fields(record, now) for record in page.items])
+        return 0
+    rows = [
+        (
+            record.token_id,
+            record.name,
+            record.username,
+            f"{record.holder_kind} {_holder_path(runtime, record)}",
+            ",".join(record.scopes),
+            "never" if record.expires_at is None else _utc(record.expires_at),
+            "revoked" if record.revoked else ("expired" if record.is_expired(now) else "active"),
+        )
+        for record in page.items
+    ]
+    print_table(
+        ("id", "name", "username", "holder", "scopes", "expires", "state"), rows, empty="No deploy tokens."
+    )
     return 0
 
 
+def _holder_path(runtime: Runtime, record: TokenRecord) -> str:
+    kind: HolderKind = "project" if record.holder_kind == "project" else "group"
+    return holder_name(runtime, kind, record.holder_id).split(" ", 1)[1]
+
+
 def cmd_token_revoke(runtime: Runtime, args: argparse.Namespace) -> int:
-    holder_kind, holder_id = _holder(args, runtime)
-    record = runtime.tokens.revoke_token(_operator(), holder_kind, holder_id, args.token_id)
-    _print_json(token_fields(record, runtime.clock.now()))
+    holder_kind, holder_id = holder(args, runtime)
+    record = runtime.tokens.revoke_token(operator(), holder_kind, holder_id, args.token_id)
+    where = holder_name(runtime, holder_kind, holder_id)
+    print(f"Revoked deploy token {record.token_id} ({record.name}) of {where}.")
     return 0
 
 
 def cmd_token_delete(runtime: Runtime, args: argparse.Namespace) -> int:
-    holder_kind, holder_id = _holder(args, runtime)
-    runtime.tokens.delete_token(_operator(), holder_kind, holder_id, args.token_id)
-    print(f"Deleted deploy token {args.token_id}.", file=sys.stderr)
+    holder_kind, holder_id = holder(args, runtime)
+    runtime.tokens.delete_token(operator(), holder_kind, holder_id, args.token_id)
+    print(f"Deleted deploy token {args.token_id} of {holder_name(runtime, holder_kind, holder_id)}.")
     return 0
 
 
 def cmd_history(runtime: Runtime, args: argparse.Namespace) -> int:
-    _print_json(runtime.tokens.history(args.token_id))
-    return 0
-
-
-def cmd_group_create(runtime: Runtime, args: argparse.Namespace) -> int:
-    parent = _resolve(runtime, "group", args.parent) if args.parent else None
-    group_id = runtime.directory.create_group(_operator(), name=args.name, path=args.path, parent_id=parent)
-    print(group_id)
-    return 0
-
-
-def cmd_project_create(runtime: Runtime, args: argparse.Namespace) -> int:
-    namespace = _resolve(runtime, "group", args.namespace)
-    project_id = runtime.directory.create_project(
-        _operator(), name=args.name, path=args.path, namespace_id=namespace
-    )
-    print(project_id)
+    print_json(runtime.tokens.history(args.token_id))
     return 0
 
 
@@ -196,25 +187,6 @@ def cmd_projections_rebuild(runtime: Runtime, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_expiry_scan(runtime: Runtime, args: argparse.Namespace) -> int:
-    """Records expiries and sends due emails in this process (even when Redis is configured)."""
-    from workers.jobs import InlineDispatcher
-
-    dispatcher = InlineDispatcher(runtime.expiry_notifier())
-    report = runtime.expiry_scan.run(dispatcher)
-    _print_json(
-        {
-            **report.as_dict(),
-            "now": runtime.clock.now(),
-            "emails": [
-                {"token_id": token_id, "interval": interval, "outcome": outcome}
-                for token_id, interval, outcome in dispatcher.outcomes
-            ],
-        }
-    )
-    return 0
-
-
 def _instant(text: str) -> datetime:
     try:
         return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
@@ -225,7 +197,7 @@ def _instant(text: str) -> datetime:
 def cmd_token_state(runtime: Runtime, args: argparse.Namespace) -> int:
     from projections.point_in_time import token_state_at
 
-    _print_json(token_state_at(runtime.store, args.token_id, _instant(args.at)).as_dict())
+    print_json(token_state_at(runtime.store, args.token_id, _instant(args.at)).as_dict())
     return 0
 
 
@@ -234,7 +206,7 @@ def cmd_who_could(runtime: Runtime, args: argparse.Namespace) -> int:
 
     project: int | str = int(args.project) if args.project.isdigit() else args.project
     answers = who_could(runtime.store, action=Action(args.action), project=project, at=_instant(args.at))
-    _print_json([answer.as_dict() for answer in answers])
+    print_json([answer.as_dict() for answer in answers])
     return 0
 
 
@@ -246,7 +218,7 @@ def cmd_export(runtime: Runtime, args: argparse.Namespace) -> int:
     namespace_kind, namespace_id = None, None
     if args.project or args.group:
         namespace_kind = "project" if args.project else "group"
-        namespace_id = _resolve(runtime, namespace_kind, args.project or args.group)
+        namespace_id = resolve(runtime, namespace_kind, args.project or args.group)
     request = ExportRequest(
         dataset=args.dataset,
         format=args.format,
@@ -293,7 +265,7 @@ def cmd_audit_verify(runtime: Runtime, args: argparse.Namespace) -> int:
         runtime.keys.chain_key,
         expected_head=expected,
     )
-    _print_json(result.as_dict())
+    print_json(result.as_dict())
     return 0 if result.ok else 1
 
 
@@ -318,7 +290,7 @@ def cmd_audit_verify_file(runtime: Runtime | None, args: argparse.Namespace) -> 
 
     with Path(args.log).open() as lines:
         result = verify_log_lines(lines, parse_head(Path(args.head).read_text()))
-    _print_json(result.as_dict())
+    print_json(result.as_dict())
     return 0 if result.ok else 1
 
 
@@ -331,25 +303,24 @@ def cmd_audit_head(runtime: Runtime, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_projector(runtime: Runtime, args: argparse.Namespace) -> int:
-    """The projector process of the production shape: follows the log until SIGTERM or SIGINT."""
-    import signal
-    import threading
-
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    print("projector: following the event log", file=sys.stderr)
-    runtime.projector.run_forever(stop)
-    return 0
-
-
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     """Runs without an opened runtime here: the serving process opens its own after forking."""
     from cli.serve import serve
 
-    serve(settings, host=args.host, port=args.port)
+    serve(settings, bind=_serve_bind(settings, args.host, args.port))
     return 0
+
+
+def _serve_bind(settings: Settings, host: str | None, port: int | None) -> str:
+    """``--host``/``--port`` over the settings' bind address (``DEPLOY_TOKENS_BIND``, ``PORT``)."""
+    if host is None and port is None:
+        return settings.bind
+    default_host, default_port = DEFAULT_HOST, DEFAULT_PORT
+    if not settings.bind.startswith("unix:"):
+        configured_host, _, configured_port = settings.bind.rpartition(":")
+        default_host, default_port = configured_host.strip("[]"), int(configured_port)
+    chosen = host or default_host
+    return f"[{chosen}]:{port or default_port}" if ":" in chosen else f"{chosen}:{port or default_port}"
 
 
 # Parser --------------------------------------------------------------------------------------------------
@@ -362,19 +333,70 @@ def _holder_options(parser: argparse.ArgumentParser, *, required: bool = True) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deploy-tokens", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="run the service (embedded default when nothing is configured)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.set_defaults(handler=cmd_serve)
-
-    scan = commands.add_parser("expiry-scan", help="run the daily expiry scan now, synchronously")
-    scan.add_argument(
-        "--now", help="act as if the time were this ISO 8601 instant (UTC), for reproducible runs"
+    assert __doc__ is not None
+    summary, _, details = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(
+        prog="deploy-tokens",
+        description=summary,
+        epilog=details.strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    scan.set_defaults(handler=cmd_expiry_scan)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="the all-in-one service: API, projector and daily scan in one process (make run)"
+    )
+    serve.add_argument(
+        "--host",
+        help="address to listen on (default: DEPLOY_TOKENS_BIND's, else 127.0.0.1: this machine only)",
+    )
+    serve.add_argument("--port", type=int, help="port to listen on (default: PORT, else 8080)")
+    serve.set_defaults(handler=cmd_serve, opens="settings")
+
+    bootstrap = commands.add_parser("bootstrap", help="create the first admin; prints its access token last")
+    bootstrap.add_argument("--username", required=True)
+    bootstrap.add_argument("--email", required=True)
+    bootstrap.set_defaults(handler=cmd_bootstrap)
+
+    tokens = commands.add_parser("tokens", help="create, list, revoke and delete deploy tokens")
+    token_commands = tokens.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="issue a token; prints its value last, once")
+    _holder_options(create)
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", required=True, action="append", help="comma-separated; may repeat")
+    create.add_argument("--expires-at", help="ISO 8601 date (expires 00:00 UTC) or datetime")
+    create.add_argument("--username", help="custom username (default gitlab+deploy-token-{id})")
+    create.set_defaults(handler=cmd_token_create)
+    listing = token_commands.add_parser("list", help="list tokens of a project, a group, or all")
+    _holder_options(listing, required=False)
+    listing.add_argument("--active", action="store_true", help="only tokens neither revoked nor expired")
+    listing.add_argument("--limit", type=int, default=100)
+    json_option(listing)
+    listing.set_defaults(handler=cmd_token_list)
+    for name, handler, help_text in (
+        ("revoke", cmd_token_revoke, "revoke a token (idempotent)"),
+        ("delete", cmd_token_delete, "delete a token (its history stays)"),
+    ):
+        sub = token_commands.add_parser(name, help=help_text)
+        _holder_options(sub)
+        sub.add_argument("token_id", type=int)
+        sub.set_defaults(handler=handler)
+
+    history = commands.add_parser("history", help="a token's full event history, as JSON")
+    history.add_argument("token_id", type=int)
+    history.set_defaults(handler=cmd_history)
+
+    directory.add_parsers(commands)
+
+    projections = commands.add_parser("projections", help="read-model status and rebuilds")
+    projection_commands = projections.add_subparsers(dest="projection_command", required=True)
+    projection_commands.add_parser(
+        "status", help="each projection's position against the log head"
+    ).set_defaults(handler=cmd_projections_status)
+    rebuild = projection_commands.add_parser("rebuild", help="rebuild from event 0, in batches")
+    rebuild.add_argument("name", nargs="?", help="one projection (default: all of them)")
+    rebuild.set_defaults(handler=cmd_projections_rebuild)
+    operations.add_parsers(commands)
 
     audit = commands.add_parser("audit", help="tamper evidence: the hash chain over the event log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -414,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify_file.add_argument("log")
     verify_file.add_argument("--head", required=True)
-    verify_file.set_defaults(handler=cmd_audit_verify_file)
+    verify_file.set_defaults(handler=cmd_audit_verify_file, opens="nothing")
 
     state = commands.add_parser("token-state", help="a token's state as of a past instant, by replay")
     state.add_argument("token_id", type=int)
@@ -429,98 +451,71 @@ def build_parser() -> argparse.ArgumentParser:
     could.add_argument("--at", required=True, help="ISO 8601 instant (UTC when no offset)")
     could.set_defaults(handler=cmd_who_could)
 
-    projector = commands.add_parser("projector", help="follow the event log and keep the read models current")
-    projector.set_defaults(handler=cmd_projector)
-
-    bootstrap = commands.add_parser("bootstrap", help="create the first admin; prints its access token last")
-    bootstrap.add_argument("--username", required=True)
-    bootstrap.add_argument("--email", required=True)
-    bootstrap.set_defaults(handler=cmd_bootstrap)
-
-    tokens = commands.add_parser("tokens", help="create, list, revoke and delete deploy tokens")
-    token_commands = tokens.add_subparsers(dest="token_command", required=True)
-    create = token_commands.add_parser("create", help="issue a token; prints its value last, once")
-    _holder_options(create)
-    create.add_argument("--name", required=True)
-    create.add_argument("--scopes", required=True, action="append", help="comma-separated; may repeat")
-    create.add_argument("--expires-at", help="ISO 8601 date (expires 00:00 UTC) or datetime")
-    create.add_argument("--username", help="custom username (default gitlab+deploy-token-{id})")
-    create.set_defaults(handler=cmd_token_create)
-    listing = token_commands.add_parser("list", help="list tokens of a project, a group, or all")
-    _holder_options(listing, required=False)
-    listing.add_argument("--active", action="store_true", help="only tokens neither revoked nor expired")
-    listing.add_argument("--limit", type=int, default=100)
-    listing.set_defaults(handler=cmd_token_list)
-    for name, handler, help_text in (
-        ("revoke", cmd_token_revoke, "revoke a token (idempotent)"),
-        ("delete", cmd_token_delete, "delete a token (its history stays)"),
-    ):
-        sub = token_commands.add_parser(name, help=help_text)
-        _holder_options(sub)
-        sub.add_argument("token_id", type=int)
-        sub.set_defaults(handler=handler)
-
-    history = commands.add_parser("history", help="a token's full event history, as JSON")
-    history.add_argument("token_id", type=int)
-    history.set_defaults(handler=cmd_history)
-
-    groups = commands.add_parser("groups", help="directory: groups")
-    group_commands = groups.add_subparsers(dest="group_command", required=True)
-    group_create = group_commands.add_parser("create")
-    group_create.add_argument("--name", required=True)
-    group_create.add_argument("--path", required=True)
-    group_create.add_argument("--parent", help="parent group id or full path")
-    group_create.set_defaults(handler=cmd_group_create)
-
-    projects = commands.add_parser("projects", help="directory: projects")
-    project_commands = projects.add_subparsers(dest="project_command", required=True)
-    project_create = project_commands.add_parser("create")
-    project_create.add_argument("--name", required=True)
-    project_create.add_argument("--path")
-    project_create.add_argument("--namespace", required=True, help="group id or full path")
-    project_create.set_defaults(handler=cmd_project_create)
-
-    projections = commands.add_parser("projections", help="read-model status and rebuilds")
-    projection_commands = projections.add_subparsers(dest="projection_command", required=True)
-    projection_commands.add_parser(
-        "status", help="each projection's position against the log head"
-    ).set_defaults(handler=cmd_projections_status)
-    rebuild = projection_commands.add_parser("rebuild", help="rebuild from event 0, in batches")
-    rebuild.add_argument("name", nargs="?")
-    rebuild.set_defaults(handler=cmd_projections_rebuild)
     return parser
+
+
+def _missing_store(args: argparse.Namespace) -> str | None:
+    """Why this command must not run here (no embedded store, and it would not create one), or None."""
+    if args.command in CREATES_STORE or getattr(args, "opens", "runtime") == "nothing":
+        return None
+    try:
+        data_dir, database = Settings.locate()
+    except ConfigurationError:
+        return None  # reported by Settings.from_env, with the variable's name
+    if not database.store_missing:
+        return None
+    where = (
+        f"the data folder {data_dir}"
+        if database.sqlite_path is not None and database.sqlite_path.parent == data_dir
+        else f"{database.sqlite_path}"
+    )
+    return (
+        f"error: no deploy-tokens store in {where} (DEPLOY_TOKENS_DATA_DIR, default ./var of the current "
+        "directory). Run this where the service keeps its data, set DEPLOY_TOKENS_DATA_DIR or "
+        "DEPLOY_TOKENS_DATABASE_URL, or create a store with `deploy-tokens bootstrap`."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    refusal = _missing_store(args)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return 2
     try:
         settings = Settings.from_env()
     except ConfigurationError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
-    if args.handler is cmd_serve:
-        cmd_serve(settings, args)
-        return 0
-    if args.handler is cmd_audit_verify_file:  # offline: needs no database
-        verified: int = cmd_audit_verify_file(None, args)
-        return verified
-    clock = None
-    if getattr(args, "now", None):
-        try:
-            clock = FixedClock(datetime.fromisoformat(args.now.replace("Z", "+00:00")))
-        except ValueError:
-            print(f"error: --now must be an ISO 8601 instant, got {args.now!r}", file=sys.stderr)
-            return 2
-    runtime = Runtime.open(settings, clock=clock)
+    one_shot = args.command not in LONG_RUNNING and not settings.log_level_set
+    configure_logging("WARNING" if one_shot else settings.log_level)
+    opens = getattr(args, "opens", "runtime")
     try:
-        status: int = args.handler(runtime, args)
-        return status
+        if opens == "nothing":  # offline: needs no database
+            offline: int = args.handler(None, args)
+            return offline
+        if opens == "settings":
+            direct: int = args.handler(settings, args)
+            return direct
+        clock = None
+        if getattr(args, "now", None):
+            try:
+                clock = FixedClock(datetime.fromisoformat(args.now.replace("Z", "+00:00")))
+            except ValueError:
+                print(f"error: --now must be an ISO 8601 instant, got {args.now!r}", file=sys.stderr)
+                return 2
+        runtime = Runtime.open(settings, clock=clock)
+        try:
+            status: int = args.handler(runtime, args)
+            return status
+        finally:
+            runtime.close()
     except DomainError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    finally:
-        runtime.close()
+    except ConfigurationError as error:  # a setting only this command needs
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

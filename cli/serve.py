@@ -8,6 +8,7 @@ projector and runs the daily expiry scan (SQLite and in-process jobs by default)
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from flask import Flask
@@ -45,21 +46,33 @@ class _EmbeddedGunicorn(BaseApplication):
 
     def load(self) -> Flask:  # type: ignore[override]
         runtime = Runtime.open(self.settings)
+        app = create_app(runtime)
+        bind = self.options["bind"]
+        where = bind if bind.startswith("unix:") else f"http://{bind}"
+        data = self.settings.database
+        store = f"data in {data.sqlite_path}" if data.sqlite_path is not None else repr(data)
+        print(f"deploy-tokens: ready on {where} ({store}; Ctrl-C stops)", file=sys.stderr, flush=True)
         BackgroundThreads(runtime, embedded_threads(runtime)).start()
-        return create_app(runtime)
+        return app
 
 
-def serve(settings: Settings, *, host: str, port: int) -> None:
-    log.info("serving on http://%s:%s (%r)", host, port, settings)
+def serve(settings: Settings, *, bind: str) -> None:
+    """One gunicorn worker with eight threads on ``bind``; gunicorn's start-up lines only at DEBUG, so that
+    the first line is the one saying it is ready (the access log and warnings follow)."""
+    log.debug("serving on %s (%r)", bind, settings)
+    logging_config = configure_logging(settings.log_level)
+    if settings.log_level not in ("DEBUG", "NOTSET"):
+        logging_config["loggers"]["gunicorn.error"]["level"] = "WARNING"
     _EmbeddedGunicorn(
         settings,
         {
-            "bind": f"{host}:{port}",
+            "bind": bind,
             "workers": 1,
             "worker_class": "gthread",
             "threads": 8,
             "accesslog": "-",
             "keepalive": 5,
-            "logconfig_dict": configure_logging(),
+            "logconfig_dict": logging_config,
+            "control_socket_disable": True,  # one worker, stopped with Ctrl-C: nothing to control
         },
     ).run()

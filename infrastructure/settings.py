@@ -1,10 +1,12 @@
-"""Settings from the environment (every variable is in the README's table). Nothing configured means the embedded
-default."""
+"""Settings from the environment (every variable is in the README's table, and a test keeps them equal): nothing
+configured means the embedded default. Every variable the service reads is read here, so that a malformed one
+fails the start with one ``ConfigurationError`` naming it, whichever process reads it first."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import secrets
 import stat
 from collections.abc import Mapping
@@ -18,6 +20,10 @@ DEFAULT_REGISTRY_ISSUER = "deploy-token-service"
 DEFAULT_REGISTRY_TOKEN_TTL = 300  # GitLab's container_registry_token_expire_delay: 5 minutes
 # The names logging.config accepts; anything else would fail where the logging is configured, not here.
 LOG_LEVELS = frozenset({"CRITICAL", "FATAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG", "NOTSET"})
+DEFAULT_HOST = "127.0.0.1"  # /internal/ answers whether a token is valid: reachable from this machine only
+DEFAULT_PORT = 8080
+# Set by the web process (api/gunicorn_conf.py) for its workers: prometheus_client's multiprocess folder.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class ConfigurationError(Exception):
@@ -53,7 +59,7 @@ class DatabaseLocation:
                 "postgresql",
                 host=parts.hostname or "127.0.0.1",
                 port=parts.port or 5432,
-                user=unquote(parts.username or os.environ.get("USER", "postgres")),
+                user=unquote(parts.username or _os_user()),
                 password=unquote(parts.password or ""),
                 dbname=dbname,
                 schema=query.get("schema", ["public"])[0],
@@ -62,6 +68,11 @@ class DatabaseLocation:
             "DEPLOY_TOKENS_DATABASE_URL must start with sqlite:/// or postgresql:// "
             f"(got scheme {parts.scheme!r})"
         )
+
+    @property
+    def store_missing(self) -> bool:
+        """An embedded store whose file does not exist yet (nothing has been recorded here)."""
+        return self.sqlite_path is not None and not self.sqlite_path.exists()
 
     def conninfo(self) -> str:
         """libpq connection string for PostgreSQL."""
@@ -98,6 +109,13 @@ class Settings:
     registry_issuer: str = DEFAULT_REGISTRY_ISSUER
     registry_token_ttl: int = DEFAULT_REGISTRY_TOKEN_TTL
     log_level: str = "INFO"
+    log_level_set: bool = False  # DEPLOY_TOKENS_LOG_LEVEL was given (one-shot CLI commands log warnings only)
+    # The web process (gunicorn, api/gunicorn_conf.py): where it listens, its worker processes and threads.
+    bind: str = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+    web_concurrency: int = 4
+    web_threads: int = 8
+    # Where the web workers keep their metrics for /metrics to sum (set by the web process itself).
+    metrics_dir: Path | None = None
 
     @property
     def jobs_in_process(self) -> bool:
@@ -107,15 +125,22 @@ class Settings:
         return (
             f"Settings(data_dir={self.data_dir}, database={self.database!r}, "
             f"redis={'set' if self.redis_url else 'unset'}, smtp={'set' if self.smtp_url else 'maildir'}, "
-            f"external_url={self.external_url})"
+            f"external_url={self.external_url}, bind={self.bind})"
         )
+
+    @staticmethod
+    def locate(environ: Mapping[str, str] | None = None) -> tuple[Path, DatabaseLocation]:
+        """The data folder and the database the environment selects, without creating anything (``from_env``
+        creates the embedded data folder and its secret)."""
+        env = os.environ if environ is None else environ
+        data_dir = Path(env.get("DEPLOY_TOKENS_DATA_DIR") or "./var").resolve()
+        url = env.get("DEPLOY_TOKENS_DATABASE_URL") or f"sqlite:///{data_dir / _SQLITE_FILE}"
+        return data_dir, DatabaseLocation.parse(url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        data_dir = Path(env.get("DEPLOY_TOKENS_DATA_DIR") or "./var").resolve()
-        url = env.get("DEPLOY_TOKENS_DATABASE_URL") or f"sqlite:///{data_dir / 'deploy-tokens.sqlite3'}"
-        database = DatabaseLocation.parse(url)
+        data_dir, database = cls.locate(env)
         if database.dialect == "sqlite":
             assert database.sqlite_path is not None
             private_folder(database.sqlite_path.parent, own=(database.sqlite_path.name,))
@@ -173,6 +198,11 @@ class Settings:
                 env, "DEPLOY_TOKENS_REGISTRY_TOKEN_TTL", DEFAULT_REGISTRY_TOKEN_TTL, minimum=60, maximum=86400
             ),
             log_level=_log_level(env),
+            log_level_set=bool((env.get("DEPLOY_TOKENS_LOG_LEVEL") or "").strip()),
+            bind=_bind(env),
+            web_concurrency=_whole_number(env, "WEB_CONCURRENCY", 4, minimum=1, maximum=256),
+            web_threads=_whole_number(env, "WEB_THREADS", 8, minimum=1, maximum=1024),
+            metrics_dir=Path(env[METRICS_DIR_ENV]) if env.get(METRICS_DIR_ENV) else None,
         )
 
 
@@ -187,6 +217,45 @@ def _whole_number(
         return int(raw)
     bound = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
     raise ConfigurationError(f"{name} must be a whole number, {bound}")
+
+
+def _os_user() -> str:
+    """libpq's default user: the operating-system user this process runs as."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return "postgres"
+
+
+def _bind(env: Mapping[str, str]) -> str:
+    """gunicorn's bind address: ``DEPLOY_TOKENS_BIND`` (``HOST``, ``HOST:PORT``, ``[IPv6]:PORT`` or
+    ``unix:PATH``), its port from ``PORT`` when it names none; loopback when unset. ``PORT`` alone (a process
+    manager's, e.g. honcho's) only changes the port: listening beyond this machine is always said explicitly."""
+    port = _whole_number(env, "PORT", DEFAULT_PORT, minimum=1, maximum=65535)
+    raw = (env.get("DEPLOY_TOKENS_BIND") or "").strip()
+    if not raw:
+        return f"{DEFAULT_HOST}:{port}"
+    if raw.startswith("unix:"):
+        if len(raw) == len("unix:"):
+            raise ConfigurationError("DEPLOY_TOKENS_BIND: unix: needs a socket path")
+        return raw
+    host, explicit = raw, None
+    if raw.startswith("["):
+        if "]" not in raw:
+            raise ConfigurationError(f"DEPLOY_TOKENS_BIND: {raw[:64]!r} is not [IPv6]:PORT")
+        host, _, rest = raw[1:].partition("]")
+        explicit = rest[1:] if rest.startswith(":") else None
+        if rest and explicit is None:
+            raise ConfigurationError(f"DEPLOY_TOKENS_BIND: {raw[:64]!r} is not [IPv6]:PORT")
+    elif raw.count(":") == 1:
+        host, explicit = raw.split(":")
+    if explicit is not None:
+        if not (explicit.isascii() and explicit.isdigit() and 1 <= int(explicit) <= 65535):
+            raise ConfigurationError(f"DEPLOY_TOKENS_BIND: the port of {raw[:64]!r} must be 1 to 65535")
+        port = int(explicit)
+    if not host or any(char.isspace() or char in "/[]" for char in host):
+        raise ConfigurationError(f"DEPLOY_TOKENS_BIND: {raw[:64]!r} is not HOST, HOST:PORT or unix:PATH")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _log_level(env: Mapping[str, str]) -> str:

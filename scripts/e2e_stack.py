@@ -6,6 +6,8 @@ commands, then waits; Ctrl-C stops every process it started (by process group).
 
 The service uses an embedded SQLite database in the run directory unless ``--database-url`` (or
 ``DEPLOY_TOKENS_DATABASE_URL``) names another, e.g. ``postgresql://root@127.0.0.1:5432/test?schema=e2e``.
+A run directory it created itself is removed when it stops; one given with ``--dir`` is kept. The printed
+``twine`` and ``pip`` commands are the virtual environment's own, so they work from any shell.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import argparse
 import dataclasses
 import os
 import secrets
+import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -45,6 +49,9 @@ def instructions(
     generic = stack.generic_url(project_id, "tool", "1.0.0", "tool.txt")
     image = f"{stack.registry}/{path}/app:v1"
     tokens = f"{app_url}/api/v4/projects/{project_id}/deploy_tokens"
+    # The clients of this interpreter's environment (the project's .venv), not whatever is first on PATH.
+    twine = shlex.quote(str(Path(sys.executable).parent / "twine"))
+    pip = f"{shlex.quote(sys.executable)} -m pip"
     return f"""
 Deploy-token service  {app_url}   (run directory {run_dir})
 nginx (git, packages) {stack.nginx}   docker-registry {stack.registry}
@@ -68,8 +75,8 @@ skopeo copy --dest-tls-verify=false --dest-creds "$DT_USER:$DT_TOKEN" oci:{run_d
 skopeo copy --src-tls-verify=false --src-creds "$DT_USER:$DT_TOKEN" docker://{image} oci:{run_dir}/pulled:v1
 
 # PyPI: upload the demo wheel with twine, install it with pip:
-twine upload --repository-url {stack.pypi_url(project_id)} -u "$DT_USER" -p "$DT_TOKEN" {run_dir}/dist/*
-pip install --target {run_dir}/site --index-url "{index}/simple/" e2e-hello
+{twine} upload --repository-url {stack.pypi_url(project_id)} -u "$DT_USER" -p "$DT_TOKEN" {run_dir}/dist/*
+{pip} install --target {run_dir}/site --index-url "{index}/simple/" e2e-hello
 
 # Generic packages with the Deploy-Token header:
 curl -H "Deploy-Token: $DT_TOKEN" --upload-file {run_dir}/dist/e2e_hello-0.1.0-py3-none-any.whl {generic}
@@ -89,14 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="run directory (default: a new temporary directory)")
     parser.add_argument("--database-url", default=os.environ.get("DEPLOY_TOKENS_DATABASE_URL"))
     args = parser.parse_args(argv)
+    temporary = args.dir is None
     run_dir = (args.dir or Path(tempfile.mkdtemp(prefix="deploy-tokens-e2e-"))).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return serve_stack(run_dir, args.database_url)
+    finally:
+        if temporary:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def serve_stack(run_dir: Path, database_url: str | None) -> int:
+    """Start everything with ``run_dir`` as the run directory, print the commands, wait for Ctrl-C."""
     env = {
         "DEPLOY_TOKENS_DATA_DIR": str(run_dir / "data"),
         "DEPLOY_TOKENS_SECRET_KEY": os.environ.get("DEPLOY_TOKENS_SECRET_KEY") or secrets.token_urlsafe(48),
     }
-    if args.database_url:
-        env["DEPLOY_TOKENS_DATABASE_URL"] = args.database_url
+    if database_url:
+        env["DEPLOY_TOKENS_DATABASE_URL"] = database_url
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # explicit: a background job may inherit SIGINT ignored
         signal.signal(signum, lambda *_: stopping.set())

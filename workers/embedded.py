@@ -1,4 +1,6 @@
-"""The embedded default's scheduler: the same scan, in-process, daily at 01:00 UTC, with catch-up."""
+"""The embedded default's scheduler: the same scan, in-process, daily at 01:00 UTC, with catch-up; each scan is
+recorded (``embedded-<day>`` in ``expiry_scan_runs``), so a restart the same day does not scan again and
+``deploy-tokens schedule`` can tell when the next one runs."""
 
 from __future__ import annotations
 
@@ -7,7 +9,13 @@ import threading
 from datetime import date
 
 from deploy_tokens.runtime import Runtime
-from workers.jobs import SCAN_HOUR_UTC, InlineDispatcher
+from infrastructure.scan_runs import ScanRuns
+from workers.jobs import SCAN_HOUR_UTC, run_inline_scan
+
+
+def embedded_scan_id(day: date) -> str:
+    return f"embedded-{day:%Y%m%d}"
+
 
 log = logging.getLogger(__name__)
 
@@ -15,8 +23,9 @@ log = logging.getLogger(__name__)
 class EmbeddedScheduler:
     """Checks every ``interval`` seconds; scans once per UTC day, as soon as it is past 01:00 UTC.
 
-    A process started after 01:00 scans at once (the catch-up); the scan is idempotent, so a restart
-    that scans a second time that day sends nothing twice.
+    A process started after 01:00 scans at once (the catch-up), unless that day's scan is recorded as run
+    (a restart); a failed scan is tried again on the next tick. The scan is idempotent anyway: a second
+    scan on one day sends nothing twice.
     """
 
     def __init__(self, runtime: Runtime, *, interval: float = 30.0) -> None:
@@ -28,9 +37,12 @@ class EmbeddedScheduler:
         now = self.runtime.clock.now()
         if now.hour < SCAN_HOUR_UTC or self.last_day == now.date():
             return False
-        self.runtime.expiry_scan.run(InlineDispatcher(self.runtime.expiry_notifier()))
+        scan_id = embedded_scan_id(now.date())
+        recorded = ScanRuns(self.runtime.db).get(scan_id)
+        if recorded is None or recorded.status == "failed":
+            run_inline_scan(self.runtime, source="embedded", scan_id=scan_id)
         self.last_day = now.date()
-        return True
+        return recorded is None or recorded.status == "failed"
 
     def run_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -20,6 +20,7 @@ from deploy_tokens.expiry import ExpiryNotifier, ScanReport, SendOutcome
 from deploy_tokens.runtime import Runtime
 from domain.clock import as_utc
 from infrastructure.mail import MailDeliveryError
+from infrastructure.scan_runs import MailOutcome, ScanRuns
 from infrastructure.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,20 @@ def job_runtime() -> Runtime:
     return _runtime[1]
 
 
+def scan_job_id(now: datetime) -> str:
+    """The RQ job id of the scan of ``now``'s UTC day: while that job exists, no second one is enqueued."""
+    return f"expiry-scan-{as_utc(now):%Y%m%d}"
+
+
+def mail_outcome(outcome: str) -> MailOutcome:
+    """How a mail's outcome counts in its scan's record (``infrastructure.scan_runs``)."""
+    if outcome == SendOutcome.SENT:
+        return "sent"
+    if outcome == SendOutcome.NO_RECIPIENTS:
+        return "no_recipients"
+    return "failed" if outcome.startswith("failed") else "other"
+
+
 class InlineDispatcher:
     """Embedded mode and on-demand scans: send at once, in this process; a failure waits for the next run."""
 
@@ -55,6 +70,38 @@ class InlineDispatcher:
         self.outcomes.append((token_id, interval, outcome))
 
 
+def run_inline_scan(
+    runtime: Runtime, *, source: str, scan_id: str | None = None
+) -> tuple[ScanReport, list[tuple[int, int, str]]]:
+    """One scan in this process, mails sent at once, recorded in ``expiry_scan_runs`` under ``scan_id``
+    (default: a unique id for this run) with every mail's outcome; a scan that raises is recorded as failed."""
+    runs = ScanRuns(runtime.db)
+    started = runtime.clock.now()
+    scan_id = scan_id or f"{source}-{as_utc(started):%Y%m%dT%H%M%S.%f}"
+    runs.started(scan_id, source, started)
+    dispatcher = InlineDispatcher(runtime.expiry_notifier())
+    try:
+        report = runtime.expiry_scan.run(dispatcher)
+    except Exception as error:
+        runs.failed(scan_id, runtime.clock.now(), f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        tally: dict[MailOutcome, int] = {}
+        for _, _, outcome in dispatcher.outcomes:
+            kind = mail_outcome(outcome)
+            tally[kind] = tally.get(kind, 0) + 1
+        for kind, count in tally.items():
+            runs.mail(scan_id, kind, count)
+    runs.finished(
+        scan_id,
+        runtime.clock.now(),
+        examined=report.examined,
+        expired=report.expired_recorded,
+        mails_due=len(report.dispatched),
+    )
+    return report, dispatcher.outcomes
+
+
 class RqDispatcher:
     """Production: one RQ job per token and interval, with retries and back-off."""
 
@@ -68,6 +115,7 @@ class RqDispatcher:
                 send_expiry_email,
                 token_id,
                 interval,
+                self.scan_id,
                 job_id=f"expiry-mail-{token_id}-{interval}-{self.scan_id}",
                 unique=True,
                 retry=MAIL_RETRY,
@@ -85,15 +133,39 @@ def queue_for(settings: Settings) -> Queue:
 # Job functions (importable by RQ workers) ---------------------------------------------------------------
 
 
-def send_expiry_email(token_id: int, interval: int) -> str:
-    """Raises on delivery failure so that RQ retries with back-off; the interval stays open meanwhile."""
-    outcome: SendOutcome = job_runtime().expiry_notifier().send(token_id, interval)
+def send_expiry_email(token_id: int, interval: int, scan_id: str | None = None) -> str:
+    """Raises on delivery failure so that RQ retries with back-off; the interval stays open meanwhile. The
+    outcome (a failed attempt too) counts in the record of the scan that dispatched it."""
+    runtime = job_runtime()
+    try:
+        outcome: SendOutcome = runtime.expiry_notifier().send(token_id, interval)
+    except Exception:
+        if scan_id is not None:
+            with contextlib.suppress(Exception):  # the record must never hide the delivery error
+                ScanRuns(runtime.db).mail(scan_id, "failed")
+        raise
+    if scan_id is not None:
+        ScanRuns(runtime.db).mail(scan_id, mail_outcome(outcome.value))
     return outcome.value
 
 
 def run_expiry_scan(scan_id: str) -> dict[str, Any]:
+    """The day's scan (``scan_id``: its UTC day), recorded in ``expiry_scan_runs``; raises so that RQ retries."""
     runtime = job_runtime()
-    report: ScanReport = runtime.expiry_scan.run(RqDispatcher(queue_for(runtime.settings), scan_id))
+    runs = ScanRuns(runtime.db)
+    runs.started(scan_id, "scheduler", runtime.clock.now())
+    try:
+        report: ScanReport = runtime.expiry_scan.run(RqDispatcher(queue_for(runtime.settings), scan_id))
+    except Exception as error:
+        runs.failed(scan_id, runtime.clock.now(), f"{type(error).__name__}: {error}")
+        raise
+    runs.finished(
+        scan_id,
+        runtime.clock.now(),
+        examined=report.examined,
+        expired=report.expired_recorded,
+        mails_due=len(report.dispatched),
+    )
     return report.as_dict()
 
 
@@ -114,7 +186,7 @@ def trigger_daily_scan(now: datetime | None = None) -> str | None:
         queue.enqueue(
             run_expiry_scan,
             day,
-            job_id=f"expiry-scan-{day}",
+            job_id=scan_job_id(now),
             unique=True,
             result_ttl=3 * 86400,
             failure_ttl=3 * 86400,

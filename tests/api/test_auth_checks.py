@@ -963,10 +963,10 @@ def test_metrics_expose_decisions_latency_lag_and_activity(
     assert response.content_type.startswith("text/plain; version=0.0.4")
     text = response.get_data(as_text=True)
     assert (
-        'deploy_tokens_auth_decisions_total{endpoint="auth_request",action="git_read",'
-        'result="allowed",reason="allowed"} 2'
+        'deploy_tokens_auth_decisions_total{action="git_read",endpoint="auth_request",'
+        'reason="allowed",result="allowed"} 2'
     ) in text
-    assert 'result="denied",reason="username_mismatch"} 1' in text
+    assert 'reason="username_mismatch",result="denied"} 1' in text
     assert 'deploy_tokens_auth_decision_duration_seconds_count{endpoint="auth_request"} 3' in text
     assert 'deploy_tokens_auth_decision_duration_seconds_bucket{endpoint="auth_request",le="+Inf"} 3' in text
     assert 'deploy_tokens_projection_lag_events{projection="credential_lookup"} 0' in text
@@ -980,4 +980,4 @@ def test_metrics_count_stale_answers(client: FlaskClient, world: World, stale: N
     token = issue(world, "project", world.project, "read_repository")
     nginx(client, CLONE, headers=git_auth(token))
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'result="unavailable",reason="stale_index"} 1' in text
+    assert 'reason="stale_index",result="unavailable"} 1' in text

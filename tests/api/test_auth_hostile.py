@@ -198,7 +198,7 @@ def test_a_ban_is_visible_in_metrics(client: FlaskClient, world: World):
     assert "deploy_tokens_auth_banned_addresses 1" in text
     assert 'reason="ip_banned"' not in text  # nothing refused yet
     nginx(client, CLONE, headers=from_address(ATTACKER))
-    assert 'result="denied",reason="ip_banned"} 1' in client.get("/metrics").get_data(as_text=True)
+    assert 'reason="ip_banned",result="denied"} 1' in client.get("/metrics").get_data(as_text=True)
 
 
 def test_ban_settings(tmp_path):

@@ -258,8 +258,8 @@ def test_metrics_show_set_aside_rows_queue_depth_and_oldest_queued_age(runtime: 
     finally:
         recorder.close()
     samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
-    assert samples["deploy_tokens_activity_set_aside_total"] == "1"
-    assert samples["deploy_tokens_activity_queue_depth"] == "2"
+    assert float(samples["deploy_tokens_activity_set_aside_total"]) == 1
+    assert float(samples["deploy_tokens_activity_queue_depth"]) == 2
     assert 3600 <= float(samples["deploy_tokens_activity_oldest_queued_age_seconds"]) < 3600 + 60
     assert float(samples["deploy_tokens_activity_last_write_timestamp_seconds"]) > an_hour_ago.timestamp()
     assert "deploy_tokens_activity_stalled_seconds" in samples

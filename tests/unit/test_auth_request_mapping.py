@@ -382,8 +382,8 @@ def test_counter_text_format_escapes_label_values():
     assert counter.render() == [
         "# HELP things_total Things.",
         "# TYPE things_total counter",
-        'things_total{kind="a\\"b\\\\c\\nd"} 1',
-        'things_total{kind="plain"} 2',
+        'things_total{kind="a\\"b\\\\c\\nd"} 1.0',
+        'things_total{kind="plain"} 2.0',
     ]
 
 
@@ -392,11 +392,11 @@ def test_histogram_buckets_are_cumulative_with_inclusive_bounds():
     for value in (0.05, 0.1, 0.5, 3.0):
         histogram.observe(value, "x")
     assert histogram.render()[2:] == [
-        'latency_seconds_bucket{endpoint="x",le="0.1"} 2',
-        'latency_seconds_bucket{endpoint="x",le="1"} 3',
-        'latency_seconds_bucket{endpoint="x",le="+Inf"} 4',
+        'latency_seconds_bucket{endpoint="x",le="0.1"} 2.0',
+        'latency_seconds_bucket{endpoint="x",le="1.0"} 3.0',
+        'latency_seconds_bucket{endpoint="x",le="+Inf"} 4.0',
+        'latency_seconds_count{endpoint="x"} 4.0',
         'latency_seconds_sum{endpoint="x"} 3.65',
-        'latency_seconds_count{endpoint="x"} 4',
     ]
     assert histogram.count("x") == 4
 

@@ -1,0 +1,122 @@
+"""``/metrics`` of a four-worker gunicorn (the Procfile's ``web``) reports the sum over every worker on every
+scrape: auth checks spread over the workers, then repeated scrapes (each on a new connection, so any worker
+answers) all show the exact totals, also after a worker was replaced."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from deploy_tokens.runtime import Runtime
+
+from ..conftest import World
+from .web_process import WebProcess, request, runtime_dir, web_environment, web_process
+
+__all__ = ["runtime_dir"]  # the fixture
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+ALLOWED, DENIED, NGINX = 60, 25, 15
+SCRAPES = 12
+
+
+def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, headers, body = request(port, "GET", "/metrics")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in found, f"{key} twice in one scrape"
+            found[key] = sample.value
+    return found
+
+
+def totals(found: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:
+    """The figures the test checks, by name (labels folded into the name where they matter)."""
+    result: dict[str, float] = defaultdict(float)
+    for (name, labels), value in found.items():
+        label = dict(labels)
+        if name == "deploy_tokens_auth_decisions_total":
+            result[f"decisions {label['endpoint']} {label['result']} {label['reason']}"] += value
+        elif name == "deploy_tokens_auth_decision_duration_seconds_count":
+            result[f"duration count {label['endpoint']}"] += value
+        elif name == "deploy_tokens_auth_decision_duration_seconds_bucket" and label["le"] == "+Inf":
+            result[f"duration +Inf {label['endpoint']}"] += value
+        elif not labels:
+            result[name] = value
+    return result
+
+
+EXPECTED = {
+    "decisions check allowed allowed": ALLOWED,
+    "decisions check denied username_mismatch": DENIED,
+    "decisions auth_request allowed allowed": NGINX,
+    "duration count check": ALLOWED + DENIED,
+    "duration +Inf check": ALLOWED + DENIED,
+    "duration count auth_request": NGINX,
+    "deploy_tokens_credential_index_tokens": 1,
+    "deploy_tokens_projection_status_up": 1,
+}
+
+
+def check(world: World, token: str, username: str, web: WebProcess) -> None:
+    body = {"token": token, "action": "git_read", "project": "acme/api"}
+    for number in range(ALLOWED + DENIED):
+        name = username if number < ALLOWED else "someone-else"
+        status, _, answer = request(web.port, "POST", "/internal/auth/check", {**body, "username": name})
+        assert status == 200, answer
+    basic = base64.b64encode(f"{username}:{token}".encode()).decode()
+    headers = {
+        "Authorization": f"Basic {basic}",
+        "X-Original-URI": "/acme/api.git/info/refs?service=git-upload-pack",
+        "X-Original-Method": "GET",
+    }
+    for _ in range(NGINX):
+        assert request(web.port, "GET", "/internal/auth_request", headers=headers)[0] == 200
+
+
+def assert_exact_totals(web: WebProcess) -> None:
+    for _ in range(SCRAPES):
+        seen = totals(samples(web.port))
+        assert {name: seen.get(name) for name in EXPECTED} == EXPECTED
+
+
+def test_every_scrape_of_a_four_worker_gunicorn_reports_the_exact_totals(
+    pg_runtime: Runtime, postgres_schema: str, tmp_path: Path, runtime_dir: Path
+) -> None:
+    world = World(pg_runtime)
+    issued = pg_runtime.tokens.create_token(
+        world.admin, "project", world.project, name="ci", scopes=["read_repository"]
+    )
+    env = web_environment(postgres_schema, tmp_path, runtime_dir, WEB_CONCURRENCY="4", WEB_THREADS="2")
+    with web_process(env, tmp_path) as web:
+        assert len(web.worker_pids()) == 4
+        check(world, issued.value, issued.token.username, web)
+        (folder,) = web.metrics_folders()
+        assert oct(folder.stat().st_mode & 0o777) == "0o700"
+        # The checks went to more than one worker: each that counted keeps its own file.
+        assert len(list(folder.glob("counter_*.db"))) >= 2
+        assert_exact_totals(web)
+
+        # A replaced worker takes nothing away: its counts stay in the folder and keep adding up.
+        victim = web.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pids = web.worker_pids()
+            if victim not in pids and len(pids) == 4:
+                break
+            time.sleep(0.2)
+        web.wait_ready()
+        assert_exact_totals(web)
+        assert samples(web.port)[("deploy_tokens_activity_queue_depth", ())] >= 0
+    assert web.metrics_folders() == [], "the instance removes its metrics folder when it stops"
