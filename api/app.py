@@ -20,6 +20,7 @@ from api.input_limits import RoutableEnviron, install
 from api.metrics import metrics
 from api.openapi import build_spec
 from api.resources import EncodedPathMiddleware
+from api.version import version_api
 from deploy_tokens.runtime import Runtime
 
 
@@ -43,6 +44,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.register_blueprint(directory)
     app.register_blueprint(auth_checks)
     app.register_blueprint(metrics)
+    app.register_blueprint(version_api)
     from api.ui import ui  # the web UI: Settings > Repository > Deploy tokens (behaviour [manage], [ui])
 
     app.register_blueprint(ui)

@@ -13,12 +13,14 @@ from api.auth import require_admin
 from api.context import runtime
 from api.openapi import operation
 from api.params import load
-from api.resources import group_id, project_id
+from api.resources import group_id, past_reference, project_id
 from api.schemas import GitLabDateTime
 from deploy_tokens.exports import Export, ExportRequest
 from domain.clock import as_utc
+from domain.errors import NotFound
 from infrastructure.activity import activity_rows
 from projections.access import Action
+from projections.audit_directory import holder_by_past_path
 from projections.audit_queries import AuditQuery, audit_events
 from projections.point_in_time import token_state_at, who_could
 
@@ -166,6 +168,8 @@ class TokenStateSchema(Schema):
     revoked = fields.Boolean()
     expired = fields.Boolean()
     deleted = fields.Boolean()
+    holder_path = fields.String(allow_none=True)
+    holder_deleted = fields.Boolean()
 
 
 @audit.get("/deploy_tokens/<int:token_id>/state")
@@ -198,6 +202,7 @@ class AccessSchema(Schema):
     scopes = fields.List(fields.String())
     created_at = GitLabDateTime()
     created_by = fields.String(allow_none=True)
+    holder_path = fields.String(allow_none=True)
 
 
 @audit.get("/projects/<path:reference>/deploy_token_access")
@@ -214,7 +219,7 @@ def deploy_token_access(reference: str) -> ResponseReturnValue:
     answers = who_could(
         runtime().store,
         action=Action(params["action"]),
-        project=project_id(reference),
+        project=past_reference(reference, "404 Project"),
         at=_instant(params["at"]),
     )
     return jsonify(AccessSchema(many=True).dump([answer.as_dict() for answer in answers]))
@@ -241,13 +246,26 @@ class ManifestSchema(Schema):
     chain_head = fields.Dict()
 
 
+def _holder_now_or_then(kind: str, reference: str) -> int:
+    """An export's holder: by id (deleted ones too), by its path now, or else by the path it had last."""
+    try:
+        return project_id(reference) if kind == "project" else group_id(reference)
+    except NotFound:
+        if isinstance(past := past_reference(reference, f"404 {kind.title()}"), int):
+            raise
+        found = holder_by_past_path(runtime().db, kind, past)
+        if found is None:
+            raise
+        return found
+
+
 def _export(dataset: str, kind: str) -> Export:
     params = load(ExportQuerySchema())
     namespace_kind, namespace_id = None, None
     if "project" in params:
-        namespace_kind, namespace_id = "project", project_id(params["project"])
+        namespace_kind, namespace_id = "project", _holder_now_or_then("project", params["project"])
     elif "group" in params:
-        namespace_kind, namespace_id = "group", group_id(params["group"])
+        namespace_kind, namespace_id = "group", _holder_now_or_then("group", params["group"])
     request = ExportRequest(
         dataset=dataset,  # type: ignore[arg-type]
         format=kind,  # type: ignore[arg-type]

@@ -17,7 +17,15 @@ from werkzeug.exceptions import HTTPException
 
 from api.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
 from api.input_limits import is_rejection
-from domain.errors import Conflict, NotFound, PermissionDenied, TokenDeleted, Unauthenticated, ValidationError
+from domain.errors import (
+    Conflict,
+    NotFound,
+    PermissionDenied,
+    Refused,
+    TokenDeleted,
+    Unauthenticated,
+    ValidationError,
+)
 from infrastructure.db import database_unavailable
 from infrastructure.idempotency import IdempotencyKeyBusy, IdempotencyKeyTaken
 from projections.credential_index import StaleIndex
@@ -51,6 +59,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ValidationError)
     def invalid(error: ValidationError) -> Response:
         return _json(400, message=error.errors)
+
+    @app.errorhandler(Refused)
+    def refused(error: Refused) -> Response:
+        return _json(400, message=str(error))
 
     @app.errorhandler(NotFound)
     def not_found(error: NotFound) -> Response:

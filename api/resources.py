@@ -50,6 +50,24 @@ def group_id(reference: str) -> int:
     return namespace.namespace_id
 
 
+def one_segment(reference: str) -> str:
+    """A reference for a destructive route: an id or a URL-encoded full path, never bare slashes (they would
+    let ``DELETE /projects/5/<a route that does not exist>`` name project ``5/...``)."""
+    if "/" in reference:
+        raise NotFound("404")
+    return reference
+
+
+def past_reference(reference: str, missing: str) -> int | str:
+    """A reference to a project or group as it was: an id, or a full path resolved later against the past
+    (point-in-time answers), never against the holder that has the path now."""
+    if not _printable(reference):
+        raise NotFound(missing)
+    if _numeric(reference):
+        return _id(reference, missing)
+    return reference.replace(":", "/")
+
+
 def holder_id(kind: str, reference: str) -> int:
     return project_id(reference) if kind == "project" else group_id(reference)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+import re
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from marshmallow import Schema, fields, validate
@@ -31,14 +32,36 @@ class GitLabDateTime(fields.Field[date | datetime | None]):
             return None
         if not isinstance(value, str):
             raise self.make_error("invalid")
-        text = value.strip()
         try:
-            if len(text) == 10:
-                return date.fromisoformat(text)
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
+            return parse_iso8601(value)
+        except (ValueError, OverflowError):  # OverflowError: 24:00 on 9999-12-31
             raise self.make_error("invalid") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# ISO 8601 forms ``fromisoformat`` does not read: ordinal dates (2026-010, 2026010) and 24:00 (the day's end).
+_ORDINAL_DATE = re.compile(r"\A(\d{4})-?(\d{3})(?=\Z|T)")
+_END_OF_DAY = re.compile(r"T24(?::?00(?::?00(?:[.,]0+)?)?)?(?=\Z|Z|[+-])")
+
+
+def parse_iso8601(value: str) -> date | datetime:
+    """Any complete ISO 8601 date (calendar, week or ordinal; extended or basic) or date-time; a date-time
+    without an offset is UTC. Raises ``ValueError`` for anything else (``OverflowError`` past year 9999)."""
+    text = value.strip().upper()
+    ordinal = _ORDINAL_DATE.match(text)
+    if ordinal:
+        day = date(int(ordinal.group(1)), 1, 1) + timedelta(days=int(ordinal.group(2)) - 1)
+        if day.year != int(ordinal.group(1)) or int(ordinal.group(2)) == 0:
+            raise ValueError(f"no day {ordinal.group(2)} in {ordinal.group(1)}")
+        text = day.isoformat() + text[ordinal.end() :]
+    if "T" not in text and " " not in text:
+        return date.fromisoformat(text)
+    end_of_day = _END_OF_DAY.search(text)
+    if end_of_day:
+        text = text[: end_of_day.start()] + "T00:00:00" + text[end_of_day.end() :]
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if end_of_day:
+        parsed += timedelta(days=1)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class ScopeList(fields.Field[list[str]]):

@@ -74,10 +74,17 @@ class AccessService:
     # Access levels -----------------------------------------------------------------------------------
 
     def group(self, group_id: int) -> Group:
-        return self.uow.get(Group, stream_id("namespace", group_id), "404 Group")
+        """A group that exists: a deleted one is not found, for every command and every role."""
+        group = self.uow.get(Group, stream_id("namespace", group_id), "404 Group")
+        if group.deleted:
+            raise NotFound("404 Group")
+        return group
 
     def project(self, project_id: int) -> Project:
-        return self.uow.get(Project, stream_id("project", project_id), "404 Project")
+        project = self.uow.get(Project, stream_id("project", project_id), "404 Project")
+        if project.deleted:
+            raise NotFound("404 Project")
+        return project
 
     def user_level(self, source: Group | Project, user_id: int) -> int:
         """A user's effective level on a group or project: direct, inherited from a group above it, or Owner of

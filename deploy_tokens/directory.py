@@ -15,6 +15,7 @@ from typing import TypeVar
 from eventsourcing.domain import Aggregate
 
 from deploy_tokens.access import AccessService
+from deploy_tokens.claims import TAKEN, Claims
 from deploy_tokens.issuing import CredentialIssuer
 from deploy_tokens.unit_of_work import UnitOfWork
 from domain.actors import Actor
@@ -22,7 +23,6 @@ from domain.clock import Clock
 from domain.errors import Conflict, NotFound, PermissionDenied, Unauthenticated, ValidationError
 from domain.groups import Group
 from domain.membership import AccessLevel
-from domain.path_claims import PathClaim
 from domain.personal_access_tokens import PersonalAccessToken
 from domain.projects import Project
 from domain.streams import stream_id
@@ -90,6 +90,8 @@ class DirectoryService:
         """A user and their personal namespace share one id: a user's id is their namespace's id."""
         now = self.clock.now()
 
+        self._require_email_free(email, None)
+
         def build(number: int) -> list[Aggregate]:
             user = User.register(
                 user_id=number,
@@ -102,7 +104,10 @@ class DirectoryService:
                 now=now,
             )
             namespace = UserNamespace.open(namespace_id=number, user_id=number, path=username, now=now)
-            return [namespace, user, PathClaim.claim(username, "user", number, now)]
+            claims = Claims(self.uow, now)
+            claims.take_path(username, "user", number, field="username")
+            claims.take_email(user.email, number)
+            return [namespace, user, *claims.pending()]
 
         user_id, recordings = self.uow.save_new(
             self.uow.namespace_ids,
@@ -181,6 +186,36 @@ class DirectoryService:
         assert found is not None and found[0].pat_id == pat_id
         return IssuedPersonalAccessToken(found[0], secret.value)
 
+    def _require_email_free(self, email: str, user_id: int | None) -> None:
+        """Users recorded before emails were claimed hold no claim: the read model knows their addresses."""
+        for user in self.read.users_by_email(email):
+            if user.user_id != user_id:
+                raise ValidationError.single("email", TAKEN)
+
+    def update_user(
+        self, actor: Actor, user_id: int, *, email: str | None = None, name: str | None = None
+    ) -> UserRecord:
+        """GitLab's ``PUT /users/:id`` (administrators): a new email (unique, any case) or display name."""
+        self.access.require_admin(actor)
+        if email is not None:
+            self._require_email_free(email, user_id)
+        now = self.clock.now()
+
+        def attempt() -> list[Aggregate]:
+            user = self.uow.get(User, stream_id("user", user_id), "404 User")
+            previous = user.email
+            user.change_profile(email=email, name=name, actor=actor, now=now)
+            claims = Claims(self.uow, now)
+            if user.email.lower() != previous.lower():
+                claims.free_email(previous, user_id)
+                claims.take_email(user.email, user_id)
+            return [user, *claims.pending()]
+
+        self.uow.retry(attempt)
+        record = self.read.user(user_id)
+        assert record is not None
+        return record
+
     def set_user_blocked(self, actor: Actor, user_id: int, blocked: bool) -> UserRecord:
         self.access.require_admin(actor)
         if actor.user_id == user_id and blocked:
@@ -236,10 +271,16 @@ class DirectoryService:
         now = self.clock.now()
 
         def build(group_id: int) -> list[Aggregate]:
-            group = Group.found(group_id=group_id, name=name, path=path, parent=parent, actor=actor, now=now)
+            # The parent as it is now: it may have moved since it was checked (see domain.groups).
+            fresh = self.access.group(parent.group_id) if parent is not None else None
+            group = Group.found(group_id=group_id, name=name, path=path, parent=fresh, actor=actor, now=now)
             if actor.user_id is not None:
                 group.set_member(actor.user_id, AccessLevel.OWNER, actor=actor, now=now)
-            return [group, PathClaim.claim(group.full_path, "group", group_id, now)]
+            claims = Claims(self.uow, now)
+            claims.take_path(group.full_path, "group", group_id)
+            if fresh is not None:
+                fresh.add_child("group", group_id, actor=actor, now=now)
+            return [group, *claims.pending(), *([fresh] if fresh is not None else [])]
 
         group_id, recordings = self.uow.save_new(
             self.uow.namespace_ids,
@@ -328,19 +369,25 @@ class DirectoryService:
         now = self.clock.now()
 
         def build(project_id: int) -> list[Aggregate]:
+            # The group as it is now: it may have moved since it was checked (see domain.groups).
+            fresh = self.access.group(namespace.group_id) if isinstance(namespace, Group) else namespace
             project = Project.found(
                 project_id=project_id,
                 name=name,
                 path=path,
-                namespace=namespace,
+                namespace=fresh,
                 repository_enabled=repository_enabled,
                 container_registry_enabled=container_registry_enabled,
                 actor=actor,
                 now=now,
             )
-            if isinstance(namespace, Group) and actor.user_id is not None:
+            if isinstance(fresh, Group) and actor.user_id is not None:
                 project.set_member(actor.user_id, AccessLevel.MAINTAINER, actor=actor, now=now)
-            return [project, PathClaim.claim(project.full_path, "project", project_id, now)]
+            claims = Claims(self.uow, now)
+            claims.take_path(project.full_path, "project", project_id)
+            if isinstance(fresh, Group):
+                fresh.add_child("project", project_id, actor=actor, now=now)
+            return [project, *claims.pending(), *([fresh] if isinstance(fresh, Group) else [])]
 
         project_id, recordings = self.uow.save_new(
             self.uow.project_ids,

@@ -1,5 +1,5 @@
 """The composition root: wires settings to the database, event store, projections, keys, vault and the
-application services (access, tokens, directory, members, expiry)."""
+application services (access, tokens, directory and its lifecycle, members, expiry)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import domain.projects
 import domain.users  # noqa: F401
 from deploy_tokens.access import AccessService
 from deploy_tokens.directory import DirectoryService
+from deploy_tokens.directory_lifecycle import DirectoryLifecycle
 from deploy_tokens.expiry import ExpiryNotifier, ExpiryScan, NoticeContext
 from deploy_tokens.issuing import CredentialIssuer
 from deploy_tokens.members import MembersService
@@ -83,6 +84,7 @@ class Runtime:
     tokens: TokenService
     directory: DirectoryService
     members: MembersService
+    lifecycle: DirectoryLifecycle
     expiry_scan: ExpiryScan
     index: CredentialIndex
     activity: ActivityRecorder
@@ -118,6 +120,7 @@ class Runtime:
         tokens = TokenService(uow, access, issuer, read, keys, vault, clock)
         directory = DirectoryService(uow, access, issuer, read, clock)
         members = MembersService(uow, access, directory, read, clock)
+        lifecycle = DirectoryLifecycle(uow, access, read, vault, clock)
         expiry_scan = ExpiryScan(tokens, uow, db, idempotency, clock)
         index = CredentialIndex(db, store, keys, max_staleness=settings.auth_max_staleness)
         projector.add_listener(index.on_projected)
@@ -138,6 +141,7 @@ class Runtime:
             tokens,
             directory,
             members,
+            lifecycle,
             expiry_scan,
             index,
             activity,

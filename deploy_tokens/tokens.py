@@ -205,19 +205,29 @@ class TokenService:
         scope_list = list(scopes)
         now = self.clock.now()
 
+        built: list[DeployToken] = []
+
         def build(token_id: int, digest: str) -> Aggregate:
-            return DeployToken.issue(
-                token_id=token_id,
-                name=name,
-                username=username,
-                holder_kind=holder_kind,
-                holder_id=holder_id,
-                scopes=scope_list,
-                expires_at=expires_at,
-                digest=digest,
-                actor=actor,
-                now=now,
-            )
+            built[:] = [
+                DeployToken.issue(
+                    token_id=token_id,
+                    name=name,
+                    username=username,
+                    holder_kind=holder_kind,
+                    holder_id=holder_id,
+                    scopes=scope_list,
+                    expires_at=expires_at,
+                    digest=digest,
+                    actor=actor,
+                    now=now,
+                )
+            ]
+            return built[0]
+
+        def keep_ci_value(token_id: int, value: str) -> None:
+            # behaviour [ci-token], [expiry]: never kept for a token that is expired from its creation.
+            if name == CI_TOKEN_NAME and built and not built[0].is_expired(now):
+                self.vault.put(token_id, value)
 
         token_id, secret = self.issuer.issue(
             DEPLOY_TOKEN_PREFIX,
@@ -225,8 +235,7 @@ class TokenService:
             build,
             id_field="token_id",
             idempotency=idempotency,
-            # CI jobs read the value as soon as the token is listed.
-            before_reading=self.vault.put if name == CI_TOKEN_NAME else None,
+            before_reading=keep_ci_value,  # CI jobs read the value as soon as the token is listed
         )
         record = self.read.token(token_id)
         assert record is not None

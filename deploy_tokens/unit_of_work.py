@@ -111,7 +111,8 @@ class UnitOfWork:
         The read models are not caught up yet: the caller does that (``caught_up``) once whatever must be
         in place before anyone can read the new object is. With ``idempotency``, the key's record
         (``result`` of the id tried) commits with the events. With ``claims_path_of`` (a field name), the
-        aggregates include a ``PathClaim``, and a path claimed already is that field's validation error.
+        aggregates include claims (and perhaps the parent group), which ``build`` loads fresh and checks: a
+        lost race on one of them builds again; one that keeps losing is that field's validation error.
         """
 
         def build_for(number: int) -> Sequence[Aggregate]:
@@ -120,13 +121,17 @@ class UnitOfWork:
             return build(number)
 
         with saving_with(idempotency):
-            try:
-                return ids.save_new(build_for)
-            except IntegrityError:
-                if claims_path_of is None:
-                    raise
-                # Not the id (the allocator retries those): the path is claimed already.
-                raise ValidationError.single(claims_path_of, "has already been taken") from None
+            for _ in range(_RETRIES):
+                try:
+                    return ids.save_new(build_for)
+                except IntegrityError:
+                    if claims_path_of is None:
+                        raise
+                    # Not the id (the allocator retries those): a claim or the parent group changed since
+                    # ``build`` loaded them. Build again on fresh state: a claim held by another is then
+                    # refused by ``build`` itself.
+                    continue
+            raise ValidationError.single(claims_path_of or "base", "has already been taken")
 
     # Reading your writes -------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Final, Literal
 from uuid import UUID, uuid5
 
@@ -35,6 +35,10 @@ CI_TOKEN_NAME: Final = "gitlab-deploy-token"
 # Notification intervals (behaviour [notifications]), most distant first; the value is GitLab's ``days_to_expire``.
 INTERVALS: Final[tuple[int, ...]] = (60, 30, 7)
 INTERVAL_NAMES: Final[dict[int, str]] = {60: "sixty_days", 30: "thirty_days", 7: "seven_days"}
+
+# behaviour [expiry]: the range of expiry instants accepted (the latest is the calendar's own end).
+EARLIEST_EXPIRY: Final = datetime(1900, 1, 1, tzinfo=UTC)
+EXPIRY_OUT_OF_RANGE: Final = "must be between 1900-01-01 and 9999-12-31"
 
 _ID_NAMESPACE: Final = UUID("6f1d3c0e-5a4b-4f8e-9c61-2a7d8e9b0c11")
 
@@ -75,12 +79,21 @@ def validate_username(username: str | None) -> str | None:
 
 
 def normalise_expiry(expires_at: date | datetime | None) -> datetime | None:
-    """behaviour [expiry]: a date means 00:00 UTC of that date; a datetime is kept as that instant, in UTC."""
+    """behaviour [expiry]: a date means 00:00 UTC of that date; a datetime is kept as that instant, in UTC.
+
+    Any instant from ``EARLIEST_EXPIRY`` on is accepted, today and the past included (such a token is simply
+    expired): GitLab validates only that the value is ISO 8601. The bound keeps every computation on the
+    instant (the notification windows count days back from it) inside the calendar.
+    """
     if expires_at is None:
         return None
-    if isinstance(expires_at, datetime):
-        return as_utc(expires_at)
-    return start_of_day(expires_at)
+    try:
+        instant = as_utc(expires_at) if isinstance(expires_at, datetime) else start_of_day(expires_at)
+    except OverflowError:  # an offset that pushes the instant past year 9999 (or before year 1)
+        raise ValidationError.single("expires_at", EXPIRY_OUT_OF_RANGE) from None
+    if instant < EARLIEST_EXPIRY:
+        raise ValidationError.single("expires_at", EXPIRY_OUT_OF_RANGE)
+    return instant
 
 
 def days_left(expires_at: datetime, today: date) -> int:
@@ -285,9 +298,8 @@ class DeployToken(Aggregate):
         checked_name = errors.check(validate_name, name)
         checked_username = errors.check(validate_username, username)
         checked_scopes = errors.check(canonical_scopes, scopes)
+        # behaviour [expiry]: an expiry today or in the past is accepted; the token is then simply expired.
         checked_expiry = errors.check(normalise_expiry, expires_at)
-        if checked_expiry is not None and checked_expiry <= now:
-            errors.add("expires_at", "must be in the future")
         errors.raise_if_any()
         assert checked_name is not None and checked_scopes is not None
         token = cls._create(

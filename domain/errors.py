@@ -32,6 +32,11 @@ class ValidationError(DomainError):
         return ", ".join(parts)
 
 
+class Refused(DomainError):
+    """A request GitLab refuses with a 400 and one sentence, e.g. ``Transfer failed: Group is already a root
+    group.`` (rather than field messages)."""
+
+
 class NotFound(DomainError):
     """The thing does not exist, or the actor may not know that it exists."""
 

@@ -1,4 +1,8 @@
-"""Projects: in a group (inheriting its members' roles) or in a user's personal namespace."""
+"""Projects: in a group (inheriting its members' roles) or in a user's personal namespace.
+
+A project records its place (namespace, the groups above it, full path) itself: a rename, a transfer, or a
+move of a group above it records ``Moved``; a deletion, or the deletion of a group above it, ``Deleted``.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +51,51 @@ class Project(Membership):
             aggregate.repository_enabled = self.repository_enabled
             aggregate.container_registry_enabled = self.container_registry_enabled
 
+    class NameChanged(Aggregate.Event):
+        TOPIC = "deploy_tokens:Project.NameChanged"
+        name: str
+        previous_name: str
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Project)
+            aggregate.name = self.name
+
+    class Moved(Aggregate.Event):
+        """The project's full path changed: its own path (``path_changed``), its namespace (``transferred``),
+        or a group above it moved (``group_moved``, ``moved_with`` naming that group; 0 otherwise)."""
+
+        TOPIC = "deploy_tokens:Project.Moved"
+        path: str
+        namespace_id: int
+        namespace_kind: str
+        group_ids: list[int]
+        full_path: str
+        previous_full_path: str
+        cause: str
+        moved_with: int
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Project)
+            aggregate.path = self.path
+            aggregate.namespace_id = self.namespace_id
+            aggregate.namespace_kind = self.namespace_kind
+            aggregate.group_ids = tuple(self.group_ids)
+            aggregate.full_path = self.full_path
+
+    class Deleted(Aggregate.Event):
+        """The project is gone; ``deleted_with`` is 0 when it was deleted itself, else the group whose deletion
+        took it."""
+
+        TOPIC = "deploy_tokens:Project.Deleted"
+        deleted_with: int
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Project)
+            aggregate.deleted = True
+
     class MemberSet(Aggregate.Event):
         TOPIC = "deploy_tokens:Project.MemberSet"
         user_id: int
@@ -89,6 +138,7 @@ class Project(Membership):
         self.repository_enabled = repository_enabled
         self.container_registry_enabled = container_registry_enabled
         self.members: dict[int, int] = {}
+        self.deleted = False
 
     @classmethod
     def found(
@@ -166,6 +216,71 @@ class Project(Membership):
             actor=actor.as_event_data(),
         )
         return True
+
+    # Lifecycle: renaming, moving, deleting -------------------------------------------------------------
+
+    def change_name(self, name: str, *, actor: Actor, now: datetime) -> bool:
+        checked = validate_display_name(name)
+        if checked == self.name:
+            return False
+        self.trigger_event(
+            self.NameChanged,
+            timestamp=now,
+            name=checked,
+            previous_name=self.name,
+            actor=actor.as_event_data(),
+        )
+        return True
+
+    def move(
+        self,
+        *,
+        path: str,
+        namespace: Group | UserNamespace,
+        cause: str,
+        moved_with: int,
+        actor: Actor,
+        now: datetime,
+    ) -> bool:
+        """Record the project's new place; ``namespace`` is the (already moved) group or user namespace."""
+        if isinstance(namespace, Group):
+            group_ids = [*namespace.ancestor_ids, namespace.group_id]
+            parent_path, kind, namespace_id = namespace.full_path, "group", namespace.group_id
+        else:
+            group_ids, parent_path, kind, namespace_id = [], namespace.path, "user", namespace.namespace_id
+        full_path = f"{parent_path}/{path}"
+        if (full_path, namespace_id, kind, group_ids) == (
+            self.full_path,
+            self.namespace_id,
+            self.namespace_kind,
+            list(self.group_ids),
+        ):
+            return False
+        self.trigger_event(
+            self.Moved,
+            timestamp=now,
+            path=path,
+            namespace_id=namespace_id,
+            namespace_kind=kind,
+            group_ids=group_ids,
+            full_path=full_path,
+            previous_full_path=self.full_path,
+            cause=cause,
+            moved_with=moved_with,
+            actor=actor.as_event_data(),
+        )
+        return True
+
+    def delete(self, *, deleted_with: int, actor: Actor, now: datetime) -> None:
+        if not self.deleted:
+            self.trigger_event(
+                self.Deleted, timestamp=now, deleted_with=deleted_with, actor=actor.as_event_data()
+            )
+
+
+def checked_project_path(path: str | None) -> str:
+    """A path chosen for a project (behaviour [reserved-paths])."""
+    return validate_path(path, "path", RESERVED_PROJECT_PATHS)
 
 
 def _path_from_name(name: str | None) -> str:

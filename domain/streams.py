@@ -22,4 +22,9 @@ def path_claim_id(full_path: str) -> UUID:
     return uuid5(_ID_NAMESPACE, f"path:{full_path.lower()}")
 
 
+def email_claim_id(email: str) -> UUID:
+    """Email addresses are unique case-insensitively, as in GitLab."""
+    return uuid5(_ID_NAMESPACE, f"email:{email.lower()}")
+
+
 SETTINGS_ID: Final = uuid5(_ID_NAMESPACE, "instance-settings")

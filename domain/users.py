@@ -54,6 +54,19 @@ class User(Aggregate):
             assert isinstance(aggregate, User)
             aggregate.is_admin = self.is_admin
 
+    class ProfileChanged(Aggregate.Event):
+        """A new email address or display name (both fields hold the values after the change)."""
+
+        TOPIC = "deploy_tokens:User.ProfileChanged"
+        email: str
+        name: str
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, User)
+            aggregate.email = self.email
+            aggregate.name = self.name
+
     def __init__(
         self,
         user_id: int,
@@ -122,6 +135,23 @@ class User(Aggregate):
         if self.is_admin == is_admin:
             return False
         self.trigger_event(self.AdminChanged, timestamp=now, is_admin=is_admin, actor=actor.as_event_data())
+        return True
+
+    def change_profile(self, *, email: str | None, name: str | None, actor: Actor, now: datetime) -> bool:
+        errors = ErrorCollector()
+        checked_email = self.email if email is None else errors.check(validate_email, email)
+        checked_name = self.name if name is None else errors.check(validate_display_name, name)
+        errors.raise_if_any()
+        assert checked_email is not None and checked_name is not None
+        if (checked_email, checked_name) == (self.email, self.name):
+            return False
+        self.trigger_event(
+            self.ProfileChanged,
+            timestamp=now,
+            email=checked_email,
+            name=checked_name,
+            actor=actor.as_event_data(),
+        )
         return True
 
 

@@ -11,9 +11,11 @@ render a message (a ``Revoked`` has no name or scopes) are rendered from ``audit
 own record of each stream's name, namespace and scopes. Nothing here ever deletes an ``audit_events`` row:
 ``DeployToken.Deleted`` adds a ``..._destroyed`` row.
 
-No rows for ``PathClaim.Created``, ``UserNamespace.Created`` and ``InstanceSettings.Created``: they are
-bookkeeping saved atomically with the event that caused them (the user's, group's or project's creation,
-or the first settings change), carry no actor, and would only repeat that event's row.
+No rows for the claims' events (``PathClaim``, ``EmailClaim``), ``UserNamespace.Created``,
+``InstanceSettings.Created`` and ``Group.ChildAdded``: they are bookkeeping saved atomically with the event
+that caused them (the user's, group's or project's creation, move or deletion, or the first settings change),
+and would only repeat that event's row. Renamed, moved and deleted groups and projects have rows of their
+own (``projections.audit_directory``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from domain.projects import Project
 from domain.streams import stream_id
 from domain.users import User
 from infrastructure.db import Cursor
+from projections.audit_directory import AUDIT_PATHS_SCHEMA, DIRECTORY_LIFECYCLE_HANDLERS, remember_path
 from projections.audit_rows import (
     TARGET_INSTANCE_SETTINGS,
     TARGET_USER,
@@ -156,6 +159,7 @@ def _group_created(cursor: Cursor, event: Group.Created, position: int) -> None:
         name=event.full_path,
         namespace=("group", event.group_id),
     )
+    remember_path(cursor, "group", event.group_id, event.full_path, position)
     record_creation(
         cursor,
         event,
@@ -185,6 +189,7 @@ def _project_created(cursor: Cursor, event: Project.Created, position: int) -> N
         namespace=("project", event.project_id),
         data=features,
     )
+    remember_path(cursor, "project", event.project_id, event.full_path, position)
     record_creation(
         cursor,
         event,
@@ -353,10 +358,12 @@ def _feature_changed(cursor: Cursor, event: InstanceSettings.FeatureChanged, pos
 
 class AuditTrail(EventProjection):
     name = "audit_trail"
-    tables = ("audit_events", "audit_subjects", "audit_memberships")
-    # No rows (see the module docstring): PathClaim.Created, UserNamespace.Created, InstanceSettings.Created.
+    tables = ("audit_events", "audit_subjects", "audit_memberships", "audit_paths")
+    # No rows (see the module docstring): claims, UserNamespace.Created, InstanceSettings.Created,
+    # Group.ChildAdded.
     handlers = EventHandlers(
         *TOKEN_HANDLERS,
+        *DIRECTORY_LIFECYCLE_HANDLERS,
         on(User.Registered, _user_registered),
         on(User.Blocked, _user_blocked),
         on(User.Unblocked, _user_unblocked),
@@ -399,6 +406,8 @@ class AuditTrail(EventProjection):
             """CREATE TABLE IF NOT EXISTS audit_memberships (
                 stream_id TEXT NOT NULL, user_id BIGINT NOT NULL, access_level INTEGER NOT NULL,
                 position BIGINT NOT NULL, PRIMARY KEY (stream_id, user_id))""",
+            # Each group's and project's full path from each position on (projections.audit_directory).
+            *AUDIT_PATHS_SCHEMA,
         )
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from domain.instance_settings import KNOWN_FEATURES
 from domain.token_values import DEPLOY_TOKEN_PREFIX, has_token_length, is_well_formed
@@ -60,6 +61,24 @@ class Resource:
 # The answers ``CredentialIndex.check`` gives before any token is found: immutable, so built once.
 _NO_CREDENTIALS = Decision.deny(Reason.NO_CREDENTIALS)
 _MALFORMED = Decision.deny(Reason.MALFORMED_TOKEN)
+
+
+R = TypeVar("R", ProjectRecord, NamespaceRecord)
+
+
+def _project_path(record: ProjectRecord) -> str:
+    return record.full_path.lower()
+
+
+def _namespace_path(record: NamespaceRecord) -> str:
+    return record.full_path.lower()
+
+
+def _drop(by_id: dict[int, R], by_path: dict[str, R], number: int, path_of: Callable[[R], str]) -> None:
+    """Forget a group's or project's row, and its path unless another holder has that path now."""
+    previous = by_id.pop(number, None)
+    if previous is not None and by_path.get(path_of(previous)) is previous:
+        del by_path[path_of(previous)]
 
 
 class CredentialIndex:
@@ -120,14 +139,26 @@ class CredentialIndex:
                 "SELECT external_authorization_enabled, features FROM cred_settings WHERE position > ?",
                 (since,),
             ).fetchone()
+            removed = cursor.execute(
+                "SELECT kind, removed_id FROM cred_removed WHERE position > ?", (since,)
+            ).fetchall()
         for token_row in tokens:
             self._put_token(token_from_row(token_row))
+        # Deleted groups and projects first, then the rows that changed: a path freed by one and taken by
+        # another in the same refresh ends up naming the new one, in whichever order they came.
+        for kind, number in removed:
+            if kind == "project":
+                _drop(self._projects, self._projects_by_path, int(number), _project_path)
+            else:
+                _drop(self._namespaces, self._namespaces_by_path, int(number), _namespace_path)
         for namespace_row in namespaces:
             namespace = namespace_from_row(namespace_row)
+            _drop(self._namespaces, self._namespaces_by_path, namespace.namespace_id, _namespace_path)
             self._namespaces[namespace.namespace_id] = namespace
             self._namespaces_by_path[namespace.full_path.lower()] = namespace
         for project_row in projects:
             project = project_from_row(project_row)
+            _drop(self._projects, self._projects_by_path, project.project_id, _project_path)
             self._projects[project.project_id] = project
             self._projects_by_path[project.full_path.lower()] = project
         if settings is not None:

@@ -77,7 +77,45 @@ class CredentialQueries(ReadQueries):
         total = int(total_row[0]) if total_row else 0
         return Page([token_from_row(row) for row in rows], total, page, per_page)
 
+    def token_ids_of(self, holder_kind: str, holder_id: int) -> list[int]:
+        """The ids of every token a holder ever had, deleted ones included."""
+        with self.db.read() as cursor:
+            rows = cursor.execute(
+                "SELECT token_id FROM cred_tokens WHERE holder_kind = ? AND holder_id = ? ORDER BY token_id",
+                (holder_kind, holder_id),
+            ).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def live_token_ids(self, holder_kind: str, holder_id: int) -> list[int]:
+        """The ids of a holder's tokens that are not deleted (revoked and expired ones included)."""
+        with self.db.read() as cursor:
+            rows = cursor.execute(
+                "SELECT token_id FROM cred_tokens WHERE holder_kind = ? AND holder_id = ? AND deleted_at IS NULL "
+                "ORDER BY token_id",
+                (holder_kind, holder_id),
+            ).fetchall()
+        return [int(row[0]) for row in rows]
+
     # Namespaces and projects -------------------------------------------------------------------------
+
+    def subtree(self, group_id: int) -> tuple[list[int], list[int]]:
+        """The ids of every group below ``group_id`` (parents before children) and of every project in it or
+        below it."""
+        below = "',' || {column} || ',' LIKE ?"
+        pattern = f"%,{group_id},%"
+        with self.db.read() as cursor:
+            groups = cursor.execute(
+                f"SELECT namespace_id, ancestor_ids FROM cred_namespaces WHERE kind = 'group' AND "
+                f"{below.format(column='ancestor_ids')}",
+                (pattern,),
+            ).fetchall()
+            projects = cursor.execute(
+                f"SELECT project_id FROM cred_projects WHERE {below.format(column='group_ids')} "
+                "ORDER BY project_id",
+                (pattern,),
+            ).fetchall()
+        ordered = sorted(groups, key=lambda row: (len(str(row[1]).split(",")), int(row[0])))
+        return [int(row[0]) for row in ordered], [int(row[0]) for row in projects]
 
     def namespace(self, namespace_id: int) -> NamespaceRecord | None:
         with self.db.read() as cursor:

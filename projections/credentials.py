@@ -2,6 +2,9 @@
 
 Everything an auth decision needs, and nothing else: auth checks answer from an in-memory replica of these
 rows (``projections.credential_index``). The token rows also serve the management API's token lists.
+
+Groups and projects are rows by id: a move rewrites the row's path and place (``Moved``), a deletion removes
+the row, so that its path is free, and leaves a tombstone in ``cred_removed`` for the replicas.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from domain.instance_settings import KNOWN_FEATURES, InstanceSettings
 from domain.projects import Project
 from domain.users import UserNamespace
 from infrastructure.db import Cursor, to_datetime
-from projections.base import EventHandler, EventHandlers, EventProjection, StreamEventT, on
+from projections.base import EventHandler, EventHandlers, EventProjection, StreamEvent, StreamEventT, on
 
 
 @dataclass(frozen=True)
@@ -297,6 +300,58 @@ def _project_created(cursor: Cursor, event: Project.Created, position: int) -> N
     )
 
 
+def _group_moved(cursor: Cursor, event: Group.Moved, position: int) -> None:
+    cursor.execute(
+        "UPDATE cred_namespaces SET path = ?, full_path = ?, full_path_lower = ?, parent_id = ?, "
+        "ancestor_ids = ?, position = ? WHERE stream_id = ?",
+        (
+            event.path,
+            event.full_path,
+            event.full_path.lower(),
+            event.parent_id,
+            _join_ids(event.ancestor_ids),
+            position,
+            str(event.originator_id),
+        ),
+    )
+
+
+def _project_moved(cursor: Cursor, event: Project.Moved, position: int) -> None:
+    cursor.execute(
+        "UPDATE cred_projects SET path = ?, full_path = ?, full_path_lower = ?, namespace_id = ?, "
+        "namespace_kind = ?, group_ids = ?, position = ? WHERE stream_id = ?",
+        (
+            event.path,
+            event.full_path,
+            event.full_path.lower(),
+            event.namespace_id,
+            event.namespace_kind,
+            _join_ids(event.group_ids),
+            position,
+            str(event.originator_id),
+        ),
+    )
+
+
+def _removed(kind: str, table: str, id_column: str) -> Callable[[Cursor, StreamEvent, int], None]:
+    """A deleted holder's row goes (its path is free at once); a tombstone tells the in-memory replicas."""
+
+    def handler(cursor: Cursor, event: StreamEvent, position: int) -> None:
+        row = cursor.execute(
+            f"SELECT {id_column} FROM {table} WHERE stream_id = ?", (str(event.originator_id),)
+        ).fetchone()
+        if row is None:
+            return
+        cursor.execute(f"DELETE FROM {table} WHERE stream_id = ?", (str(event.originator_id),))
+        cursor.execute(
+            "INSERT INTO cred_removed (kind, removed_id, position) VALUES (?, ?, ?) "
+            "ON CONFLICT (kind, removed_id) DO UPDATE SET position = excluded.position",
+            (kind, int(row[0]), position),
+        )
+
+    return handler
+
+
 def instance_settings(cursor: Cursor) -> InstanceRecord:
     """The instance settings row; the defaults until the settings are first changed."""
     row = cursor.execute(
@@ -330,7 +385,7 @@ def _feature(cursor: Cursor, event: InstanceSettings.FeatureChanged, position: i
 
 class CredentialLookup(EventProjection):
     name = "credential_lookup"
-    tables = ("cred_tokens", "cred_namespaces", "cred_projects", "cred_settings")
+    tables = ("cred_tokens", "cred_namespaces", "cred_projects", "cred_settings", "cred_removed")
     handlers = EventHandlers(
         on(DeployToken.Created, _token_created),
         _update(DeployToken.Scoped, "cred_tokens", "scopes = ?", lambda e: (",".join(e.scopes),)),
@@ -349,8 +404,14 @@ class CredentialLookup(EventProjection):
             "dependency_proxy_enabled = ?",
             lambda e: (e.enabled,),
         ),
+        on(Group.Moved, _group_moved),
+        _update(Group.NameChanged, "cred_namespaces", "name = ?", lambda e: (e.name,)),
+        on(Group.Deleted, _removed("namespace", "cred_namespaces", "namespace_id")),
         on(UserNamespace.Created, _namespace_user),
         on(Project.Created, _project_created),
+        on(Project.Moved, _project_moved),
+        _update(Project.NameChanged, "cred_projects", "name = ?", lambda e: (e.name,)),
+        on(Project.Deleted, _removed("project", "cred_projects", "project_id")),
         _update(
             Project.FeaturesChanged,
             "cred_projects",
@@ -393,6 +454,11 @@ class CredentialLookup(EventProjection):
             "CREATE UNIQUE INDEX IF NOT EXISTS cred_projects_path ON cred_projects (full_path_lower)",
             "CREATE INDEX IF NOT EXISTS cred_projects_namespace ON cred_projects (namespace_id)",
             "CREATE INDEX IF NOT EXISTS cred_projects_position ON cred_projects (position)",
+            # Deleted groups and projects, by the position of their deletion: the replicas drop them.
+            """CREATE TABLE IF NOT EXISTS cred_removed (
+                kind TEXT NOT NULL, removed_id BIGINT NOT NULL, position BIGINT NOT NULL,
+                PRIMARY KEY (kind, removed_id))""",
+            "CREATE INDEX IF NOT EXISTS cred_removed_position ON cred_removed (position)",
             """CREATE TABLE IF NOT EXISTS cred_settings (
                 id INTEGER PRIMARY KEY, external_authorization_enabled BOOLEAN NOT NULL,
                 features TEXT NOT NULL, position BIGINT NOT NULL)""",

@@ -185,6 +185,15 @@ def _member_removed(
     )
 
 
+def _source_deleted(cursor: Cursor, event: Group.Deleted | Project.Deleted, position: int) -> None:
+    """A deleted group's or project's members go with it (they no longer name anything to list)."""
+    cursor.execute(
+        "DELETE FROM dir_members WHERE (source_kind, source_id) IN "
+        "(SELECT source_kind, source_id FROM dir_sources WHERE stream_id = ?)",
+        (str(event.originator_id),),
+    )
+
+
 class Directory(EventProjection):
     name = "directory"
     tables = ("dir_users", "dir_pats", "dir_sources", "dir_members")
@@ -193,6 +202,7 @@ class Directory(EventProjection):
         _user_update(User.Blocked, "blocked = ?", lambda e: (True,)),
         _user_update(User.Unblocked, "blocked = ?", lambda e: (False,)),
         _user_update(User.AdminChanged, "is_admin = ?", lambda e: (e.is_admin,)),
+        _user_update(User.ProfileChanged, "email = ?, name = ?", lambda e: (e.email, e.name)),
         on(PersonalAccessToken.Created, _pat_created),
         on(PersonalAccessToken.Revoked, _pat_revoked),
         on(Group.Created, _group_created),
@@ -201,6 +211,8 @@ class Directory(EventProjection):
         on(Project.MemberSet, _member_set),
         on(Group.MemberRemoved, _member_removed),
         on(Project.MemberRemoved, _member_removed),
+        on(Group.Deleted, _source_deleted),
+        on(Project.Deleted, _source_deleted),
     )
 
     def schema(self) -> Sequence[str]:

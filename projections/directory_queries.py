@@ -31,6 +31,16 @@ class DirectoryQueries(ReadQueries):
             ).fetchone()
         return None if row is None else user_from_row(row)
 
+    def users_by_email(self, email: str) -> list[UserRecord]:
+        """The users with this email address, in any case (users recorded before emails were unique may
+        share one)."""
+        with self.db.read() as cursor:
+            rows = cursor.execute(
+                f"SELECT {USER_COLUMNS} FROM dir_users WHERE LOWER(email) = ? ORDER BY user_id",
+                (email.lower(),),
+            ).fetchall()
+        return [user_from_row(row) for row in rows]
+
     def users(self) -> list[UserRecord]:
         with self.db.read() as cursor:
             rows = cursor.execute(f"SELECT {USER_COLUMNS} FROM dir_users ORDER BY user_id").fetchall()

@@ -14,10 +14,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Notification
 
 from domain.deploy_token import DeployToken, deploy_token_uuid
 from domain.errors import NotFound
+from domain.groups import Group
+from domain.projects import Project
+from domain.streams import stream_id
 from infrastructure.db import Cursor, Database
 from infrastructure.settings import DatabaseLocation
 from infrastructure.store import EventStore
@@ -42,9 +46,23 @@ class TokenStateAt:
     revoked: bool
     expired: bool
     deleted: bool
+    holder_path: str | None  # the holder's full path at that instant (it may have moved or gone since)
+    holder_deleted: bool
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def holder_at(store: EventStore, kind: str, holder_id: int, at: datetime) -> tuple[str | None, bool]:
+    """A project's or group's full path as of instant ``at``, and whether it had been deleted by then."""
+    stream = stream_id("project" if kind == "project" else "namespace", holder_id)
+    events = [event for event in store.events.get(stream) if _timestamp(event) <= at]
+    if not events:
+        return None, False
+    holder: Aggregate = store.repository.get(stream, version=events[-1].originator_version)
+    if not isinstance(holder, Project | Group):
+        return None, False
+    return holder.full_path, holder.deleted
 
 
 def token_state_at(store: EventStore, token_id: int, at: datetime) -> TokenStateAt:
@@ -55,6 +73,7 @@ def token_state_at(store: EventStore, token_id: int, at: datetime) -> TokenState
     token: DeployToken = store.repository.get(
         deploy_token_uuid(token_id), version=events[-1].originator_version
     )
+    holder_path, holder_deleted = holder_at(store, token.holder_kind, token.holder_id, at)
     return TokenStateAt(
         token_id=token_id,
         at=at,
@@ -68,6 +87,8 @@ def token_state_at(store: EventStore, token_id: int, at: datetime) -> TokenState
         revoked=token.revoked,
         expired=token.is_expired(at),
         deleted=token.deleted,
+        holder_path=holder_path,
+        holder_deleted=holder_deleted,
     )
 
 
@@ -81,6 +102,7 @@ class AccessAt:
     scopes: tuple[str, ...]
     created_at: datetime
     created_by: str | None
+    holder_path: str | None  # where the holder was at the instant asked about
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -130,6 +152,9 @@ def replay_until(store: EventStore, at: datetime) -> Database:
 def who_could(store: EventStore, *, action: Action, project: int | str, at: datetime) -> list[AccessAt]:
     """Which deploy tokens could perform ``action`` on ``project`` at instant ``at``, and who created them.
 
+    ``project`` is an id, or the full path the project had at ``at`` (it may have moved or gone since, and
+    another project may have its old path now).
+
     The username check is left out: the question is about the credential, whoever presented it.
     """
     db = replay_until(store, at)
@@ -154,7 +179,7 @@ def who_could(store: EventStore, *, action: Action, project: int | str, at: date
                     now=at,
                 )
                 if decision.allowed:
-                    answers.append(_access(store, token))
+                    answers.append(_access(store, read, token))
             if page_number * page.per_page >= page.total:
                 break
             page_number += 1
@@ -178,7 +203,10 @@ def _created_by(store: EventStore, token_id: int) -> str | None:
     return None
 
 
-def _access(store: EventStore, token: TokenRecord) -> AccessAt:
+def _access(store: EventStore, read: CredentialQueries, token: TokenRecord) -> AccessAt:
+    holder = (
+        read.project(token.holder_id) if token.holder_kind == "project" else read.namespace(token.holder_id)
+    )
     return AccessAt(
         token_id=token.token_id,
         name=token.name,
@@ -188,4 +216,5 @@ def _access(store: EventStore, token: TokenRecord) -> AccessAt:
         scopes=token.scopes,
         created_at=token.created_at,
         created_by=_created_by(store, token.token_id),
+        holder_path=None if holder is None else holder.full_path,
     )

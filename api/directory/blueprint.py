@@ -1,4 +1,4 @@
-"""The directory's blueprint, and what its routes share: who is asking, and the 201 answer."""
+"""The directory's blueprint, and what its routes share: who is asking, and the 201 and 202 answers."""
 
 from __future__ import annotations
 
@@ -24,4 +24,11 @@ def viewer() -> Actor | None:
 def created(body: Any) -> Response:
     response: Response = jsonify(body)
     response.status_code = 201
+    return response
+
+
+def accepted() -> Response:
+    """GitLab's answer to a deletion it has accepted (here, already done): ``202 {"message": "202 Accepted"}``."""
+    response: Response = jsonify(message="202 Accepted")
+    response.status_code = 202
     return response

@@ -10,13 +10,19 @@ from flask.typing import ResponseReturnValue
 
 from api.auth import require_principal
 from api.context import runtime
-from api.directory.blueprint import created, directory, viewer
+from api.directory.blueprint import accepted, created, directory, viewer
 from api.directory.representations import group_fields, group_fields_of
-from api.directory.schemas import GroupCreateSchema, GroupListSchema, GroupSchema, GroupUpdateSchema
+from api.directory.schemas import (
+    GroupCreateSchema,
+    GroupListSchema,
+    GroupSchema,
+    GroupTransferSchema,
+    GroupUpdateSchema,
+)
 from api.idempotency import idempotency_slot, idempotent
 from api.openapi import operation
 from api.params import load, paginate_list, paginated
-from api.resources import group_id
+from api.resources import group_id, one_segment
 
 
 def _created_group(number: int) -> Response:
@@ -67,19 +73,52 @@ def get_group(reference: str) -> ResponseReturnValue:
 
 @directory.put("/groups/<path:reference>")
 @operation(
-    "Update a group: the dependency proxy switch (Owner)",
+    "Update a group (Owner): name, path (everything below it moves, deploy tokens follow by id), and the "
+    "dependency proxy switch",
     tag="groups",
     body=GroupUpdateSchema,
     response=GroupSchema,
 )
 def update_group(reference: str) -> ResponseReturnValue:
     principal = require_principal(writes=True)
-    group = runtime().directory.group(principal.actor, group_id(reference))
     params = load(GroupUpdateSchema())
-    runtime().directory.set_dependency_proxy(
-        principal.actor, group.namespace_id, params["dependency_proxy_enabled"]
+    number = group_id(reference)
+    runtime().lifecycle.update_group(
+        principal.actor,
+        number,
+        name=params["name"],
+        path=params["path"],
+        dependency_proxy_enabled=params["dependency_proxy_enabled"],
     )
-    return jsonify(GroupSchema().dump(group_fields_of(group.namespace_id)))
+    return jsonify(GroupSchema().dump(group_fields_of(number)))
+
+
+@directory.post("/groups/<path:reference>/transfer")
+@operation(
+    "Transfer a group under another group, or to the top level without group_id (Owner of both)",
+    tag="groups",
+    body=GroupTransferSchema,
+    response=GroupSchema,
+    status=201,
+)
+def transfer_group(reference: str) -> ResponseReturnValue:
+    principal = require_principal(writes=True)
+    params = load(GroupTransferSchema())
+    number = group_id(one_segment(reference))
+    runtime().lifecycle.transfer_group(principal.actor, number, params["group_id"])
+    return _created_group(number)
+
+
+@directory.delete("/groups/<path:reference>")
+@operation(
+    "Delete a group with its subgroups and projects, their deploy tokens and CI variables (Owner)",
+    tag="groups",
+    status=202,
+)
+def delete_group(reference: str) -> ResponseReturnValue:
+    principal = require_principal(writes=True)
+    runtime().lifecycle.delete_group(principal.actor, group_id(one_segment(reference)))
+    return accepted()
 
 
 @directory.get("/groups/<path:reference>/subgroups")

@@ -10,13 +10,19 @@ from flask.typing import ResponseReturnValue
 
 from api.auth import require_principal
 from api.context import runtime
-from api.directory.blueprint import created, directory, viewer
+from api.directory.blueprint import accepted, created, directory, viewer
 from api.directory.representations import project_fields
-from api.directory.schemas import ProjectCreateSchema, ProjectListSchema, ProjectSchema, ProjectUpdateSchema
+from api.directory.schemas import (
+    ProjectCreateSchema,
+    ProjectListSchema,
+    ProjectSchema,
+    ProjectTransferSchema,
+    ProjectUpdateSchema,
+)
 from api.idempotency import idempotency_slot, idempotent, rebuilt
 from api.openapi import operation
 from api.params import load, paginate_list, paginated
-from api.resources import project_id
+from api.resources import one_segment, project_id
 
 
 def _feature_switches(params: dict[str, Any]) -> dict[str, bool | None]:
@@ -88,18 +94,50 @@ def get_project(reference: str) -> ResponseReturnValue:
 
 @directory.put("/projects/<path:reference>")
 @operation(
-    "Switch a project's repository or container registry on or off (Maintainer)",
+    "Update a project: name (Maintainer), path (Owner; the project's deploy tokens follow it), repository "
+    "and container registry switches (Maintainer)",
     tag="projects",
     body=ProjectUpdateSchema,
     response=ProjectSchema,
 )
 def update_project(reference: str) -> ResponseReturnValue:
     principal = require_principal(writes=True)
-    project = runtime().directory.project(principal.actor, project_id(reference))
     params = load(ProjectUpdateSchema())
-    runtime().directory.change_project_features(
-        principal.actor, project.project_id, **_feature_switches(params)
+    number = project_id(reference)
+    runtime().lifecycle.update_project(
+        principal.actor, number, name=params["name"], path=params["path"], **_feature_switches(params)
     )
-    updated = runtime().read.project(project.project_id)
-    assert updated is not None
-    return jsonify(ProjectSchema().dump(project_fields(updated)))
+    return _project(number)
+
+
+@directory.put("/projects/<path:reference>/transfer")
+@operation(
+    "Transfer a project to another namespace, by id or full path (Owner, and Maintainer in a target group)",
+    tag="projects",
+    body=ProjectTransferSchema,
+    response=ProjectSchema,
+)
+def transfer_project(reference: str) -> ResponseReturnValue:
+    principal = require_principal(writes=True)
+    params = load(ProjectTransferSchema())
+    number = project_id(one_segment(reference))
+    runtime().lifecycle.transfer_project(principal.actor, number, params["namespace"])
+    return _project(number)
+
+
+@directory.delete("/projects/<path:reference>")
+@operation(
+    "Delete a project, its deploy tokens and their CI variables (Owner); its path is free again",
+    tag="projects",
+    status=202,
+)
+def delete_project(reference: str) -> ResponseReturnValue:
+    principal = require_principal(writes=True)
+    runtime().lifecycle.delete_project(principal.actor, project_id(one_segment(reference)))
+    return accepted()
+
+
+def _project(number: int) -> Response:
+    project = runtime().read.project(number)
+    assert project is not None  # the service has caught the read model up with its own write
+    return jsonify(ProjectSchema().dump(project_fields(project)))

@@ -101,6 +101,17 @@ class UserCreateSchema(Schema):
     skip_confirmation = Flag(load_default=True, metadata={"description": "ignored"})
 
 
+class UserUpdateSchema(Schema):
+    """GitLab's ``PUT /users/:id`` (administrators), for the fields this service keeps."""
+
+    email = Text(load_default=None, validate=validate.Length(min=1))
+    name = Text(load_default=None, validate=validate.Length(min=1))
+
+    @validates_schema
+    def something_to_change(self, data: dict[str, Any], **kwargs: Any) -> None:
+        _at_least_one(data, ("email", "name"))
+
+
 class UserListSchema(PaginationSchema):
     username = Text(load_default=None, metadata={"description": "exact username (case-insensitive)"})
     search = Text(load_default=None, metadata={"description": "part of the username, name or email"})
@@ -124,13 +135,22 @@ class GroupListSchema(PaginationSchema):
 
 
 class GroupUpdateSchema(Schema):
-    """Only the dependency-proxy switch can change (a GitLab-style extension of ``PUT /groups/:id``)."""
+    """GitLab's ``name`` and ``path`` (Owner; a new path moves everything below the group), and the
+    dependency-proxy switch (a GitLab-style extension)."""
 
+    name = Text(load_default=None, validate=validate.Length(min=1))
+    path = Text(load_default=None, validate=validate.Length(min=1))
     dependency_proxy_enabled = Flag(load_default=None, allow_none=True)
 
     @validates_schema
     def something_to_change(self, data: dict[str, Any], **kwargs: Any) -> None:
-        _at_least_one(data, ("dependency_proxy_enabled",))
+        _at_least_one(data, ("name", "path", "dependency_proxy_enabled"))
+
+
+class GroupTransferSchema(Schema):
+    """GitLab's ``POST /groups/:id/transfer``: the new parent; none makes the group top-level."""
+
+    group_id = _identifier(load_default=None, allow_none=True)
 
 
 def _feature_level() -> fields.String:
@@ -159,11 +179,50 @@ class ProjectCreateSchema(ProjectFeaturesSchema):
 
 
 class ProjectUpdateSchema(ProjectFeaturesSchema):
+    name = Text(load_default=None, validate=validate.Length(min=1))
+    path = Text(load_default=None, validate=validate.Length(min=1))
+
     @validates_schema
     def something_to_change(self, data: dict[str, Any], **kwargs: Any) -> None:
         _at_least_one(
-            data, ("repository_access_level", "container_registry_access_level", "container_registry_enabled")
+            data,
+            (
+                "name",
+                "path",
+                "repository_access_level",
+                "container_registry_access_level",
+                "container_registry_enabled",
+            ),
         )
+
+
+class NamespaceReference(fields.Field[Any]):
+    """A namespace's id (a number, or digits), or its full path."""
+
+    default_error_messages = {"invalid": "is invalid"}
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        _printable(value)
+        if not value:
+            raise ValidationError("is empty")
+        if value.isascii() and value.isdigit():
+            number = int(value)
+            if not 1 <= number <= MAX_ID:
+                raise ValidationError("does not have a valid value")
+            return number
+        return value
+
+
+class ProjectTransferSchema(Schema):
+    """GitLab's ``PUT /projects/:id/transfer``: the target namespace, by id or full path."""
+
+    namespace = NamespaceReference(required=True, error_messages={"required": "is missing"})
 
 
 class ProjectListSchema(PaginationSchema):

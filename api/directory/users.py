@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from api.auth import require_admin, require_principal
@@ -18,10 +18,12 @@ from api.directory.schemas import (
     UserCreateSchema,
     UserListSchema,
     UserSchema,
+    UserUpdateSchema,
 )
 from api.idempotency import idempotency_slot, idempotent, rebuilt
 from api.openapi import operation
 from api.params import load, paginate_list, paginated
+from deploy_tokens.claims import TAKEN
 from domain.errors import Conflict, ValidationError
 from projections.directory import PersonalAccessTokenRecord
 
@@ -54,10 +56,30 @@ def create_user() -> ResponseReturnValue:
             idempotency=idempotency_slot(),
         )
     except ValidationError as error:
-        if error.errors.get("username") == ["has already been taken"]:
-            raise Conflict("Username has already been taken") from None  # GitLab answers 409 here
+        _taken_is_a_conflict(error)
         raise
     return created(dump_user(user, principal.actor))
+
+
+def _taken_is_a_conflict(error: ValidationError) -> None:
+    """GitLab's users API answers a taken email or username with 409 and one sentence."""
+    for field in ("email", "username"):
+        if error.errors.get(field) == [TAKEN]:
+            raise Conflict(f"{field.capitalize()} has already been taken") from None
+
+
+def _update_user(user_id: int) -> ResponseReturnValue:
+    """GitLab's ``PUT /users/:id``."""
+    principal = require_admin(writes=True)
+    params = load(UserUpdateSchema())
+    try:
+        user = runtime().directory.update_user(
+            principal.actor, user_id, email=params["email"], name=params["name"]
+        )
+    except ValidationError as error:
+        _taken_is_a_conflict(error)
+        raise
+    return jsonify(dump_user(user, principal.actor))
 
 
 @directory.get("/users")
@@ -70,9 +92,18 @@ def list_users() -> ResponseReturnValue:
     return paginated(page, [dump_user(user, principal.actor) for user in page.items])
 
 
-@directory.get("/users/<int:user_id>")
-@operation("Get a user", tag="users", response=UserSchema)
-def get_user(user_id: int) -> ResponseReturnValue:
+# One rule for both methods: with two, werkzeug answers a GET of an id beyond BIGINT with 405, not 404.
+@directory.route("/users/<int:user_id>", methods=["GET", "PUT"])
+@operation(
+    "Get a user; PUT changes their email or name (administrators; an email another user has is a conflict)",
+    tag="users",
+    body=UserUpdateSchema,
+    response=UserSchema,
+    errors=WITH_CONFLICT,
+)
+def user(user_id: int) -> ResponseReturnValue:
+    if request.method == "PUT":
+        return _update_user(user_id)
     caller = viewer()
     return jsonify(dump_user(runtime().directory.user(caller, user_id), caller))
 

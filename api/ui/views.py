@@ -46,6 +46,7 @@ from domain.errors import (
     ValidationError,
 )
 from domain.scopes import canonical_scopes
+from projections.audit_directory import holder_path_at
 from projections.audit_queries import AuditQuery, audit_events
 from projections.credentials import TokenRecord
 
@@ -369,6 +370,8 @@ def create(kind: HolderKind, full_path: str) -> ResponseReturnValue:
             "name": token.name,
             "username": token.username,
             "value": issued.value,
+            # behaviour [expiry]: an expiry today or earlier is accepted; the page warns the token is unusable.
+            "expired": token.is_expired(runtime().clock.now()),
         },
     )
     return redirect(f"{holder.settings_url}#{_SECTION}", 303)
@@ -396,8 +399,17 @@ def history(kind: HolderKind, full_path: str, token_id: int) -> ResponseReturnVa
     principal, holder = _managed(kind, full_path)
     token = runtime().tokens.token_of(principal.actor, holder.kind, holder.id, token_id)
     rows = audit_events(runtime().db, AuditQuery(token_id=token_id, limit=None))
+    # Where the holder was at each event: it may have been renamed or moved since (behaviour [history]).
+    paths = [
+        (holder_path_at(runtime().db, holder.kind, holder.id, event.position) or (holder.full_path, False))[0]
+        for event in rows
+    ]
     return render_template(
-        "ui/token_history.html", holder=holder, token=token, row=_token_row(token, holder), events=rows
+        "ui/token_history.html",
+        holder=holder,
+        token=token,
+        row=_token_row(token, holder),
+        events=list(zip(rows, paths, strict=True)),
     )
 
 

@@ -407,10 +407,10 @@ def test_update_group_dependency_proxy(client: FlaskClient, world: World, creds:
     assert response.status_code == 200
     assert response.get_json()["dependency_proxy_enabled"] is False
     assert client.get(url, headers=creds["owner"]).get_json()["dependency_proxy_enabled"] is False
-    empty = client.put(url, json={"name": "ignored"}, headers=creds["owner"])
+    empty = client.put(url, json={"description": "ignored"}, headers=creds["owner"])
     assert empty.status_code == 400
     assert empty.get_json() == {
-        "error": "dependency_proxy_enabled are missing, at least one parameter must be provided"
+        "error": "name, path, dependency_proxy_enabled are missing, at least one parameter must be provided"
     }
     assert client.put(url, json={"dependency_proxy_enabled": "x"}, headers=creds["owner"]).status_code == 400
 

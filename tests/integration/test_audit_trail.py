@@ -126,6 +126,16 @@ def do_everything(world: World, clock: FixedClock) -> dict[str, Any]:
     world.runtime.directory.change_project_features(admin, world.project, container_registry_enabled=False)
     world.runtime.directory.set_external_authorization(admin, True)
     world.runtime.directory.set_feature(admin, "project_deploy_token_expiring_notifications", False)
+    # The directory's lifecycle: renamed, moved (with what is below), deleted; a user's new email.
+    lifecycle = world.runtime.lifecycle
+    lifecycle.update_project(admin, world.project, name="Api v2", path="api-v2")
+    lifecycle.update_group(admin, world.sub, name="Back end", path="back-end")
+    lifecycle.transfer_project(admin, world.sibling_project, world.top)
+    lifecycle.transfer_group(admin, world.sub, None)
+    lifecycle.delete_group(admin, world.sibling)
+    lifecycle.delete_project(admin, world.sibling_project)
+    world.runtime.directory.create_group(admin, name="Other", path="other")  # a freed path, taken again
+    world.runtime.directory.update_user(admin, outsider, email="outsider@example.org")
     return {"values": values, "token_ids": [project_id, group_id]}
 
 
@@ -238,7 +248,16 @@ def test_one_row_per_audited_event(world: World, projector: Projector, clock: Fi
     events = log_events(world.runtime)
     assert {type(event) for _, event in events} >= AUDITED_EVENTS  # the scenario covers every class
     skipped = {type(event).__qualname__ for _, event in events if type(event) not in AUDITED_EVENTS}
-    assert skipped == {"PathClaim.Created", "UserNamespace.Created", "InstanceSettings.Created"}
+    assert skipped == {
+        "PathClaim.Created",
+        "PathClaim.Released",
+        "PathClaim.Reclaimed",
+        "EmailClaim.Created",
+        "EmailClaim.Released",
+        "UserNamespace.Created",
+        "InstanceSettings.Created",
+        "Group.ChildAdded",
+    }
     audited = [position for position, event in events if type(event) in AUDITED_EVENTS]
     assert len(rows) == len(audited)
     assert [row.position for row in rows] == audited

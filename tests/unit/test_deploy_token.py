@@ -110,8 +110,29 @@ def test_expiry_datetime_is_kept_as_that_instant_in_utc():
     assert token.expires_at.tzinfo == UTC
 
 
-def test_expiry_in_the_past_is_rejected():
-    assert errors_of(expires_at=NOW - timedelta(seconds=1)) == {"expires_at": ["must be in the future"]}
+@pytest.mark.parametrize("expires_at", [NOW - timedelta(seconds=1), NOW, NOW.date(), date(1900, 1, 1)])
+def test_an_expiry_now_or_in_the_past_is_accepted_and_the_token_is_expired_at_once(expires_at):
+    """behaviour [expiry]: GitLab validates only the format; such a token is simply expired."""
+    token = issue(expires_at=expires_at)
+    assert token.is_expired(NOW)
+    assert not token.is_active(NOW)
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    [
+        date(1899, 12, 31),
+        datetime(1900, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))),
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=2))),  # before year 1 in UTC
+        datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-2))),  # past year 9999 in UTC
+    ],
+)
+def test_an_expiry_outside_the_calendar_range_is_refused(expires_at):
+    assert errors_of(expires_at=expires_at) == {"expires_at": ["must be between 1900-01-01 and 9999-12-31"]}
+
+
+def test_the_last_day_of_the_calendar_is_accepted():
+    assert issue(expires_at=date(9999, 12, 31)).expires_at == datetime(9999, 12, 31, tzinfo=UTC)
 
 
 def test_no_expiry_never_expires():
