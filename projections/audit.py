@@ -359,6 +359,7 @@ def _feature_changed(cursor: Cursor, event: InstanceSettings.FeatureChanged, pos
 class AuditTrail(EventProjection):
     name = "audit_trail"
     tables = ("audit_events", "audit_subjects", "audit_memberships", "audit_paths")
+    version = 2  # 2: audit_paths, the path each holder had at each moment (behaviour [history-paths])
     # No rows (see the module docstring): claims, UserNamespace.Created, InstanceSettings.Created,
     # Group.ChildAdded.
     handlers = EventHandlers(

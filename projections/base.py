@@ -7,7 +7,11 @@ on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so any process may call ``catch_u
 or an API process wanting read-your-writes) and no two apply the same batch.
 
 The library's ``ProjectionRunner`` cannot follow a SQLite application (no subscriptions there), and it
-commits once per event; this pull loop works on both backends and batches (eventsourcing-notes §6, §9).
+commits once per event; this pull loop works on both backends and batches.
+
+A projection's ``version`` says which rows it derives from the events: when it grows (a new table, a column
+that means something new), start-up empties that projection's tables and replays the log from event 0, so a
+read model never mixes rows of two versions.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ TRACKING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS projection_tracking (
     name TEXT PRIMARY KEY,
     position BIGINT NOT NULL
+)
+"""
+# Beside the tracking table rather than a column of it: stores made before versions existed have no column to
+# alter portably, and a projection without a row here was built by version 1.
+VERSIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS projection_versions (
+    name TEXT PRIMARY KEY,
+    version BIGINT NOT NULL
 )
 """
 
@@ -108,6 +120,8 @@ class Projection(ABC):
 
     name: str
     tables: tuple[str, ...]
+    # Raise it whenever the same events would give other rows: start-up then rebuilds the projection.
+    version: ClassVar[int] = 1
 
     @abstractmethod
     def schema(self) -> Sequence[str]:
@@ -166,8 +180,10 @@ class Projector:
     # Set-up and status -------------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Create the tables; empty and rewind every projection built by another version (see the module)."""
         with self.db.transaction() as cursor:
             cursor.execute(TRACKING_SCHEMA)
+            cursor.execute(VERSIONS_SCHEMA)
             for projection in self.projections.values():
                 for statement in projection.schema():
                     cursor.execute(statement)
@@ -175,6 +191,36 @@ class Projector:
                     "INSERT INTO projection_tracking (name, position) VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
                     (projection.name,),
                 )
+                self._match_version(cursor, projection)
+
+    def _match_version(self, cursor: Cursor, projection: Projection) -> None:
+        row = cursor.execute(
+            "SELECT version FROM projection_versions WHERE name = ?", (projection.name,)
+        ).fetchone()
+        built_by = int(row[0]) if row else 1
+        if built_by != projection.version:
+            tracked = cursor.execute(
+                "SELECT position FROM projection_tracking WHERE name = ? FOR UPDATE", (projection.name,)
+            ).fetchone()
+            if tracked and tracked[0]:
+                log.warning(
+                    "projection %s was built by version %d, this is version %d: rebuilding it from event 0",
+                    projection.name,
+                    built_by,
+                    projection.version,
+                )
+                self._rewind(cursor, projection)
+        cursor.execute(
+            "INSERT INTO projection_versions (name, version) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+            (projection.name, projection.version),
+        )
+
+    @staticmethod
+    def _rewind(cursor: Cursor, projection: Projection) -> None:
+        for table in projection.tables:
+            cursor.execute(f"DELETE FROM {table}")
+        cursor.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?", (projection.name,))
 
     def add_listener(self, callback: Callable[[int], None]) -> None:
         """Called with the new position after every committed batch (e.g. to refresh an in-memory index)."""
@@ -262,9 +308,7 @@ class Projector:
         head = self.store.head()
         with self.db.transaction() as cursor:
             cursor.execute("SELECT position FROM projection_tracking WHERE name = ? FOR UPDATE", (name,))
-            for table in projection.tables:
-                cursor.execute(f"DELETE FROM {table}")
-            cursor.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?", (name,))
+            self._rewind(cursor, projection)
         applied, _ = self._catch_up(
             projection, None, (lambda position: progress(position, head)) if progress else None
         )
