@@ -3,9 +3,12 @@ tables or ``--json``, logs on stderr; members from the CLI; no command but ``boo
 store; help that cites nothing outside the repository; the README's CLI lines run as written."""
 
 import argparse
+import contextlib
 import email
 import email.utils
+import io
 import json
+import logging
 import os
 import re
 import shlex
@@ -13,15 +16,54 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cli.main import build_parser
+from cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``deploy-tokens ARGS`` run in ``cwd`` with only ``env`` of the service's settings, as the console script
+    would run it (its entry point is ``cli.main:main``), but in this process: a Python start-up per command
+    would cost the suite minutes. ``test_a_configuration_error_is_one_line`` runs the script itself."""
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    root = logging.getLogger()
+    saved_logging = {
+        name: (logger.handlers[:], logger.level, logger.propagate)
+        for name, logger in (
+            ("", root),
+            *((n, logging.getLogger(n)) for n in ("gunicorn.error", "gunicorn.access")),
+        )
+    }
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        for key in [key for key in os.environ if key.startswith("DEPLOY_TOKENS_")]:
+            del os.environ[key]
+        os.environ.update(env or {})
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exit:  # what the interpreter would do with it
+                code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+                if isinstance(exit.code, str):
+                    print(exit.code, file=sys.stderr)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for name, (handlers, level, propagate) in saved_logging.items():
+            logger = logging.getLogger(name or None)
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+    return subprocess.CompletedProcess(["deploy-tokens", *args], code, out.getvalue(), err.getvalue())
+
+
+def run_process(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The console script in a process of its own: the whole of its output, its exit status."""
     clean = {key: value for key, value in os.environ.items() if not key.startswith("DEPLOY_TOKENS_")}
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
+        [str(Path(sys.executable).with_name("deploy-tokens")), *args],
         cwd=cwd,
         env={**clean, **(env or {})},
         capture_output=True,
@@ -146,7 +188,7 @@ def test_commands_refuse_to_run_where_there_is_no_store(tmp_path: Path):
 def test_a_configuration_error_is_one_line(tmp_path: Path):
     env = {"DEPLOY_TOKENS_DATABASE_URL": "postgresql://127.0.0.1:5432/x"}  # PostgreSQL needs a shared secret
     for args in (("bootstrap", "--username", "a", "--email", "a@example.com"), ("serve",), ("worker",)):
-        done = run(tmp_path, *args, env=env)
+        done = run_process(tmp_path, *args, env=env)  # the console script's whole output, as a process
         assert done.returncode == 2
         assert done.stderr.splitlines() == [
             "configuration error: DEPLOY_TOKENS_SECRET_KEY is required with PostgreSQL: every process must share it"
