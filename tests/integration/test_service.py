@@ -1,4 +1,4 @@
-"""The service on both backends: permissions (behaviour [manage]), lifecycle, CI variables, history."""
+"""The service (on SQLite): permissions (behaviour [manage]), lifecycle, CI variables, history."""
 
 from datetime import date, timedelta
 
@@ -7,6 +7,10 @@ import pytest
 from domain.errors import NotFound, PermissionDenied, Unauthenticated, ValidationError
 
 from ..conftest import World
+
+# Permission and lifecycle rules of the services: the same on either backend, whose persistence and projections
+# the other integration modules run on both.
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 
 
 def test_project_maintainer_creates_a_project_token(world: World):
