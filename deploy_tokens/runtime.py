@@ -122,7 +122,7 @@ class Runtime:
         members = MembersService(uow, access, directory, read, clock)
         lifecycle = DirectoryLifecycle(uow, access, read, vault, clock)
         expiry_scan = ExpiryScan(tokens, uow, db, idempotency, clock)
-        index = CredentialIndex(db, store, keys, max_staleness=settings.auth_max_staleness)
+        index = CredentialIndex(db, store, keys, max_staleness=settings.auth_max_staleness, clock=clock)
         projector.add_listener(index.on_projected)
         projector.catch_up()
         index.refresh()

@@ -237,8 +237,9 @@ class TokenService:
             idempotency=idempotency,
             before_reading=keep_ci_value,  # CI jobs read the value as soon as the token is listed
         )
-        record = self.read.token(token_id)
-        assert record is not None
+        # The record of the aggregate just saved: the read models hold the same row by now (the issuer caught
+        # them up), so reading it back would only cost a round trip.
+        record = TokenRecord.from_aggregate(built[0])
         log.info("deploy token created", extra={"token_id": token_id, "holder": f"{holder_kind}:{holder_id}"})
         return IssuedToken(record, secret.value)
 

@@ -138,7 +138,7 @@ class UnitOfWork:
     def caught_up(self, recordings: Sequence[Recording[Any]]) -> None:
         """Read-your-writes: this process's read models include what it just wrote before it answers."""
         if recordings and not getattr(self._deferral, "active", False):
-            self.projector.catch_up(until=recordings[-1].notification.id)
+            self.projector.catch_up_with([recording.notification for recording in recordings])
 
     @contextmanager
     def batch_of_commands(self) -> Iterator[None]:

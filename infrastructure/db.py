@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from functools import lru_cache, partial
 from pathlib import Path
@@ -94,8 +94,13 @@ def as_utc_text(moment: datetime) -> str:
 class Cursor(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None: ...
+    def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
+    def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, Sequence[Any]]: ...
+    def timestamp(self, moment: datetime) -> Any: ...
+    def empty_derived_table(self, table: str) -> None: ...
     def fetchone(self) -> tuple[Any, ...] | None: ...
     def fetchall(self) -> list[tuple[Any, ...]]: ...
+    def fetchmany(self, size: int) -> list[tuple[Any, ...]]: ...
     @property
     def rowcount(self) -> int: ...
     def pipelined(self) -> AbstractContextManager[object]: ...
@@ -109,6 +114,10 @@ def _postgres_sql(sql: str) -> str:
 @lru_cache(maxsize=1024)
 def _sqlite_sql(sql: str) -> str:
     return sql.replace("TIMESTAMPTZ", "TEXT").replace(" FOR UPDATE", "")
+
+
+_COPY_FROM_ROWS = 8
+_SECURE_DELETE_MODES = {0: "OFF", 1: "ON", 2: "FAST"}  # what ``PRAGMA secure_delete`` says -> how to set it
 
 
 class _PortableCursor:
@@ -127,12 +136,84 @@ class _PortableCursor:
         if params:
             self._raw.executemany(self._translate(sql), [tuple(row) for row in params])
 
+    def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert ``rows`` (values in the order of ``columns``) into ``table``, in bulk.
+
+        PostgreSQL: one ``COPY``, several times cheaper per row than even a pipelined ``executemany`` of
+        INSERTs (no statement to bind or execute per row). Not inside ``pipelined()``: COPY has no pipeline
+        mode. SQLite: ``executemany`` of one prepared INSERT. ``table`` and ``columns`` are the caller's
+        identifiers, never data.
+        """
+        if not rows:
+            return
+        names = ", ".join(columns)
+        # A few rows (a command's own events) go as INSERTs: a COPY costs more round trips to set up.
+        if self._dialect == "postgresql" and len(rows) > _COPY_FROM_ROWS:
+            with self._raw.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        # Straight to the driver: sqlite3 binds any sequence, and a copy of each row costs more than binding it.
+        self._raw.executemany(
+            self._translate(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})"), rows
+        )
+
+    def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, Sequence[Any]]:
+        """The condition "``column`` is one of ``values``" and its parameters, for a WHERE clause.
+
+        PostgreSQL: ``= ANY(?)`` with one array parameter, one plan whatever the number of values (an IN list
+        of hundreds of parameters is planned afresh each time). SQLite: ``IN (?, ...)``.
+        """
+        if self._dialect == "postgresql":
+            return f"{column} = ANY(?)", (list(values),)
+        return f"{column} IN ({', '.join('?' * len(values))})", tuple(values)
+
+    def timestamp(self, moment: datetime) -> Any:
+        """What to bind for ``moment`` in a ``TIMESTAMPTZ`` column: the value the driver would bind for it.
+
+        On SQLite, the UTC text its registered adapter gives, worked out here: sqlite3's lookup of an adapter
+        costs several times the formatting, once per value (bulk inserts of rows with a time). PostgreSQL binds
+        the instant itself.
+        """
+        return moment if self._dialect == "postgresql" else _adapt_datetime(moment)
+
+    def empty_derived_table(self, table: str) -> None:
+        """Delete every row of ``table``, a read model's: rows derived from the event log, about to be derived
+        again (a projection's rebuild).
+
+        PostgreSQL: ``TRUNCATE``, in the caller's transaction (rolled back with it). A DELETE would leave every
+        row behind as a dead tuple until a vacuum, in the table and in each index, where the rebuild's inserts
+        step over them. Like any DDL it waits for the table's readers and holds them back until the commit.
+
+        SQLite as most distributions build it zeroes every page a delete frees (``secure_delete``), and WAL
+        mode writes each zeroed page twice (the log, then the checkpoint): emptying the audit trail wrote a
+        third of its rebuild's bytes. Here freed pages are left as they are (``secure_delete = FAST``: content
+        is still purged from the pages that stay in use), for this statement only. Nothing is exposed by it:
+        the event log in the same file holds everything the rows were derived from, and the rebuild that
+        follows writes the same rows again, over these very pages (freed pages are the first reused).
+        """
+        if self._dialect == "postgresql":
+            self._raw.execute(f"TRUNCATE {table}")
+            return
+        row = self._raw.execute("PRAGMA secure_delete").fetchone()
+        mode = _SECURE_DELETE_MODES.get(row[0] if row else 1, "ON")
+        self._raw.execute("PRAGMA secure_delete = FAST")
+        try:
+            self._raw.execute(f"DELETE FROM {table}")
+        finally:
+            self._raw.execute(f"PRAGMA secure_delete = {mode}")
+
     def fetchone(self) -> tuple[Any, ...] | None:
         row = self._raw.fetchone()
         return None if row is None else tuple(row)
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in self._raw.fetchall()]
+
+    def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        """The next ``size`` rows (fewer at the end). SQLite steps through the result as it goes; psycopg's
+        client-side cursor has received the whole result already."""
+        return [tuple(row) for row in self._raw.fetchmany(size)]
 
     @property
     def rowcount(self) -> int:
@@ -252,10 +333,17 @@ class Database:
         return connection
 
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
-        """A write transaction; commits on success, rolls back on any exception."""
+    def transaction(self, *, durable: bool = True) -> Iterator[Cursor]:
+        """A write transaction; commits on success, rolls back on any exception.
+
+        ``durable=False`` (PostgreSQL): the commit returns before its WAL reaches the disk. A server crash may
+        then lose the last such commits, whole and in order, never part of one; only for writes that can be
+        redone from the event log (a projection's batch and its tracking position roll back together).
+        """
         if self._pool is not None:
             with self._pool.connection() as connection, connection.transaction():
+                if not durable:
+                    connection.execute("SET LOCAL synchronous_commit = off")
                 yield _PortableCursor(connection.cursor(), "postgresql")
             return
         lite = self._sqlite_connection()
@@ -281,6 +369,33 @@ class Database:
             yield _PortableCursor(lite.cursor(), "sqlite")
         finally:
             lite.execute("COMMIT")
+
+    def read_each(self, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+        """Every row of each query (SQL and parameters), in order, all from one snapshot, as ``read`` gives.
+
+        PostgreSQL: the transaction's BEGIN, the queries and its COMMIT go in one pipeline, so the whole read
+        is one network round trip (the credential index reads what changed this way after every command).
+        """
+        if self._pool is None:
+            with self.read() as cursor:
+                return [cursor.execute(sql, params).fetchall() for sql, params in queries]
+        with self._pool.connection() as connection:
+            cursors = []
+            try:
+                with connection.pipeline():
+                    connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    for sql, params in queries:
+                        raw = connection.cursor()
+                        raw.execute(_postgres_sql(sql), tuple(params))
+                        cursors.append(raw)
+                    connection.execute("COMMIT")
+            except BaseException:
+                # A failed statement leaves the transaction open and aborted: end it before the pool has it.
+                if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    with suppress(psycopg.Error):  # a broken connection: the pool discards it
+                        connection.execute("ROLLBACK")
+                raise
+            return [[tuple(row) for row in raw.fetchall()] for raw in cursors]
 
     def accepts_writes(self) -> bool:
         """Whether a write would be accepted now: PostgreSQL neither read-only nor a standby; SQLite's file and

@@ -43,6 +43,13 @@ class Keyring:
         keyed.update(value.encode("utf-8", "surrogatepass"))
         return keyed.hexdigest()
 
+    def digest_bytes(self, value: str) -> bytes:
+        """The same digest as ``digest``, as its 32 bytes: the in-memory credential index keys tokens by these
+        (half the memory of the hex text, and no conversion on the auth path)."""
+        keyed = self._digest_base.copy()
+        keyed.update(value.encode("utf-8", "surrogatepass"))
+        return keyed.digest()
+
     def idempotency_digest(self, text: str) -> str:
         """HMAC-SHA256 of an Idempotency-Key or of a canonical request: what the idempotency table holds.
 

@@ -5,29 +5,47 @@ looks the same as a crash before sending), so the mailers give their caller what
 needs: success is reported only once the message was accepted for every recipient, timeouts are short so the
 ambiguous window stays small, and a failure says (``outcome_unknown``) whether it happened after the message
 body may have reached the server.
+
+Many messages go over one connection through a session (``SmtpMailer.session``, or ``open_session`` for any
+mailer): each keeps ``send``'s contract, the connection is reopened after a failure, and a connection the
+server closed while idle is noticed before anything of the next message was sent, which then goes out over a
+new one. A hook right before each message's end-of-data line lets the caller finish recording the previous
+one first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import email.policy
 import io
 import mailbox
 import os
+import re
 import smtplib
+import socket
 import ssl
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.utils import getaddresses
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from infrastructure.settings import private_folder
 
-__all__ = ["MailDeliveryError", "MaildirMailer", "Mailer", "SmtpMailer", "mailer_from_url"]
+__all__ = [
+    "MailDeliveryError",
+    "MailSession",
+    "MaildirMailer",
+    "Mailer",
+    "SmtpMailer",
+    "SmtpSession",
+    "mailer_from_url",
+    "open_session",
+]
 
 
 class MailDeliveryError(Exception):
@@ -66,6 +84,44 @@ class Mailer(Protocol):
         """Return only once the message is durably accepted for all recipients; else raise
         MailDeliveryError. Malformed messages (no sender, no recipients) raise ValueError."""
         ...
+
+
+class MailSession(Protocol):
+    """Messages sent one after another through one transport (one SMTP connection), each with ``Mailer.send``'s
+    contract; ``before_end`` runs right before the server is told the message is complete (``SmtpSession``)."""
+
+    def send(self, message: EmailMessage, *, before_end: Callable[[], None] | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SessionMailer(Protocol):
+    def session(self) -> MailSession: ...
+
+
+class MessageByMessage:
+    """A session over a mailer that has none: each message is its own delivery."""
+
+    def __init__(self, mailer: Mailer) -> None:
+        self._mailer = mailer
+
+    def send(self, message: EmailMessage, *, before_end: Callable[[], None] | None = None) -> None:
+        _envelope(message)  # a malformed message is refused before the caller's hook runs
+        if before_end is not None:
+            before_end()
+        self._mailer.send(message)
+
+    def close(self) -> None:
+        return None
+
+
+def open_session(mailer: Mailer) -> MailSession:
+    """A session over ``mailer``: its own when it has one (SMTP: one connection), else message by message.
+    Close it when done (``contextlib.closing``)."""
+    if isinstance(mailer, SessionMailer):
+        return mailer.session()
+    return MessageByMessage(mailer)
 
 
 def _envelope(message: EmailMessage) -> tuple[str, list[str]]:
@@ -197,9 +253,8 @@ class SmtpMailer:
             )
         return smtplib.SMTP(self._host, self._port, timeout=self._timeout)
 
-    def send(self, message: EmailMessage) -> None:
-        sender, recipients = _envelope(message)
-        international = not all(a.isascii() for a in [sender, *recipients])
+    def _open(self) -> smtplib.SMTP:
+        """A connection ready for MAIL FROM: greeted, encrypted and logged in as the URL says."""
         target = self._target
         try:
             client = self._connect()
@@ -208,10 +263,11 @@ class SmtpMailer:
                 f"cannot connect to SMTP server {target}: {exc}",
                 smtp_code=getattr(exc, "smtp_code", None),
             ) from exc
-
-        accepted = False
-        in_data = False
         try:
+            if client.sock is not None:
+                # A message's end-of-data line is sent on its own, after the message (``SmtpSession``); with
+                # Nagle's algorithm it would wait for the server's delayed acknowledgement of the message.
+                client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.ehlo()
             if self._starttls:
                 if not client.has_extn("starttls"):
@@ -220,64 +276,217 @@ class SmtpMailer:
                 client.ehlo()
             if self._username is not None and self._password is not None:
                 client.login(self._username, self._password)
+        except MailDeliveryError:
+            client.close()
+            raise
+        except smtplib.SMTPResponseException as exc:
+            client.close()
+            raise _answered(target, exc) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            client.close()
+            raise MailDeliveryError(
+                f"SMTP conversation with {target} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return client
 
-            payload = _flatten(message, utf8=international)
-            mail_options: list[str] = []
-            if international:
-                if not client.has_extn("smtputf8"):
-                    raise MailDeliveryError(f"SMTP server {target} does not support SMTPUTF8 addresses")
-                mail_options += ["SMTPUTF8", "BODY=8BITMIME"]
-            elif not payload.isascii() and client.has_extn("8bitmime"):
-                mail_options.append("BODY=8BITMIME")
+    def session(self) -> SmtpSession:
+        """Many messages over one connection, opened for the first and reopened after a failure."""
+        return SmtpSession(self)
 
-            code, reply = client.mail(sender, mail_options)
-            if code != 250:
+    def send(self, message: EmailMessage) -> None:
+        with contextlib.closing(self.session()) as session:
+            session.send(message)
+
+
+class _StaleConnection(Exception):
+    """A kept connection turned out closed before the message's DATA: nothing of the message was sent."""
+
+
+def _answered(target: str, exc: smtplib.SMTPResponseException) -> MailDeliveryError:
+    # A reply code is a definite answer, so the outcome is known even during DATA.
+    detail = exc.smtp_error
+    text = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+    return MailDeliveryError(f"SMTP server {target} answered {exc.smtp_code} {text}", smtp_code=exc.smtp_code)
+
+
+# A server that closes the channel (an idle timeout, a restart) answers 421 to the next command.
+_CLOSING_CHANNEL = 421
+_END_OF_DATA = b".\r\n"
+_LINE_STARTING_WITH_A_DOT = re.compile(rb"(?m)^\.")
+
+
+def _dot_stuffed(payload: bytes) -> bytes:
+    """The message as DATA carries it (RFC 5321 4.5.2), ending in a line break, without the end-of-data line."""
+    stuffed = _LINE_STARTING_WITH_A_DOT.sub(b"..", payload)
+    return stuffed if stuffed.endswith(b"\r\n") else stuffed + b"\r\n"
+
+
+class SmtpSession:
+    """Messages sent one after another over one SMTP connection, each with ``SmtpMailer.send``'s contract.
+
+    The connection is opened for the first message and kept for the next; after any failure it is dropped,
+    and the next message opens a new one. A kept connection that the server closed meanwhile (an idle
+    timeout, a 421) is noticed at MAIL FROM or RCPT TO, before anything of the message reached the server,
+    so that message is sent again at once over a new connection: the drop is not reported as a failure.
+
+    ``before_end`` (optional) runs once the server accepted the sender and every recipient and has received
+    the message, right before the end-of-data line that makes it take the message: the caller's last chance
+    to stop. An exception from it propagates and the connection is dropped without that line, so the server
+    discards the message (RFC 5321: a message is delivered only once its end of data arrived). The expiry
+    senders use it to make the previous message's record durable first, so that at most one accepted message
+    is ever unrecorded, while everything before that line overlaps with the record.
+    """
+
+    def __init__(self, mailer: SmtpMailer) -> None:
+        self._mailer = mailer
+        self._client: smtplib.SMTP | None = None
+
+    def __enter__(self) -> SmtpSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def send(self, message: EmailMessage, *, before_end: Callable[[], None] | None = None) -> None:
+        sender, recipients = _envelope(message)
+        international = not all(a.isascii() for a in [sender, *recipients])
+        payload = _flatten(message, utf8=international)
+        if self._client is not None:
+            try:
+                self._deliver(self._client, sender, recipients, payload, international, before_end, kept=True)
+                return
+            except _StaleConnection:
+                self._drop()
+        self._client = self._mailer._open()
+        self._deliver(self._client, sender, recipients, payload, international, before_end, kept=False)
+
+    def close(self) -> None:
+        """Say goodbye on a connection that is still good; never raises."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            _quit_quietly(client)
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            client.close()
+
+    def _deliver(
+        self,
+        client: smtplib.SMTP,
+        sender: str,
+        recipients: list[str],
+        payload: bytes,
+        international: bool,
+        before_end: Callable[[], None] | None,
+        *,
+        kept: bool,
+    ) -> None:
+        target = self._mailer._target
+        try:
+            self._envelope_accepted(client, sender, recipients, payload, international, kept=kept)
+        except _StaleConnection:
+            raise
+        except MailDeliveryError:
+            self._drop()
+            raise
+        except smtplib.SMTPResponseException as exc:
+            self._drop()
+            raise _answered(target, exc) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            if kept:  # the server hung up while the connection was idle: nothing of this message was sent
+                raise _StaleConnection from exc
+            self._drop()
+            raise MailDeliveryError(
+                f"SMTP conversation with {target} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            # The message goes over now, all but its end: the server takes nothing before the end-of-data line.
+            code, reply = client.docmd("DATA")
+            if code != 354:
                 raise MailDeliveryError(
-                    f"SMTP server {target} refused sender: {code} {reply.decode(errors='replace')}",
+                    f"SMTP server {target} refused the message: {code} {reply.decode(errors='replace')}",
                     smtp_code=code,
                 )
-            refused: dict[str, tuple[int, str]] = {}
-            for rcpt in recipients:
-                code, reply = client.rcpt(rcpt)
-                if code not in (250, 251):
-                    refused[rcpt] = (code, reply.decode(errors="replace"))
-            if refused:
-                # Abort before DATA so nobody receives a copy; a partial delivery would turn every retry
-                # into duplicates for the recipients that were accepted.
-                raise MailDeliveryError(
-                    f"SMTP server {target} refused {len(refused)} of {len(recipients)} recipients: "
-                    + ", ".join(f"{addr} ({c} {r})" for addr, (c, r) in refused.items()),
-                    refused=refused,
-                )
-
-            in_data = True
-            code, reply = client.data(payload)
+            client.send(_dot_stuffed(payload))
+        except MailDeliveryError:
+            self._drop()
+            raise
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()  # without its end-of-data line, a message is never delivered
+            raise MailDeliveryError(
+                f"SMTP conversation with {target} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if before_end is not None:
+            try:
+                before_end()
+            except BaseException:
+                self._drop()  # the cut message is discarded by the server; a new connection starts clean
+                raise
+        try:
+            client.send(_END_OF_DATA)
+            code, reply = client.getreply()
             if code != 250:
                 raise MailDeliveryError(
                     f"SMTP server {target} rejected the message: {code} {reply.decode(errors='replace')}",
                     smtp_code=code,
                 )
-            accepted = True
         except MailDeliveryError:
+            self._drop()
             raise
         except smtplib.SMTPResponseException as exc:
-            # A reply code is a definite answer, so the outcome is known even during DATA.
-            detail = exc.smtp_error
-            text = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
-            raise MailDeliveryError(
-                f"SMTP server {target} answered {exc.smtp_code} {text}",
-                smtp_code=exc.smtp_code,
-            ) from exc
+            self._drop()
+            raise _answered(target, exc) from exc
         except (OSError, smtplib.SMTPException) as exc:
+            # The message may have reached the server: whoever retries must expect a duplicate.
+            self._drop()
             raise MailDeliveryError(
                 f"SMTP conversation with {target} failed: {type(exc).__name__}: {exc}",
-                outcome_unknown=in_data,
+                outcome_unknown=True,
             ) from exc
-        finally:
-            if accepted:
-                _quit_quietly(client)
-            else:
-                client.close()
+
+    def _envelope_accepted(
+        self,
+        client: smtplib.SMTP,
+        sender: str,
+        recipients: list[str],
+        payload: bytes,
+        international: bool,
+        *,
+        kept: bool,
+    ) -> None:
+        target = self._mailer._target
+        mail_options: list[str] = []
+        if international:
+            if not client.has_extn("smtputf8"):
+                raise MailDeliveryError(f"SMTP server {target} does not support SMTPUTF8 addresses")
+            mail_options += ["SMTPUTF8", "BODY=8BITMIME"]
+        elif not payload.isascii() and client.has_extn("8bitmime"):
+            mail_options.append("BODY=8BITMIME")
+
+        code, reply = client.mail(sender, mail_options)
+        if code == _CLOSING_CHANNEL and kept:
+            raise _StaleConnection
+        if code != 250:
+            raise MailDeliveryError(
+                f"SMTP server {target} refused sender: {code} {reply.decode(errors='replace')}",
+                smtp_code=code,
+            )
+        refused: dict[str, tuple[int, str]] = {}
+        for rcpt in recipients:
+            code, reply = client.rcpt(rcpt)
+            if code == _CLOSING_CHANNEL and kept:
+                raise _StaleConnection
+            if code not in (250, 251):
+                refused[rcpt] = (code, reply.decode(errors="replace"))
+        if refused:
+            # Abort before DATA so nobody receives a copy; a partial delivery would turn every retry
+            # into duplicates for the recipients that were accepted.
+            raise MailDeliveryError(
+                f"SMTP server {target} refused {len(refused)} of {len(recipients)} recipients: "
+                + ", ".join(f"{addr} ({c} {r})" for addr, (c, r) in refused.items()),
+                refused=refused,
+            )
 
 
 def _quit_quietly(client: smtplib.SMTP) -> None:
@@ -330,6 +539,10 @@ class MaildirMailer:
     @property
     def path(self) -> Path:
         return self._path
+
+    def session(self) -> MessageByMessage:
+        """Each message is fsynced on its own: a Maildir has no connection to keep."""
+        return MessageByMessage(self)
 
     def send(self, message: EmailMessage) -> None:
         _envelope(message)  # same malformed-message contract as SMTP

@@ -13,6 +13,7 @@ on first use (``CREATE TABLE IF NOT EXISTS``, tolerating a concurrent creator).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -155,6 +156,20 @@ class ScanRuns:
         with self.db.transaction() as cursor:
             cursor.execute(
                 f"UPDATE expiry_scan_runs SET {column} = {column} + ? WHERE scan_id = ?", (count, scan_id)
+            )
+
+    def mails(self, scan_id: str, counts: Mapping[MailOutcome, int]) -> None:
+        """Count a batch's mails, each outcome ``counts[outcome]`` times, in one statement."""
+        counted = {outcome: count for outcome, count in counts.items() if count > 0}
+        if not counted:
+            return
+        assignments = ", ".join(
+            f"{_MAIL_COLUMN[outcome]} = {_MAIL_COLUMN[outcome]} + ?" for outcome in counted
+        )
+        self.ensure_table()
+        with self.db.transaction() as cursor:
+            cursor.execute(
+                f"UPDATE expiry_scan_runs SET {assignments} WHERE scan_id = ?", (*counted.values(), scan_id)
             )
 
     def latest(self) -> ScanRun | None:

@@ -35,6 +35,18 @@ class EventStore(Application[UUID]):
         """The position of the newest event in the log (0 when empty)."""
         return self.recorder.max_notification_id() or 0
 
+    @property
+    def head_sql(self) -> str:
+        """A query for what ``head`` answers (NULL when empty), for a reader of the same database to ask in its
+        own transaction: the read models and the log then come from one snapshot, in one round trip."""
+        recorder = self.recorder
+        if isinstance(recorder, PostgresApplicationRecorder):
+            schema = recorder.datastore.schema.replace('"', '""')
+            table = recorder.events_table_name.replace('"', '""')
+            return f'SELECT MAX(notification_id) FROM "{schema}"."{table}"'
+        assert isinstance(recorder, SQLiteApplicationRecorder)
+        return f"SELECT MAX(rowid) FROM {recorder.events_table_name}"
+
 
 def _retried_once(method: Callable[..., Any]) -> Callable[..., Any]:
     """The library retries every storage call ten times, 0.2 s apart. Under bounded waits one more attempt is

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from domain.scopes import (
     READ_PACKAGE_REGISTRY,
@@ -22,7 +22,28 @@ from domain.scopes import (
     WRITE_REGISTRY,
     WRITE_VIRTUAL_REGISTRY,
 )
-from projections.credentials import NamespaceRecord, ProjectRecord, TokenRecord
+from projections.credentials import NamespaceRecord, ProjectRecord
+
+
+class TokenFacts(Protocol):
+    """What a decision reads of a token: a ``TokenRecord`` of the read model, or the credential index's
+    compact records (``projections.compact_tokens``)."""
+
+    @property
+    def token_id(self) -> int: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def holder_kind(self) -> str: ...
+    @property
+    def holder_id(self) -> int: ...
+    @property
+    def scope_set(self) -> frozenset[str]: ...
+    @property
+    def revoked(self) -> bool: ...
+    @property
+    def deleted(self) -> bool: ...
+    def is_expired(self, now: datetime) -> bool: ...
 
 
 class Action(StrEnum):
@@ -75,11 +96,11 @@ class Decision(NamedTuple):
     username: str | None = None
 
     @classmethod
-    def deny(cls, reason: Reason, token: TokenRecord | None = None) -> Decision:
+    def deny(cls, reason: Reason, token: TokenFacts | None = None) -> Decision:
         return cls(False, reason, token.token_id if token else None, token.username if token else None)
 
     @classmethod
-    def allow(cls, token: TokenRecord) -> Decision:
+    def allow(cls, token: TokenFacts) -> Decision:
         # tuple.__new__ directly: the generated __new__ of a named tuple is a Python call, and every allowed
         # check builds one
         return tuple.__new__(cls, (True, _ALLOWED, token.token_id, token.username))
@@ -124,7 +145,7 @@ def _proxy_scopes_ok(scopes: frozenset[str]) -> bool:
     } <= scopes
 
 
-def token_reaches_project(token: TokenRecord, project: ProjectRecord) -> bool:
+def token_reaches_project(token: TokenFacts, project: ProjectRecord) -> bool:
     """behaviour [reach]: a project token reaches its project; a group token every project of its group and
     subgroups."""
     if token.holder_kind == "project":
@@ -132,7 +153,7 @@ def token_reaches_project(token: TokenRecord, project: ProjectRecord) -> bool:
     return token.holder_id in project.group_ids
 
 
-def token_reaches_group(token: TokenRecord, group: NamespaceRecord, *, exact: bool) -> bool:
+def token_reaches_group(token: TokenFacts, group: NamespaceRecord, *, exact: bool) -> bool:
     if token.holder_kind != "group" or group.kind != "group":
         return False
     if token.holder_id == group.namespace_id:
@@ -150,7 +171,7 @@ _PACKAGE = frozenset({Action.PACKAGE_READ, Action.PACKAGE_WRITE})
 
 def decide(
     request: AuthRequest,
-    token: TokenRecord | None,
+    token: TokenFacts | None,
     target: ProjectRecord | NamespaceRecord | None,
     *,
     external_authorization: bool,
@@ -162,9 +183,9 @@ def decide(
     action = request.action
     if action is _API:
         return Decision.deny(Reason.API_NOT_ALLOWED, token)
-    if token.deleted_at is not None:
+    if token.deleted:
         return Decision.deny(Reason.DELETED, token)
-    if token.revoked_at is not None:
+    if token.revoked:
         return Decision.deny(Reason.REVOKED, token)
     if token.is_expired(now):  # behaviour [expiry]: expired iff now >= expires_at
         return Decision.deny(Reason.EXPIRED, token)
@@ -197,11 +218,14 @@ def decide(
         return Decision.deny(Reason.RESOURCE_NOT_FOUND, token)
     if not REQUIRED_SCOPES[action] <= scopes:
         return Decision.deny(Reason.INSUFFICIENT_SCOPE, token)
-    return Decision.allow(token)
+    # Where the username was compared it is the token's: the request's copy saves deriving a default username
+    # twice (the index derives it from the id, projections/compact_tokens.py).
+    username = request.username if request.check_username else token.username
+    return tuple.__new__(Decision, (True, _ALLOWED, token.token_id, username))
 
 
 def _decide_proxy(
-    token: TokenRecord, scopes: frozenset[str], target: ProjectRecord | NamespaceRecord | None
+    token: TokenFacts, scopes: frozenset[str], target: ProjectRecord | NamespaceRecord | None
 ) -> Decision:
     """The dependency proxy: active group tokens only, for their group and its subgroups, while enabled."""
     if token.holder_kind != "group":

@@ -20,9 +20,10 @@ own (``projections.audit_directory``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, Final
+
+from eventsourcing.persistence import Notification
 
 from domain.groups import Group
 from domain.instance_settings import InstanceSettings
@@ -31,26 +32,23 @@ from domain.projects import Project
 from domain.streams import stream_id
 from domain.users import User
 from infrastructure.db import Cursor
-from projections.audit_directory import AUDIT_PATHS_SCHEMA, DIRECTORY_LIFECYCLE_HANDLERS, remember_path
+from projections.audit_directory import AUDIT_PATHS_SCHEMA, DIRECTORY_LIFECYCLE_HANDLERS
 from projections.audit_rows import (
     TARGET_INSTANCE_SETTINGS,
     TARGET_USER,
+    AuditBatch,
     AuditedEvent,
     Subject,
     enabled_word,
-    find_subject,
     iso,
     level_name,
     record,
     record_creation,
     record_for,
-    subject_of,
     symbols,
-    update_subject,
-    username_of,
 )
 from projections.audit_tokens import TOKEN_HANDLERS
-from projections.base import EventHandlers, EventProjection, on
+from projections.base import BatchedEventProjection, EventHandlers, on
 
 # Users and personal access tokens -----------------------------------------------------------------------
 
@@ -59,7 +57,7 @@ def _user_words(subject: Subject) -> str:
     return f"user with username: {subject.name} with user_id: {subject.subject_id}"
 
 
-def _user_registered(cursor: Cursor, event: User.Registered, position: int) -> None:
+def _user_registered(trail: AuditBatch, event: User.Registered, position: int) -> None:
     subject = Subject.created_by(
         event,
         position,
@@ -70,7 +68,7 @@ def _user_registered(cursor: Cursor, event: User.Registered, position: int) -> N
     )
     suffix = " as an administrator" if event.is_admin else ""
     record_creation(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -80,23 +78,23 @@ def _user_registered(cursor: Cursor, event: User.Registered, position: int) -> N
     )
 
 
-def _user_blocked(cursor: Cursor, event: User.Blocked, position: int) -> None:
-    subject = subject_of(cursor, event)
-    record_for(cursor, event, position, subject, "user_blocked", f"Blocked {_user_words(subject)}.", {})
+def _user_blocked(trail: AuditBatch, event: User.Blocked, position: int) -> None:
+    subject = trail.subject_of(event, position)
+    record_for(trail, event, position, subject, "user_blocked", f"Blocked {_user_words(subject)}.", {})
 
 
-def _user_unblocked(cursor: Cursor, event: User.Unblocked, position: int) -> None:
-    subject = subject_of(cursor, event)
-    record_for(cursor, event, position, subject, "user_unblocked", f"Unblocked {_user_words(subject)}.", {})
+def _user_unblocked(trail: AuditBatch, event: User.Unblocked, position: int) -> None:
+    subject = trail.subject_of(event, position)
+    record_for(trail, event, position, subject, "user_unblocked", f"Unblocked {_user_words(subject)}.", {})
 
 
-def _user_admin_changed(cursor: Cursor, event: User.AdminChanged, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _user_admin_changed(trail: AuditBatch, event: User.AdminChanged, position: int) -> None:
+    subject = trail.subject_of(event, position)
     if event.is_admin:
         message = f"Granted administrator access to {_user_words(subject)}."
     else:
         message = f"Removed administrator access from {_user_words(subject)}."
-    record_for(cursor, event, position, subject, "user_admin_changed", message, {"is_admin": event.is_admin})
+    record_for(trail, event, position, subject, "user_admin_changed", message, {"is_admin": event.is_admin})
 
 
 def _pat_sentence(verb: str, subject: Subject) -> str:
@@ -106,8 +104,8 @@ def _pat_sentence(verb: str, subject: Subject) -> str:
     )
 
 
-def _pat_created(cursor: Cursor, event: PersonalAccessToken.Created, position: int) -> None:
-    owner = find_subject(cursor, str(stream_id("user", event.user_id)))
+def _pat_created(trail: AuditBatch, event: PersonalAccessToken.Created, position: int) -> None:
+    owner = trail.find_subject(str(stream_id("user", event.user_id)))
     subject = Subject.created_by(
         event,
         position,
@@ -119,7 +117,7 @@ def _pat_created(cursor: Cursor, event: PersonalAccessToken.Created, position: i
         data={"user_id": event.user_id, "username": owner.name if owner is not None else f"#{event.user_id}"},
     )
     record_creation(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -134,10 +132,10 @@ def _pat_created(cursor: Cursor, event: PersonalAccessToken.Created, position: i
     )
 
 
-def _pat_revoked(cursor: Cursor, event: PersonalAccessToken.Revoked, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _pat_revoked(trail: AuditBatch, event: PersonalAccessToken.Revoked, position: int) -> None:
+    subject = trail.subject_of(event, position)
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -150,7 +148,7 @@ def _pat_revoked(cursor: Cursor, event: PersonalAccessToken.Revoked, position: i
 # Groups and projects ------------------------------------------------------------------------------------
 
 
-def _group_created(cursor: Cursor, event: Group.Created, position: int) -> None:
+def _group_created(trail: AuditBatch, event: Group.Created, position: int) -> None:
     subject = Subject.created_by(
         event,
         position,
@@ -159,9 +157,9 @@ def _group_created(cursor: Cursor, event: Group.Created, position: int) -> None:
         name=event.full_path,
         namespace=("group", event.group_id),
     )
-    remember_path(cursor, "group", event.group_id, event.full_path, position)
+    trail.remember_path("group", event.group_id, event.full_path, position)
     record_creation(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -178,7 +176,7 @@ def _project_features(event: Project.Created | Project.FeaturesChanged) -> dict[
     }
 
 
-def _project_created(cursor: Cursor, event: Project.Created, position: int) -> None:
+def _project_created(trail: AuditBatch, event: Project.Created, position: int) -> None:
     features = _project_features(event)
     subject = Subject.created_by(
         event,
@@ -189,9 +187,9 @@ def _project_created(cursor: Cursor, event: Project.Created, position: int) -> N
         namespace=("project", event.project_id),
         data=features,
     )
-    remember_path(cursor, "project", event.project_id, event.full_path, position)
+    trail.remember_path("project", event.project_id, event.full_path, position)
     record_creation(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -209,24 +207,11 @@ def _project_created(cursor: Cursor, event: Project.Created, position: int) -> N
     )
 
 
-def _access_level(cursor: Cursor, source: Subject, user_id: int) -> int | None:
-    row = cursor.execute(
-        "SELECT access_level FROM audit_memberships WHERE stream_id = ? AND user_id = ?",
-        (source.stream_id, user_id),
-    ).fetchone()
-    return None if row is None else int(row[0])
-
-
-def _member_set(cursor: Cursor, event: Group.MemberSet | Project.MemberSet, position: int) -> None:
-    source = subject_of(cursor, event)
-    previous = _access_level(cursor, source, event.user_id)
-    cursor.execute(
-        "INSERT INTO audit_memberships (stream_id, user_id, access_level, position) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (stream_id, user_id) DO UPDATE SET access_level = excluded.access_level, "
-        "position = excluded.position",
-        (source.stream_id, event.user_id, event.access_level, position),
-    )
-    username = username_of(cursor, event.user_id)
+def _member_set(trail: AuditBatch, event: Group.MemberSet | Project.MemberSet, position: int) -> None:
+    source = trail.subject_of(event, position)
+    previous = trail.access_level(source, event.user_id)
+    trail.set_access_level(source, event.user_id, event.access_level, position)
+    username = trail.username_of(event.user_id)
     level = level_name(event.access_level)
     where = f"for user: {username} with user_id: {event.user_id}"
     if previous is None:
@@ -235,7 +220,7 @@ def _member_set(cursor: Cursor, event: Group.MemberSet | Project.MemberSet, posi
         change = f"from {level_name(previous)} to {level}"
         message = f"Changed access level {change} {where} in {source.kind}: {source.name}."
     record(
-        cursor,
+        trail,
         event,
         position,
         event_type="member_updated",
@@ -254,16 +239,14 @@ def _member_set(cursor: Cursor, event: Group.MemberSet | Project.MemberSet, posi
 
 
 def _member_removed(
-    cursor: Cursor, event: Group.MemberRemoved | Project.MemberRemoved, position: int
+    trail: AuditBatch, event: Group.MemberRemoved | Project.MemberRemoved, position: int
 ) -> None:
-    source = subject_of(cursor, event)
-    previous = _access_level(cursor, source, event.user_id)
-    cursor.execute(
-        "DELETE FROM audit_memberships WHERE stream_id = ? AND user_id = ?", (source.stream_id, event.user_id)
-    )
-    username = username_of(cursor, event.user_id)
+    source = trail.subject_of(event, position)
+    previous = trail.access_level(source, event.user_id)
+    trail.set_access_level(source, event.user_id, None, position)
+    username = trail.username_of(event.user_id)
     record(
-        cursor,
+        trail,
         event,
         position,
         event_type="member_destroyed",
@@ -279,11 +262,11 @@ def _member_removed(
     )
 
 
-def _dependency_proxy_changed(cursor: Cursor, event: Group.DependencyProxyChanged, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _dependency_proxy_changed(trail: AuditBatch, event: Group.DependencyProxyChanged, position: int) -> None:
+    subject = trail.subject_of(event, position)
     verb = "Enabled" if event.enabled else "Disabled"
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -293,12 +276,12 @@ def _dependency_proxy_changed(cursor: Cursor, event: Group.DependencyProxyChange
     )
 
 
-def _project_features_changed(cursor: Cursor, event: Project.FeaturesChanged, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _project_features_changed(trail: AuditBatch, event: Project.FeaturesChanged, position: int) -> None:
+    subject = trail.subject_of(event, position)
     features = _project_features(event)
-    update_subject(cursor, subject.stream_id, "data = ?", (json.dumps(features, sort_keys=True),), position)
+    trail.update_subject(subject.changed_by(position, data=features))
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -313,10 +296,15 @@ def _project_features_changed(cursor: Cursor, event: Project.FeaturesChanged, po
 
 
 def _record_settings(
-    cursor: Cursor, event: AuditedEvent, position: int, event_type: str, message: str, details: dict[str, Any]
+    trail: AuditBatch,
+    event: AuditedEvent,
+    position: int,
+    event_type: str,
+    message: str,
+    details: dict[str, Any],
 ) -> None:
     record(
-        cursor,
+        trail,
         event,
         position,
         event_type=event_type,
@@ -328,11 +316,11 @@ def _record_settings(
 
 
 def _external_authorization_changed(
-    cursor: Cursor, event: InstanceSettings.ExternalAuthorizationChanged, position: int
+    trail: AuditBatch, event: InstanceSettings.ExternalAuthorizationChanged, position: int
 ) -> None:
     verb = "Enabled" if event.enabled else "Disabled"
     _record_settings(
-        cursor,
+        trail,
         event,
         position,
         "external_authorization_changed",
@@ -341,10 +329,10 @@ def _external_authorization_changed(
     )
 
 
-def _feature_changed(cursor: Cursor, event: InstanceSettings.FeatureChanged, position: int) -> None:
+def _feature_changed(trail: AuditBatch, event: InstanceSettings.FeatureChanged, position: int) -> None:
     verb = "Enabled" if event.enabled else "Disabled"
     _record_settings(
-        cursor,
+        trail,
         event,
         position,
         "feature_flag_changed",
@@ -356,7 +344,7 @@ def _feature_changed(cursor: Cursor, event: InstanceSettings.FeatureChanged, pos
 # The projection -----------------------------------------------------------------------------------------
 
 
-class AuditTrail(EventProjection):
+class AuditTrail(BatchedEventProjection[AuditBatch]):
     name = "audit_trail"
     tables = ("audit_events", "audit_subjects", "audit_memberships", "audit_paths")
     version = 2  # 2: audit_paths, the path each holder had at each moment (behaviour [history-paths])
@@ -382,6 +370,18 @@ class AuditTrail(EventProjection):
         on(InstanceSettings.ExternalAuthorizationChanged, _external_authorization_changed),
         on(InstanceSettings.FeatureChanged, _feature_changed),
     )
+
+    def open_batch(self, cursor: Cursor, notifications: Sequence[Notification]) -> AuditBatch:
+        # Most events of a batch render from their own stream's subject: read them all at once, except those
+        # of the streams whose first event (version 1) is in the batch: they have none yet.
+        streams = {notification.id: str(notification.originator_id) for notification in notifications}
+        created = [
+            streams[notification.id] for notification in notifications if notification.originator_version == 1
+        ]
+        return AuditBatch(cursor, streams, created)
+
+    def close_batch(self, context: AuditBatch) -> None:
+        context.flush()
 
     def schema(self) -> Sequence[str]:
         return (

@@ -9,30 +9,20 @@ there), so that a token's history can show where its holder was at each of its e
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Final
 
 from domain.groups import Group
 from domain.projects import Project
 from domain.users import User
-from infrastructure.db import Cursor, Database
-from projections.audit_rows import Subject, find_subject, record_for, subject_of, update_subject
-from projections.base import EventHandler, on
+from infrastructure.db import Database
+from projections.audit_rows import AuditBatch, Subject, record_for
+from projections.base import HandlerEntry, on
 
 AUDIT_PATHS_SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS audit_paths (
         kind TEXT NOT NULL, subject_id BIGINT NOT NULL, position BIGINT NOT NULL, full_path TEXT NOT NULL,
         deleted BOOLEAN NOT NULL, PRIMARY KEY (kind, subject_id, position))""",
 )
-
-
-def remember_path(
-    cursor: Cursor, kind: str, subject_id: int, full_path: str, position: int, *, deleted: bool = False
-) -> None:
-    cursor.execute(
-        "INSERT INTO audit_paths (kind, subject_id, position, full_path, deleted) VALUES (?, ?, ?, ?, ?)",
-        (kind, subject_id, position, full_path, deleted),
-    )
 
 
 def holder_path_at(db: Database, kind: str, holder_id: int, position: int) -> tuple[str, bool] | None:
@@ -64,10 +54,10 @@ def _words(subject: Subject) -> str:
     return f"{subject.kind}: {subject.name} with {subject.kind}_id: {subject.subject_id}"
 
 
-def _name_changed(cursor: Cursor, event: Group.NameChanged | Project.NameChanged, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _name_changed(trail: AuditBatch, event: Group.NameChanged | Project.NameChanged, position: int) -> None:
+    subject = trail.subject_of(event, position)
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -84,17 +74,17 @@ _MOVE_TYPES: Final = {
 }
 
 
-def _moved(cursor: Cursor, event: Group.Moved | Project.Moved, position: int) -> None:
-    subject = subject_of(cursor, event)
-    update_subject(cursor, subject.stream_id, "name = ?", (event.full_path,), position)
-    remember_path(cursor, subject.kind, subject.subject_id, event.full_path, position)
-    moved = replace(subject, name=event.full_path)
+def _moved(trail: AuditBatch, event: Group.Moved | Project.Moved, position: int) -> None:
+    subject = trail.subject_of(event, position)
+    moved = subject.changed_by(position, name=event.full_path)
+    trail.update_subject(moved)
+    trail.remember_path(subject.kind, subject.subject_id, event.full_path, position)
     because = ""
     if event.cause == "group_moved":
-        group = find_subject(cursor, _group_stream(cursor, event.moved_with))
+        group = trail.group_subject(event.moved_with)
         because = f" because group: {group.name if group else event.moved_with} moved"
     record_for(
-        cursor,
+        trail,
         event,
         position,
         moved,
@@ -111,22 +101,15 @@ def _moved(cursor: Cursor, event: Group.Moved | Project.Moved, position: int) ->
     )
 
 
-def _group_stream(cursor: Cursor, group_id: int) -> str:
-    row = cursor.execute(
-        "SELECT stream_id FROM audit_subjects WHERE kind = 'group' AND subject_id = ?", (group_id,)
-    ).fetchone()
-    return "" if row is None else str(row[0])
-
-
-def _deleted(cursor: Cursor, event: Group.Deleted | Project.Deleted, position: int) -> None:
-    subject = subject_of(cursor, event)
-    remember_path(cursor, subject.kind, subject.subject_id, subject.name, position, deleted=True)
+def _deleted(trail: AuditBatch, event: Group.Deleted | Project.Deleted, position: int) -> None:
+    subject = trail.subject_of(event, position)
+    trail.remember_path(subject.kind, subject.subject_id, subject.name, position, deleted=True)
     because = ""
     if event.deleted_with:
-        group = find_subject(cursor, _group_stream(cursor, event.deleted_with))
+        group = trail.group_subject(event.deleted_with)
         because = f" with group: {group.name if group else event.deleted_with}"
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -136,10 +119,10 @@ def _deleted(cursor: Cursor, event: Group.Deleted | Project.Deleted, position: i
     )
 
 
-def _profile_changed(cursor: Cursor, event: User.ProfileChanged, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _profile_changed(trail: AuditBatch, event: User.ProfileChanged, position: int) -> None:
+    subject = trail.subject_of(event, position)
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -149,7 +132,7 @@ def _profile_changed(cursor: Cursor, event: User.ProfileChanged, position: int) 
     )
 
 
-DIRECTORY_LIFECYCLE_HANDLERS: Final[tuple[EventHandler, ...]] = (
+DIRECTORY_LIFECYCLE_HANDLERS: Final[tuple[HandlerEntry[AuditBatch], ...]] = (
     on(Group.NameChanged, _name_changed),
     on(Group.Moved, _moved),
     on(Group.Deleted, _deleted),

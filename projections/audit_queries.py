@@ -128,7 +128,7 @@ class AuditQuery(AuditFilter):
 def audit_events(db: Database, query: AuditQuery) -> list[AuditRecord]:
     where, params = query.where()
     sql = (
-        f"SELECT {AUDIT_COLUMNS} FROM audit_events WHERE {' AND '.join(['position > ?', *where])} "
+        f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_events WHERE {' AND '.join(['position > ?', *where])} "
         "ORDER BY position"
     )
     params = [query.after_position, *params]

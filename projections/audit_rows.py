@@ -8,10 +8,9 @@ actor (the system when it has none), its stream and version.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from domain.membership import AccessLevel
 from domain.streams import stream_id
@@ -35,9 +34,25 @@ _TARGET_OF_KIND: Final[dict[str, str]] = {
 }
 
 AUDIT_COLUMNS: Final = (
-    "position, occurred_at, event_type, actor_kind, actor_id, actor_username, actor_address, target_type, "
-    "target_id, target_name, namespace_kind, namespace_id, message, details, stream_id, version"
+    "position",
+    "occurred_at",
+    "event_type",
+    "actor_kind",
+    "actor_id",
+    "actor_username",
+    "actor_address",
+    "target_type",
+    "target_id",
+    "target_name",
+    "namespace_kind",
+    "namespace_id",
+    "message",
+    "details",
+    "stream_id",
+    "version",
 )
+_MESSAGE: Final = AUDIT_COLUMNS.index("message")
+_DETAILS: Final = AUDIT_COLUMNS.index("details")
 
 _SYSTEM_ACTOR: Final[dict[str, Any]] = {"kind": "system", "id": None, "username": "system", "address": None}
 
@@ -49,12 +64,35 @@ class AuditedEvent(StreamEvent, Protocol):
     def actor(self) -> dict[str, Any]: ...
 
 
+def _unencodable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, sort_keys=True)``, at a fraction of its cost per call (one call per audit row).
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call, which costs more than encoding a row's few
+    details; this builds CPython's C encoder once, with the very arguments ``json.dumps`` gives it (the
+    default separators, ASCII escaping, NaN allowed; no circularity check: details are plain, acyclic data),
+    so the text is the same (``tests/unit/test_audit_json.py``). Without the C accelerator, the encoder.
+    """
+    make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if make_encoder is None:
+        return json.JSONEncoder(sort_keys=True).encode
+    chunks = make_encoder(
+        None, _unencodable, json.encoder.encode_basestring_ascii, None, ": ", ", ", True, False, True
+    )
+    return lambda value: "".join(chunks(value, 0))
+
+
+to_json: Final = _json_encoder()
+
 # Formatting ---------------------------------------------------------------------------------------------
 
 
 def symbols(scopes: Sequence[str]) -> str:
     """Ruby's ``Array#to_s`` of symbols, as GitLab prints scopes: ``[:read_repository, :read_registry]``."""
-    return "[" + ", ".join(f":{scope}" for scope in scopes) + "]"
+    return "[:" + ", :".join(scopes) + "]" if scopes else "[]"
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -76,12 +114,15 @@ def enabled_word(flag: bool) -> str:
     return "enabled" if flag else "disabled"
 
 
-# Subjects -----------------------------------------------------------------------------------------------
+# Subjects ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Subject:
-    """What later events of a stream need to render their rows: name, namespace, scopes."""
+class Subject(NamedTuple):
+    """What later events of a stream need to render their rows: name, namespace, scopes.
+
+    A named tuple, built from positional values (``created_by``, ``changed_by``): keywords and ``_replace``
+    cost several times as much, and a rebuild builds a subject for every token's first two events.
+    """
 
     stream_id: str
     kind: str
@@ -92,6 +133,7 @@ class Subject:
     scopes: tuple[str, ...]
     created_position: int
     data: dict[str, Any]
+    position: int  # of the event that last changed it
 
     @classmethod
     def created_by(
@@ -109,104 +151,228 @@ class Subject:
         """The subject of the stream that ``event`` creates."""
         namespace_kind, namespace_id = namespace
         return cls(
-            stream_id=str(event.originator_id),
-            kind=kind,
-            subject_id=subject_id,
-            name=name,
-            namespace_kind=namespace_kind,
-            namespace_id=namespace_id,
-            scopes=tuple(scopes),
-            created_position=position,
-            data=data or {},
+            str(event.originator_id),
+            kind,
+            subject_id,
+            name,
+            namespace_kind,
+            namespace_id,
+            tuple(scopes),
+            position,  # created_position
+            data or {},
+            position,
+        )
+
+    def changed_by(
+        self,
+        position: int,
+        *,
+        name: str | None = None,
+        scopes: Sequence[str] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Subject:
+        """The subject as the event at ``position`` leaves it: another name, other scopes or other data."""
+        return Subject(
+            self.stream_id,
+            self.kind,
+            self.subject_id,
+            self.name if name is None else name,
+            self.namespace_kind,
+            self.namespace_id,
+            self.scopes if scopes is None else tuple(scopes),
+            self.created_position,
+            self.data if data is None else data,
+            position,
+        )
+
+    def row(self) -> tuple[Any, ...]:
+        """Its ``audit_subjects`` row, in the order of ``SUBJECT_COLUMNS``."""
+        return (
+            self.stream_id,
+            self.kind,
+            self.subject_id,
+            self.name,
+            self.namespace_kind,
+            self.namespace_id,
+            ",".join(self.scopes),
+            self.created_position,
+            to_json(self.data) if self.data else "{}",
+            self.position,
         )
 
 
-def _put_subject(cursor: Cursor, subject: Subject, position: int) -> None:
-    cursor.execute(
-        "INSERT INTO audit_subjects (stream_id, kind, subject_id, name, namespace_kind, namespace_id, scopes, "
-        "created_position, data, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            subject.stream_id,
-            subject.kind,
-            subject.subject_id,
-            subject.name,
-            subject.namespace_kind,
-            subject.namespace_id,
-            ",".join(subject.scopes),
-            subject.created_position,
-            json.dumps(subject.data, sort_keys=True),
-            position,
-        ),
-    )
+SUBJECT_COLUMNS: Final = (
+    "stream_id",
+    "kind",
+    "subject_id",
+    "name",
+    "namespace_kind",
+    "namespace_id",
+    "scopes",
+    "created_position",
+    "data",
+    "position",
+)
 
 
-def find_subject(cursor: Cursor, stream: str) -> Subject | None:
-    row = cursor.execute(
-        "SELECT stream_id, kind, subject_id, name, namespace_kind, namespace_id, scopes, created_position, data "
-        "FROM audit_subjects WHERE stream_id = ?",
-        (stream,),
-    ).fetchone()
-    if row is None:
-        return None
+def _subject_from_row(row: Sequence[Any]) -> Subject:
+    """The subject of an ``audit_subjects`` row (in the order of ``SUBJECT_COLUMNS``)."""
     return Subject(
-        stream_id=row[0],
-        kind=row[1],
-        subject_id=int(row[2]),
-        name=row[3],
-        namespace_kind=row[4],
-        namespace_id=None if row[5] is None else int(row[5]),
-        scopes=tuple(row[6].split(",")) if row[6] else (),
-        created_position=int(row[7]),
-        data=dict(json.loads(row[8])),
+        row[0],
+        row[1],
+        int(row[2]),
+        row[3],
+        row[4],
+        None if row[5] is None else int(row[5]),
+        tuple(row[6].split(",")) if row[6] else (),
+        int(row[7]),
+        {} if row[8] == "{}" else dict(json.loads(row[8])),  # "{}": most subjects (tokens')
+        int(row[9]),
     )
 
 
-def subject_of(cursor: Cursor, event: StreamEvent) -> Subject:
-    """The subject of the event's own stream; its creation event always comes first in the log."""
-    subject = find_subject(cursor, str(event.originator_id))
-    if subject is None:
-        raise LookupError(
-            f"audit trail: {type(event).__qualname__} of stream {event.originator_id} came before its creation"
+# One batch --------------------------------------------------------------------------------------------
+
+
+class AuditBatch:
+    """What the audit handlers of one projector batch share, and what they write, in bulk at the end.
+
+    The handlers of a batch read subjects and access levels many times and write a row per event. One by
+    one, every read would be a round trip (on PostgreSQL it interrupts the pipeline) and every row a
+    statement. Instead the subjects of the batch's own streams are read in one query when it opens, any
+    other subject or level at most once; changes are made here, in memory, where later events of the same
+    batch see them; and ``flush`` writes each changed subject and membership once and the new rows in bulk.
+    The rows are those the events give one by one (a batch of one is the old one-by-one projector).
+
+    ``streams`` maps the position of each event the batch applies to its stream's id as text: the text of a
+    UUID is worked out once per event, not again by every lookup and row. ``created`` are the streams whose
+    first event the batch applies: none has a subject yet, so none is looked for.
+    """
+
+    def __init__(self, cursor: Cursor, streams: dict[int, str], created: Iterable[str] = ()) -> None:
+        self.cursor = cursor
+        self._streams = streams
+        self._timestamp = cursor.timestamp
+        self._subjects: dict[str, Subject | None] = {}
+        self._new_subjects: dict[str, None] = {}  # ordered set: subjects to insert
+        self._changed_subjects: dict[str, None] = {}  # stored subjects to update
+        self._group_streams: dict[int, str | None] = {}
+        self._levels: dict[tuple[str, int], int | None] = {}
+        self._changed_levels: dict[tuple[str, int], int] = {}  # the position of the last change
+        self._paths: list[tuple[str, int, int, str, bool]] = []
+        self._rows: dict[int, list[Any]] = {}  # position -> audit_events row, completed in place
+        self._completions: list[tuple[str, str, int]] = []  # rows of earlier batches: message, details
+        self._subjects.update(dict.fromkeys(created))
+        self._load_subjects(
+            [stream for stream in dict.fromkeys(streams.values()) if stream not in self._subjects]
         )
-    return subject
 
+    # Subjects
 
-def update_subject(
-    cursor: Cursor, stream: str, assignments: str, values: tuple[Any, ...], position: int
-) -> None:
-    cursor.execute(
-        f"UPDATE audit_subjects SET {assignments}, position = ? WHERE stream_id = ?",
-        (*values, position, stream),
-    )
+    def _load_subjects(self, streams: Sequence[str], chunk: int = 500) -> None:
+        for offset in range(0, len(streams), chunk):
+            part = streams[offset : offset + chunk]
+            condition, params = self.cursor.any_of("stream_id", part)
+            rows = self.cursor.execute(
+                f"SELECT {', '.join(SUBJECT_COLUMNS)} FROM audit_subjects WHERE {condition}", params
+            ).fetchall()
+            for stream in part:
+                self._subjects[stream] = None
+            for row in rows:
+                subject = _subject_from_row(row)
+                self._subjects[subject.stream_id] = subject
+                if subject.kind == "group":
+                    self._group_streams[subject.subject_id] = subject.stream_id
 
+    def find_subject(self, stream: str) -> Subject | None:
+        if stream not in self._subjects:
+            self._load_subjects([stream])
+        return self._subjects[stream]
 
-def username_of(cursor: Cursor, user_id: int) -> str:
-    user = find_subject(cursor, str(stream_id("user", user_id)))
-    return user.name if user is not None else f"#{user_id}"
+    def stream_of(self, event: StreamEvent, position: int) -> str:
+        """The id of the stream of ``event`` (at ``position``), as text."""
+        stream = self._streams.get(position)
+        return str(event.originator_id) if stream is None else stream
 
+    def subject_of(self, event: StreamEvent, position: int) -> Subject:
+        """The subject of the event's own stream; its creation event always comes first in the log."""
+        subject = self.find_subject(self.stream_of(event, position))
+        if subject is None:
+            raise LookupError(
+                f"audit trail: {type(event).__qualname__} of stream {event.originator_id} came before its "
+                "creation"
+            )
+        return subject
 
-# Rows ---------------------------------------------------------------------------------------------------
+    def put_subject(self, subject: Subject) -> None:
+        """A new stream's subject."""
+        self._subjects[subject.stream_id] = subject
+        self._new_subjects[subject.stream_id] = None
+        if subject.kind == "group":
+            self._group_streams[subject.subject_id] = subject.stream_id
 
+    def update_subject(self, subject: Subject) -> None:
+        """The subject of an existing stream, as changed by the event at ``subject.position``."""
+        self._subjects[subject.stream_id] = subject
+        if subject.stream_id not in self._new_subjects:
+            self._changed_subjects[subject.stream_id] = None
 
-def record(
-    cursor: Cursor,
-    event: AuditedEvent,
-    position: int,
-    *,
-    event_type: str,
-    target: tuple[str, int | None, str],
-    namespace: tuple[str, int | None],
-    message: str,
-    details: dict[str, Any],
-) -> None:
-    actor = event.actor or _SYSTEM_ACTOR
-    target_type, target_id, target_name = target
-    namespace_kind, namespace_id = namespace
-    cursor.execute(
-        f"INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
+    def group_subject(self, group_id: int) -> Subject | None:
+        if group_id not in self._group_streams:
+            row = self.cursor.execute(
+                "SELECT stream_id FROM audit_subjects WHERE kind = 'group' AND subject_id = ?", (group_id,)
+            ).fetchone()
+            self._group_streams[group_id] = None if row is None else str(row[0])
+        stream = self._group_streams[group_id]
+        return None if stream is None else self.find_subject(stream)
+
+    def username_of(self, user_id: int) -> str:
+        user = self.find_subject(str(stream_id("user", user_id)))
+        return user.name if user is not None else f"#{user_id}"
+
+    # Memberships
+
+    def access_level(self, source: Subject, user_id: int) -> int | None:
+        key = (source.stream_id, user_id)
+        if key not in self._levels:
+            row = self.cursor.execute(
+                "SELECT access_level FROM audit_memberships WHERE stream_id = ? AND user_id = ?", key
+            ).fetchone()
+            self._levels[key] = None if row is None else int(row[0])
+        return self._levels[key]
+
+    def set_access_level(self, source: Subject, user_id: int, level: int | None, position: int) -> None:
+        """``level`` None: the user is no longer a member."""
+        key = (source.stream_id, user_id)
+        self._levels[key] = level
+        self._changed_levels[key] = position
+
+    # Paths and rows
+
+    def remember_path(
+        self, kind: str, subject_id: int, full_path: str, position: int, *, deleted: bool = False
+    ) -> None:
+        self._paths.append((kind, subject_id, position, full_path, deleted))
+
+    def add_row(
+        self,
+        event: AuditedEvent,
+        position: int,
+        event_type: str,
+        target_type: str,
+        target_id: int | None,
+        target_name: str,
+        namespace_kind: str,
+        namespace_id: int | None,
+        message: str,
+        details: dict[str, Any],
+    ) -> None:
+        """The ``audit_events`` row of ``event``; its details are encoded when written (a later event of the
+        batch may complete them)."""
+        actor = event.actor or _SYSTEM_ACTOR
+        self._rows[position] = [
             position,
-            event.timestamp,
+            self._timestamp(event.timestamp),
             event_type,
             actor.get("kind") or "system",
             actor.get("id"),
@@ -218,15 +384,82 @@ def record(
             namespace_kind,
             namespace_id,
             message,
-            json.dumps(details, sort_keys=True),
-            str(event.originator_id),
+            details,
+            self.stream_of(event, position),
             event.originator_version,
-        ),
-    )
+        ]
+
+    def complete_row(self, position: int, message: str, details: dict[str, Any]) -> None:
+        """Give the row at ``position`` (an earlier event's) another message and more details."""
+        row = self._rows.get(position)
+        if row is not None:
+            row[_MESSAGE], row[_DETAILS] = message, {**row[_DETAILS], **details}
+            return
+        stored = self.cursor.execute(
+            "SELECT details FROM audit_events WHERE position = ?", (position,)
+        ).fetchone()
+        if stored is None:
+            return
+        merged = {**json.loads(stored[0]), **details}
+        self._completions.append((message, to_json(merged), position))
+
+    def flush(self) -> None:
+        cursor = self.cursor
+        cursor.insert_many(
+            "audit_subjects",
+            SUBJECT_COLUMNS,
+            [subject.row() for stream in self._new_subjects if (subject := self._subjects[stream])],
+        )
+        changed = [subject for stream in self._changed_subjects if (subject := self._subjects[stream])]
+        cursor.executemany(
+            "UPDATE audit_subjects SET name = ?, scopes = ?, data = ?, position = ? WHERE stream_id = ?",
+            [
+                (s.name, ",".join(s.scopes), to_json(s.data) if s.data else "{}", s.position, s.stream_id)
+                for s in changed
+            ],
+        )
+        gone = [key for key, position in self._changed_levels.items() if self._levels[key] is None]
+        cursor.executemany("DELETE FROM audit_memberships WHERE stream_id = ? AND user_id = ?", gone)
+        cursor.executemany(
+            "INSERT INTO audit_memberships (stream_id, user_id, access_level, position) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (stream_id, user_id) DO UPDATE SET access_level = excluded.access_level, "
+            "position = excluded.position",
+            [
+                (stream, user_id, level, position)
+                for (stream, user_id), position in self._changed_levels.items()
+                if (level := self._levels[(stream, user_id)]) is not None
+            ],
+        )
+        cursor.insert_many(
+            "audit_paths", ("kind", "subject_id", "position", "full_path", "deleted"), self._paths
+        )
+        cursor.executemany(
+            "UPDATE audit_events SET message = ?, details = ? WHERE position = ?", self._completions
+        )
+        for row in self._rows.values():
+            row[_DETAILS] = to_json(row[_DETAILS])
+        cursor.insert_many("audit_events", AUDIT_COLUMNS, list(self._rows.values()))
+
+
+# Rows ---------------------------------------------------------------------------------------------------
+
+
+def record(
+    trail: AuditBatch,
+    event: AuditedEvent,
+    position: int,
+    *,
+    event_type: str,
+    target: tuple[str, int | None, str],
+    namespace: tuple[str, int | None],
+    message: str,
+    details: dict[str, Any],
+) -> None:
+    trail.add_row(event, position, event_type, *target, *namespace, message, details)
 
 
 def record_for(
-    cursor: Cursor,
+    trail: AuditBatch,
     event: AuditedEvent,
     position: int,
     subject: Subject,
@@ -235,20 +468,22 @@ def record_for(
     details: dict[str, Any],
 ) -> None:
     """A row whose target is the subject of the event's own stream, in the subject's namespace."""
-    record(
-        cursor,
+    trail.add_row(
         event,
         position,
-        event_type=event_type,
-        target=(_TARGET_OF_KIND[subject.kind], subject.subject_id, subject.name),
-        namespace=(subject.namespace_kind, subject.namespace_id),
-        message=message,
-        details=details,
+        event_type,
+        _TARGET_OF_KIND[subject.kind],
+        subject.subject_id,
+        subject.name,
+        subject.namespace_kind,
+        subject.namespace_id,
+        message,
+        details,
     )
 
 
 def record_creation(
-    cursor: Cursor,
+    trail: AuditBatch,
     event: AuditedEvent,
     position: int,
     subject: Subject,
@@ -257,5 +492,5 @@ def record_creation(
     details: dict[str, Any],
 ) -> None:
     """The first row of a stream: remembers its subject for the events that follow, then adds the row."""
-    _put_subject(cursor, subject, position)
-    record_for(cursor, event, position, subject, event_type, message, details)
+    trail.put_subject(subject)
+    record_for(trail, event, position, subject, event_type, message, details)

@@ -11,28 +11,18 @@ events fall into different projector batches, the ``..._created`` row reads ``wi
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from typing import Any, Final
 
 from domain.deploy_token import INTERVAL_NAMES, DeployToken, default_username
-from infrastructure.db import Cursor
-from projections.audit_rows import (
-    Subject,
-    iso,
-    record_creation,
-    record_for,
-    subject_of,
-    symbols,
-    update_subject,
-)
-from projections.base import EventHandler, on
+from projections.audit_rows import AuditBatch, Subject, iso, record_creation, record_for, symbols
+from projections.base import HandlerEntry, on
 
 
 def _token_type(subject: Subject, action: str) -> str:
     """GitLab's naming: ``deploy_token_<action>`` for project tokens, ``group_deploy_token_<action>``."""
-    prefix = "group_" if subject.namespace_kind == "group" else ""
-    return f"{prefix}deploy_token_{action}"
+    if subject.namespace_kind == "group":
+        return "group_deploy_token_" + action
+    return "deploy_token_" + action
 
 
 def _token_words(subject: Subject) -> str:
@@ -46,7 +36,7 @@ def _token_sentence(verb: str, subject: Subject) -> str:
     return f"{verb} {_token_words(subject)} with scopes: {symbols(subject.scopes)}"
 
 
-def _token_created(cursor: Cursor, event: DeployToken.Created, position: int) -> None:
+def _token_created(trail: AuditBatch, event: DeployToken.Created, position: int) -> None:
     subject = Subject.created_by(
         event,
         position,
@@ -56,7 +46,7 @@ def _token_created(cursor: Cursor, event: DeployToken.Created, position: int) ->
         namespace=(event.holder_kind, event.holder_id),
     )
     record_creation(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -73,45 +63,29 @@ def _token_created(cursor: Cursor, event: DeployToken.Created, position: int) ->
     )
 
 
-def _token_scoped(cursor: Cursor, event: DeployToken.Scoped, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _token_scoped(trail: AuditBatch, event: DeployToken.Scoped, position: int) -> None:
+    subject = trail.subject_of(event, position)
     previous = subject.scopes
-    scoped = replace(subject, scopes=tuple(event.scopes))
-    update_subject(cursor, subject.stream_id, "scopes = ?", (",".join(event.scopes),), position)
+    scoped = subject.changed_by(position, scopes=event.scopes)
+    trail.update_subject(scoped)
     if not previous:
         # The Scoped recorded with Created: complete the creation row's message (see the module docstring).
-        _complete_created_row(cursor, scoped)
+        trail.complete_row(
+            scoped.created_position, _token_sentence("Created", scoped) + ".", {"scopes": list(scoped.scopes)}
+        )
         message = _token_sentence("Scoped", scoped) + "."
     else:
         message = (
             f"Narrowed scopes of {_token_words(scoped)} from {symbols(previous)} to {symbols(scoped.scopes)}."
         )
     details = {"scopes": list(event.scopes), "previous_scopes": list(previous)}
-    record_for(cursor, event, position, scoped, _token_type(scoped, "scoped"), message, details)
+    record_for(trail, event, position, scoped, _token_type(scoped, "scoped"), message, details)
 
 
-def _complete_created_row(cursor: Cursor, subject: Subject) -> None:
-    row = cursor.execute(
-        "SELECT details FROM audit_events WHERE position = ?", (subject.created_position,)
-    ).fetchone()
-    if row is None:
-        return
-    details = dict(json.loads(row[0]))
-    details["scopes"] = list(subject.scopes)
-    cursor.execute(
-        "UPDATE audit_events SET message = ?, details = ? WHERE position = ?",
-        (
-            _token_sentence("Created", subject) + ".",
-            json.dumps(details, sort_keys=True),
-            subject.created_position,
-        ),
-    )
-
-
-def _token_revoked(cursor: Cursor, event: DeployToken.Revoked, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _token_revoked(trail: AuditBatch, event: DeployToken.Revoked, position: int) -> None:
+    subject = trail.subject_of(event, position)
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -121,10 +95,10 @@ def _token_revoked(cursor: Cursor, event: DeployToken.Revoked, position: int) ->
     )
 
 
-def _token_deleted(cursor: Cursor, event: DeployToken.Deleted, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _token_deleted(trail: AuditBatch, event: DeployToken.Deleted, position: int) -> None:
+    subject = trail.subject_of(event, position)
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -134,15 +108,15 @@ def _token_deleted(cursor: Cursor, event: DeployToken.Deleted, position: int) ->
     )
 
 
-def _token_rotated(cursor: Cursor, event: DeployToken.Rotated, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _token_rotated(trail: AuditBatch, event: DeployToken.Rotated, position: int) -> None:
+    subject = trail.subject_of(event, position)
     until = iso(event.previous_valid_until)
     if until is None:
         grace = "without a grace period: the previous value stopped working at once"
     else:
         grace = f"with a grace period: the previous value stays valid until {until}"
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -152,11 +126,11 @@ def _token_rotated(cursor: Cursor, event: DeployToken.Rotated, position: int) ->
     )
 
 
-def _token_expired(cursor: Cursor, event: DeployToken.Expired, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _token_expired(trail: AuditBatch, event: DeployToken.Expired, position: int) -> None:
+    subject = trail.subject_of(event, position)
     expires_at = iso(event.expires_at)
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -174,10 +148,10 @@ def _interval_details(interval: int, message_id: str | None = None) -> dict[str,
     }
 
 
-def _token_notification_due(cursor: Cursor, event: DeployToken.NotificationDue, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _token_notification_due(trail: AuditBatch, event: DeployToken.NotificationDue, position: int) -> None:
+    subject = trail.subject_of(event, position)
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -188,12 +162,12 @@ def _token_notification_due(cursor: Cursor, event: DeployToken.NotificationDue, 
 
 
 def _token_notification_claimed(
-    cursor: Cursor, event: DeployToken.NotificationClaimed, position: int
+    trail: AuditBatch, event: DeployToken.NotificationClaimed, position: int
 ) -> None:
-    subject = subject_of(cursor, event)
+    subject = trail.subject_of(event, position)
     lease_until = iso(event.lease_until)
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -203,10 +177,12 @@ def _token_notification_claimed(
     )
 
 
-def _token_notification_failed(cursor: Cursor, event: DeployToken.NotificationFailed, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _token_notification_failed(
+    trail: AuditBatch, event: DeployToken.NotificationFailed, position: int
+) -> None:
+    subject = trail.subject_of(event, position)
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -217,11 +193,11 @@ def _token_notification_failed(cursor: Cursor, event: DeployToken.NotificationFa
     )
 
 
-def _token_notified(cursor: Cursor, event: DeployToken.Notified, position: int) -> None:
-    subject = subject_of(cursor, event)
+def _token_notified(trail: AuditBatch, event: DeployToken.Notified, position: int) -> None:
+    subject = trail.subject_of(event, position)
     count = len(event.recipients)
     record_for(
-        cursor,
+        trail,
         event,
         position,
         subject,
@@ -232,7 +208,7 @@ def _token_notified(cursor: Cursor, event: DeployToken.Notified, position: int) 
     )
 
 
-TOKEN_HANDLERS: Final[tuple[EventHandler, ...]] = (
+TOKEN_HANDLERS: Final[tuple[HandlerEntry[AuditBatch], ...]] = (
     on(DeployToken.Created, _token_created),
     on(DeployToken.Scoped, _token_scoped),
     on(DeployToken.Revoked, _token_revoked),

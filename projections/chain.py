@@ -54,9 +54,6 @@ class EventChain(Projection):
 
     def __init__(self, checkpoint_key: bytes) -> None:
         self._key = checkpoint_key
-        # The last link written through the current batch's cursor: within one batch transaction (the
-        # projector holds the tracking row lock) it is the predecessor, so no query is needed per event.
-        self._last: tuple[Cursor, str, int] | None = None
 
     def schema(self) -> Sequence[str]:
         return (
@@ -68,28 +65,31 @@ class EventChain(Projection):
         )
 
     def apply_stored(self, cursor: Cursor, notification: Notification, decode: Decode) -> None:
-        if self._last is not None and self._last[0] is cursor:
-            previous, sequence = self._last[1], self._last[2]
-        else:
-            row = cursor.execute(
-                "SELECT chain_hash, sequence FROM event_chain WHERE position < ? ORDER BY position DESC LIMIT 1",
-                (notification.id,),
-            ).fetchone()
-            previous, sequence = (str(row[0]), int(row[1])) if row else (GENESIS, 0)
-        this_event = event_hash(notification)
-        chain_hash = link(previous, this_event)
-        sequence += 1
-        cursor.execute(
-            "INSERT INTO event_chain (position, sequence, event_hash, chain_hash) VALUES (?, ?, ?, ?)",
-            (notification.id, sequence, this_event, chain_hash),
-        )
-        self._last = (cursor, chain_hash, sequence)
-        if sequence % CHECKPOINT_EVERY == 0:
-            self._checkpoint(cursor, notification.id, chain_hash)
+        self.apply_batch(cursor, (notification,), decode)
 
-    def _checkpoint(self, cursor: Cursor, position: int, chain_hash: str) -> None:
-        cursor.execute(
+    def apply_batch(self, cursor: Cursor, notifications: Sequence[Notification], decode: Decode) -> None:
+        """Every event is linked (none is decoded): one read of the link before the batch, one bulk insert."""
+        if not notifications:
+            return
+        row = cursor.execute(
+            "SELECT chain_hash, sequence FROM event_chain WHERE position < ? ORDER BY position DESC LIMIT 1",
+            (notifications[0].id,),
+        ).fetchone()
+        previous, sequence = (str(row[0]), int(row[1])) if row else (GENESIS, 0)
+        links: list[tuple[int, int, str, str]] = []
+        checkpoints: list[tuple[int, str, str]] = []
+        for notification in notifications:
+            this_event = event_hash(notification)
+            previous = link(previous, this_event)
+            sequence += 1
+            links.append((notification.id, sequence, this_event, previous))
+            if sequence % CHECKPOINT_EVERY == 0:
+                checkpoints.append(
+                    (notification.id, previous, sign_checkpoint(self._key, notification.id, previous))
+                )
+        cursor.insert_many("event_chain", ("position", "sequence", "event_hash", "chain_hash"), links)
+        cursor.executemany(
             "INSERT INTO chain_checkpoints (position, chain_hash, signature) VALUES (?, ?, ?) "
             "ON CONFLICT (position) DO NOTHING",
-            (position, chain_hash, sign_checkpoint(self._key, position, chain_hash)),
+            checkpoints,
         )

@@ -1,43 +1,60 @@
 """The in-memory credential index: each API process's replica of the credential-lookup projection.
 
-Auth checks are the hot path, so they never query the database: a token is found by its keyed digest in a
-dict (O(1)), and the namespace tree and settings are in memory too. The replica follows the projection by
-position (every row carries the position of the event that last changed it), so a refresh reads only what
-changed. Freshness is checked, not assumed: a refresh *confirms* the replica when the projection had reached
-the head of the event log, and a check made more than ``max_staleness`` seconds after the last confirmation
-fails closed (``StaleIndex``: "try again", never an allow).
+Auth checks are the hot path, so they never query the database: a live token is found by its keyed digest in
+a dict (O(1)), dead ones (revoked, deleted, expired) in a compact table of digest prefixes that still gives the
+reason they are refused (``projections.compact_tokens``), and the namespace tree and settings are in memory too.
+A million tokens, half of them dead, take about 135 MB and load in about 2.5 to 3.5 s of CPU
+(benchmarks/index_scale.py).
+
+The replica follows the projection by position (every row carries the position of the event that last changed
+it), so a refresh reads only what changed; tokens whose expiry (or a rotated-out value's grace) passed since the
+last refresh are taken out of memory as the index's clock passes them. Freshness is checked, not assumed: a
+refresh *confirms* the replica when the projection had reached the head of the event log, and a check made more
+than ``max_staleness`` seconds after the last confirmation fails closed (``StaleIndex``: "try again", never an
+allow).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, Final, TypeVar, cast
 
+from domain.clock import Clock, SystemClock
 from domain.instance_settings import KNOWN_FEATURES
 from domain.token_values import DEPLOY_TOKEN_PREFIX, has_token_length, is_well_formed
-from infrastructure.db import Database
+from infrastructure.db import Cursor, Database, to_datetime
 from infrastructure.keys import Keyring
 from infrastructure.store import EventStore
-from projections.access import Action, AuthRequest, Decision, Reason, decide
+from projections.access import Action, AuthRequest, Decision, Reason, TokenFacts, decide
 from projections.base import PROJECTIONS_CHANNEL
+from projections.compact_tokens import (
+    DEAD_PACKED_SQL,
+    DEAD_PAGE_SQL,
+    DELETED,
+    EXPIRED,
+    REVOKED,
+    CustomNamedToken,
+    DeadDigests,
+    DeadDigestsLoader,
+    DeadToken,
+    LiveToken,
+    token_class,
+    unpack_dead,
+)
 from projections.credentials import (
     NAMESPACE_COLUMNS,
     PROJECT_COLUMNS,
-    TOKEN_COLUMNS,
     CredentialLookup,
     InstanceRecord,
     NamespaceRecord,
     ProjectRecord,
-    TokenRecord,
     namespace_from_row,
     project_from_row,
-    token_from_row,
 )
 from projections.follower import Follower
 
@@ -81,6 +98,39 @@ def _drop(by_id: dict[int, R], by_path: dict[str, R], number: int, path_of: Call
         del by_path[path_of(previous)]
 
 
+# The index keys tokens by the first 16 bytes of their keyed digest (HMAC-SHA256), not all 32: half a million
+# keys take 8 MB less, and 128 bits still part every token from every other (two of a million tokens share a
+# key with a chance of about 10^-27) and from any value an attacker can try (the digest is keyed, and finding
+# a value for a given 128-bit prefix would take some 2^128 tries even with the key).
+KEY_BYTES: Final = 16
+
+# A token row as the index reads it. The username column is NULL where it is the default one, which the index
+# derives from the id rather than keep (``compact_tokens``); ``state`` is why a token is dead (0: live), decided
+# by the database against the index's clock.
+_LIVE: Final = 0
+_USERNAME = "CASE WHEN username = 'gitlab+deploy-token-' || token_id THEN NULL ELSE username END"
+_TOKEN_ROW = (
+    f"token_id, {_USERNAME}, holder_kind, holder_id, scopes, expires_at, CASE WHEN deleted_at IS NOT NULL "
+    f"THEN {DELETED} WHEN revoked_at IS NOT NULL THEN {REVOKED} WHEN expires_at <= ? THEN {EXPIRED} "
+    f"ELSE {_LIVE} END, substr(digest, 1, {2 * KEY_BYTES}), previous_digest, previous_valid_until"
+)
+# The first load reads live and dead tokens apart, each with only what the index keeps of it.
+_LIVE_ROW = (
+    f"{_USERNAME}, holder_kind, holder_id, scopes, expires_at, substr(digest, 1, {2 * KEY_BYTES}), "
+    "previous_digest, previous_valid_until"
+)
+_LIVE_WHERE = "revoked_at IS NULL AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+_DEAD = "(deleted_at IS NOT NULL OR revoked_at IS NOT NULL OR expires_at <= ?)"
+# Rows per query of the first load: each page's rows are turned into records and dropped before the next is
+# read, so the load never holds the whole table as Python rows.
+LOAD_PAGE: Final = 5_000
+# Rows per page of dead tokens (aggregated by the database into three values of 8 bytes a token).
+DEAD_PAGE_ROWS: Final = 100_000
+# How often, at most, the index asks which tokens expired (and which rotated-out values' grace ended) since it
+# last asked. Only memory waits for it: a token still held is refused at its expiry by ``decide`` itself.
+SWEEP_EVERY_SECONDS: Final = 5.0
+
+
 class CredentialIndex:
     def __init__(
         self,
@@ -90,17 +140,27 @@ class CredentialIndex:
         *,
         max_staleness: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self._db = db
         self._store = store
         self._keys = keys
+        self._digest_bytes = keys.digest_bytes  # bound once: every check calls it
         self.max_staleness = max_staleness
         self._monotonic = monotonic
+        self._clock: Clock = clock or SystemClock()
         # Serialises refreshes. An auth check never waits for it (see ensure_fresh).
         self._lock = threading.Lock()
         self._following = False
-        self._tokens_by_digest: dict[str, TokenRecord] = {}
-        self._tokens: dict[int, TokenRecord] = {}
+        self._loaded = False
+        # Live tokens by their current digest, and by id (ids come from one sequence, so a list is dense).
+        self._live: dict[bytes, LiveToken] = {}
+        self._by_id: list[LiveToken | None] = []
+        # Rotated-out values still within their grace period: the token they stand for, and until when.
+        self._grace: dict[bytes, tuple[TokenFacts, datetime]] = {}
+        self._grace_by_id: dict[int, bytes] = {}
+        self._dead = DeadDigests()
+        self._swept_until: datetime | None = None
         self._projects: dict[int, ProjectRecord] = {}
         self._projects_by_path: dict[str, ProjectRecord] = {}
         self._namespaces: dict[int, NamespaceRecord] = {}
@@ -117,33 +177,44 @@ class CredentialIndex:
             return self._refresh_locked()
 
     def _refresh_locked(self) -> bool:
-        """The refresh itself; the caller holds ``_lock``."""
+        """The refresh itself; the caller holds ``_lock``.
+
+        What changed is read in one snapshot together with the log's head, so the confirmation compares the
+        projection's position with the head as of the very rows applied; on PostgreSQL the reads go in one
+        pipeline, one network round trip (this runs after every command, for read-your-writes).
+        """
         started = self._monotonic()
-        head = self._store.head()
-        with self._db.read() as cursor:
-            row = cursor.execute(
-                "SELECT position FROM projection_tracking WHERE name = ?", (CredentialLookup.name,)
-            ).fetchone()
-            projected = int(row[0]) if row else 0
-            since = self.position
-            tokens = cursor.execute(
-                f"SELECT {TOKEN_COLUMNS} FROM cred_tokens WHERE position > ?", (since,)
-            ).fetchall()
-            namespaces = cursor.execute(
-                f"SELECT {NAMESPACE_COLUMNS} FROM cred_namespaces WHERE position > ?", (since,)
-            ).fetchall()
-            projects = cursor.execute(
-                f"SELECT {PROJECT_COLUMNS} FROM cred_projects WHERE position > ?", (since,)
-            ).fetchall()
-            settings = cursor.execute(
+        now = self._clock.now()
+        since = self.position
+        loaded = self._loaded
+        queries: list[tuple[str, Sequence[Any]]] = [
+            (self._store.head_sql, ()),
+            ("SELECT position FROM projection_tracking WHERE name = ?", (CredentialLookup.name,)),
+            (f"SELECT {NAMESPACE_COLUMNS} FROM cred_namespaces WHERE position > ?", (since,)),
+            (f"SELECT {PROJECT_COLUMNS} FROM cred_projects WHERE position > ?", (since,)),
+            (
                 "SELECT external_authorization_enabled, features FROM cred_settings WHERE position > ?",
                 (since,),
-            ).fetchone()
-            removed = cursor.execute(
-                "SELECT kind, removed_id FROM cred_removed WHERE position > ?", (since,)
-            ).fetchall()
-        for token_row in tokens:
-            self._put_token(token_from_row(token_row))
+            ),
+            ("SELECT kind, removed_id FROM cred_removed WHERE position > ?", (since,)),
+        ]
+        if not loaded:
+            with self._db.read() as cursor:
+                self._load_tokens(cursor, now)
+                results = [cursor.execute(sql, params).fetchall() for sql, params in queries]
+        else:
+            queries.append((f"SELECT {_TOKEN_ROW} FROM cred_tokens WHERE position > ?", (now, since)))
+            sweep_from = self._sweep_due(now)
+            if sweep_from is not None:
+                queries += self._sweep_queries(sweep_from, now)
+            results = self._db.read_each(queries)
+            self._apply_tokens(results[6], now)
+            if sweep_from is not None:
+                self._sweep(results[7], results[8], now)
+        head_rows, tracked, namespaces, projects, settings_rows, removed = results[:6]
+        head = int(head_rows[0][0] or 0) if head_rows else 0
+        projected = int(tracked[0][0]) if tracked else 0
+        settings = settings_rows[0] if settings_rows else None
         # Deleted groups and projects first, then the rows that changed: a path freed by one and taken by
         # another in the same refresh ends up naming the new one, in whichever order they came.
         for kind, number in removed:
@@ -168,16 +239,176 @@ class CredentialIndex:
             self.confirmed_at = started
         return projected >= head
 
-    def _put_token(self, token: TokenRecord) -> None:
-        previous = self._tokens.get(token.token_id)
+    # Tokens ------------------------------------------------------------------------------------------
+
+    def _load_tokens(self, cursor: Cursor, now: datetime) -> None:
+        """The first refresh: every token row, a page at a time, in the refresh's one snapshot.
+
+        Dead tokens first, straight into flat arrays (the database packs a whole page of them into three byte
+        strings, ``DEAD_PAGE_SQL``), sorted once; then the live ones, as records. Each page's rows are dropped
+        before the next is read, and the dead tokens' sort is done before any record exists, so what the load
+        allocates for a while is not left scattered between the records it keeps. Values that many tokens share
+        (holder ids, scope sets, token classes, expiry instants) are kept once.
+        """
+        dialect = self._db.dialect
+        row = cursor.execute("SELECT MAX(token_id) FROM cred_tokens").fetchone()
+        highest = int(row[0]) if row and row[0] is not None else -1
+        by_id: list[LiveToken | None] = [None] * (highest + 1)
+        holders: dict[int, int] = {}
+        dead = DeadDigestsLoader()
+        for prefixes, packed, holder_ids in _dead_pages(cursor, dialect, now):
+            if prefixes is not None:  # NULL: a page of ids with no dead token among them
+                dead.add_page(prefixes, packed, holder_ids)
+        # The rare dead token whose rotated-out value is still within its grace: that value answers for it.
+        graced: list[tuple[int, str, Any, TokenFacts]] = []
+        for packed, holder_id, previous, until in cursor.execute(
+            f"SELECT {DEAD_PACKED_SQL}, holder_id, previous_digest, previous_valid_until FROM cred_tokens "
+            f"WHERE {_DEAD} AND previous_digest IS NOT NULL AND previous_valid_until > ?",
+            (now, now),
+        ).fetchall():
+            dead_token = unpack_dead(int(packed), int(holder_id))
+            graced.append((dead_token.token_id, previous, until, dead_token))
+        self._dead = dead.build()
+        live = self._live
+        fromhex = bytes.fromhex
+        classes: dict[tuple[str, str, bool], type[LiveToken]] = {}
+        expiries: dict[Any, datetime] = {}
+        for page in _pages(
+            cursor,
+            dialect,
+            f"SELECT token_id, {_LIVE_ROW} FROM cred_tokens WHERE {_LIVE_WHERE}",
+            now,
+            highest,
+        ):
+            for token_id, username, holder_kind, holder_id, scopes, expires, digest, previous, until in page:
+                key = fromhex(digest)
+                token_class_ = classes.get((holder_kind, scopes, username is not None))
+                if token_class_ is None:
+                    token_class_ = classes[holder_kind, scopes, username is not None] = token_class(
+                        holder_kind, _scope_set(scopes), username is not None
+                    )
+                expires_at = expiries.get(expires)
+                if expires_at is None and expires is not None:
+                    expires_at = expiries[expires] = _moment(expires)
+                holder_id = holders.setdefault(holder_id, holder_id)
+                if username is None:
+                    token = token_class_(token_id, holder_id, expires_at, key)
+                else:
+                    token = cast(type[CustomNamedToken], token_class_)(
+                        token_id, holder_id, expires_at, key, username
+                    )
+                live[key] = token
+                by_id[token_id] = token
+                if previous is not None and until is not None:
+                    graced.append((token_id, previous, until, token))
+        self._by_id = by_id
+        for token_id, previous, until, target in graced:
+            self._keep_grace(token_id, previous, _moment(until), target, now)
+        self._swept_until = now
+        self._loaded = True
+
+    def _apply_tokens(self, rows: Sequence[Sequence[Any]], now: datetime) -> None:
+        """Rows changed since the last refresh: each token's old entries go, its new state comes in."""
+        for (
+            token_id,
+            username,
+            holder_kind,
+            holder_id,
+            scopes,
+            expires,
+            state,
+            digest,
+            previous,
+            until,
+        ) in rows:
+            token_id, holder_id = int(token_id), int(holder_id)
+            self._forget(token_id)
+            key = bytes.fromhex(digest)
+            target: TokenFacts
+            if state == _LIVE:
+                self._dead.discard(key, token_id)
+                scope_set = frozenset(scopes.split(",")) if scopes else frozenset()
+                token_class_ = token_class(holder_kind, scope_set, username is not None)
+                expires_at = _moment(expires) if expires is not None else None
+                token = (
+                    token_class_(token_id, holder_id, expires_at, key)
+                    if username is None
+                    else cast(type[CustomNamedToken], token_class_)(
+                        token_id, holder_id, expires_at, key, username
+                    )
+                )
+                self._live[key] = token
+                if token_id >= len(self._by_id):
+                    self._by_id.extend([None] * (token_id + 1 - len(self._by_id)))
+                self._by_id[token_id] = token
+                target = token
+            else:
+                self._dead.put(key, token_id, int(state), holder_kind, holder_id)
+                target = DeadToken(token_id, int(state), holder_kind, holder_id)
+            if previous is not None and until is not None:
+                self._keep_grace(token_id, previous, _moment(until), target, now)
+
+    def _keep_grace(
+        self, token_id: int, previous: str, until: datetime, target: TokenFacts, now: datetime
+    ) -> None:
+        """A rotated-out value stands for its token until its grace ends (behaviour [rotation])."""
+        if now < until:
+            key = bytes.fromhex(previous[: 2 * KEY_BYTES])
+            self._grace[key] = (target, until)
+            self._grace_by_id[token_id] = key
+
+    def _forget(self, token_id: int) -> None:
+        """Drop what the index holds for a live token, and its rotated-out value (dead entries are overwritten
+        in place when the same digest comes again)."""
+        if token_id < len(self._by_id):
+            token = self._by_id[token_id]
+            if token is not None:
+                self._by_id[token_id] = None
+                self._live.pop(token.digest, None)
+        previous = self._grace_by_id.pop(token_id, None)
         if previous is not None:
-            self._tokens_by_digest.pop(previous.digest, None)
-            if previous.previous_digest:
-                self._tokens_by_digest.pop(previous.previous_digest, None)
-        self._tokens[token.token_id] = token
-        self._tokens_by_digest[token.digest] = token
-        if token.previous_digest:
-            self._tokens_by_digest[token.previous_digest] = token
+            self._grace.pop(previous, None)
+
+    def _sweep_due(self, now: datetime) -> datetime | None:
+        """Since when to sweep, if a sweep is due: at most every ``SWEEP_EVERY_SECONDS``."""
+        last = self._swept_until
+        if last is None or (now - last).total_seconds() < SWEEP_EVERY_SECONDS:
+            return None  # including a clock set back: what was swept stays swept
+        return last
+
+    @staticmethod
+    def _sweep_queries(last: datetime, now: datetime) -> list[tuple[str, Sequence[Any]]]:
+        """The tokens that expired since the last sweep, and the rotated-out values whose grace ended: the
+        database tells which (indexed), so the index keeps no timetable of its own."""
+        return [
+            (
+                "SELECT token_id FROM cred_tokens WHERE expires_at > ? AND expires_at <= ? "
+                "AND revoked_at IS NULL AND deleted_at IS NULL",
+                (last, now),
+            ),
+            (
+                "SELECT token_id FROM cred_tokens WHERE previous_valid_until > ? AND previous_valid_until <= ?",
+                (last, now),
+            ),
+        ]
+
+    def _sweep(
+        self, expired: Sequence[Sequence[Any]], graced: Sequence[Sequence[Any]], now: datetime
+    ) -> None:
+        """Take out of memory what ``_sweep_queries`` found."""
+        for (number,) in expired:
+            token_id = int(number)
+            token = self._by_id[token_id] if token_id < len(self._by_id) else None
+            if token is not None and token.is_expired(now):
+                self._by_id[token_id] = None
+                self._live.pop(token.digest, None)
+                self._dead.put(token.digest, token_id, EXPIRED, token.holder_kind, token.holder_id)
+        for (number,) in graced:
+            previous = self._grace_by_id.get(int(number))
+            if previous is not None and self._grace[previous][1] <= now:
+                del self._grace_by_id[int(number)]
+                del self._grace[previous]
+        self._swept_until = now
 
     def on_projected(self, _position: int) -> None:
         """Projector listener: the process that wrote sees its write at once (read-your-writes)."""
@@ -227,17 +458,21 @@ class CredentialIndex:
         if not current:
             raise StaleIndex("credential data is behind the event log; try again")
 
-    def lookup(self, value: str, now: datetime) -> TokenRecord | None:
-        """The token a secret belongs to; a rotated-out secret only within its grace period."""
-        digest = self._keys.digest(value)
-        token = self._tokens_by_digest.get(digest)
-        if token is None:
-            return None
-        if hmac.compare_digest(token.digest, digest):
+    def lookup(self, value: str, now: datetime) -> TokenFacts | None:
+        """The token a secret belongs to (a dead one too, to say why it is refused); a rotated-out secret only
+        within its grace period."""
+        digest = self._keys.digest_bytes(value)[:KEY_BYTES]
+        token = self._live.get(digest)
+        if token is not None:
             return token
-        if token.previous_valid_until is not None and now < token.previous_valid_until:
-            return token
-        return None
+        return self._missed(digest, now)
+
+    def _missed(self, digest: bytes, now: datetime) -> TokenFacts | None:
+        """A digest no live token has now: a rotated-out value in its grace, a dead token, or nothing."""
+        grace = self._grace.get(digest)
+        if grace is not None:
+            return grace[0] if now < grace[1] else None
+        return self._dead.get(digest)
 
     def resolve(self, resource: Resource | None) -> ProjectRecord | NamespaceRecord | None:
         if resource is None:
@@ -281,9 +516,13 @@ class CredentialIndex:
         if not has_token_length(value, DEPLOY_TOKEN_PREFIX):
             return _MALFORMED
         self.ensure_fresh()
-        token = self.lookup(value, now)
-        if token is None and not is_well_formed(value, DEPLOY_TOKEN_PREFIX):
-            return _MALFORMED
+        # lookup(), inline: this runs on every check
+        digest = self._digest_bytes(value)[:KEY_BYTES]
+        token: TokenFacts | None = self._live.get(digest)
+        if token is None:
+            token = self._missed(digest, now)
+            if token is None and not is_well_formed(value, DEPLOY_TOKEN_PREFIX):
+                return _MALFORMED
         # tuple.__new__: a named tuple's generated __new__ is a Python call, and this runs on every check
         request = tuple.__new__(AuthRequest, (action, username, check_username, exact_group_only))
         return decide(
@@ -294,11 +533,63 @@ class CredentialIndex:
             now=now,
         )
 
-    def token(self, token_id: int) -> TokenRecord | None:
-        return self._tokens.get(token_id)
-
     def instance(self) -> InstanceRecord:
         return self._instance
 
     def __len__(self) -> int:
-        return len(self._tokens)
+        """Live tokens held (dead ones are counted by ``dead_tokens``)."""
+        return len(self._live)
+
+    @property
+    def dead_tokens(self) -> int:
+        return len(self._dead)
+
+    @property
+    def grace_values(self) -> int:
+        return len(self._grace)
+
+
+def _pages(
+    cursor: Cursor, dialect: str, select: str, now: datetime, highest: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of ``select`` (whose only parameter is the clock's now) a page at a time.
+
+    SQLite steps through one query's result as it is fetched. A psycopg cursor receives a whole result at
+    once, so on PostgreSQL each page is a query of its own over a range of token ids (ids are dense), in the
+    caller's snapshot: a range, not a LIMIT, so that the plan reads only that range whatever the planner
+    believes of the filter (a table just filled in bulk has no statistics yet).
+    """
+    if dialect == "sqlite":
+        cursor.execute(select, (now,))
+        while rows := cursor.fetchmany(LOAD_PAGE):
+            yield rows
+        return
+    page = f"{select} AND token_id > ? AND token_id <= ?"
+    for start in range(0, highest + 1, LOAD_PAGE):
+        rows = cursor.execute(page, (now, start, start + LOAD_PAGE)).fetchall()
+        if rows:
+            yield rows
+
+
+def _dead_pages(cursor: Cursor, dialect: str, now: datetime) -> Iterator[tuple[Any, Any, Any]]:
+    """The dead tokens as ``DEAD_PAGE_SQL`` pages, by ranges of ``DEAD_PAGE_ROWS`` rows in storage order:
+    SQLite's rowid (its primary key on token_id is a separate index), PostgreSQL's token ids (dense). A page
+    of aggregates is a few megabytes at most, so the load never holds the whole result at once."""
+    key = "rowid" if dialect == "sqlite" else "token_id"
+    row = cursor.execute(f"SELECT MAX({key}) FROM cred_tokens").fetchone()
+    highest = int(row[0]) if row and row[0] is not None else 0
+    select = f"{DEAD_PAGE_SQL[dialect]} WHERE {_DEAD} AND {key} > ? AND {key} <= ?"
+    for start in range(0, highest, DEAD_PAGE_ROWS):
+        page = cursor.execute(select, (now, start, start + DEAD_PAGE_ROWS)).fetchone()
+        if page is not None:
+            yield page[0], page[1], page[2]
+
+
+def _scope_set(scopes: str) -> frozenset[str]:
+    return frozenset(scopes.split(",")) if scopes else frozenset()
+
+
+def _moment(value: Any) -> datetime:
+    moment = to_datetime(value)
+    assert moment is not None
+    return moment

@@ -48,6 +48,10 @@ class TokenRecord:
     def revoked(self) -> bool:
         return self.revoked_at is not None
 
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
     @cached_property
     def scope_set(self) -> frozenset[str]:
         """Computed once per record: the auth hot path tests scopes as sets."""
@@ -435,6 +439,11 @@ class CredentialLookup(EventProjection):
             "CREATE INDEX IF NOT EXISTS cred_tokens_previous_digest ON cred_tokens (previous_digest)",
             "CREATE INDEX IF NOT EXISTS cred_tokens_holder ON cred_tokens (holder_kind, holder_id, token_id)",
             "CREATE INDEX IF NOT EXISTS cred_tokens_position ON cred_tokens (position)",
+            # The in-memory index asks which tokens expired, and which rotated-out values' grace ended, since it
+            # last looked, to take them out of memory (projections/credential_index.py).
+            "CREATE INDEX IF NOT EXISTS cred_tokens_expiry ON cred_tokens (expires_at) WHERE expires_at IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS cred_tokens_grace ON cred_tokens (previous_valid_until) "
+            "WHERE previous_valid_until IS NOT NULL",
             """CREATE TABLE IF NOT EXISTS cred_namespaces (
                 namespace_id BIGINT PRIMARY KEY, stream_id TEXT NOT NULL, kind TEXT NOT NULL,
                 name TEXT NOT NULL, path TEXT NOT NULL, full_path TEXT NOT NULL, full_path_lower TEXT NOT NULL,

@@ -40,10 +40,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from eventsourcing.persistence import Notification
+
 from domain.clock import as_utc, start_of_day
 from domain.deploy_token import INTERVALS, DeployToken
 from infrastructure.db import Cursor, to_datetime
-from projections.base import EventHandler, EventHandlers, EventProjection, StreamEvent, on
+from projections.base import BatchedEventProjection, EventHandlers, HandlerEntry, KeyedRows, StreamEvent, on
 
 TABLE: Final = "expiry_notifications"
 
@@ -56,6 +58,30 @@ _PER_INTERVAL_SCHEMA: Final = ", ".join(
 )
 _NOTIFIED_COLUMNS: Final = ", ".join(f"notified_{i}_at" for i in INTERVALS)
 _CLAIM_COLUMNS: Final = ", ".join(f"claim_{i}_until" for i in INTERVALS)
+
+_ALL_COLUMNS: Final = (
+    "token_id",
+    "stream_id",
+    "holder_kind",
+    "holder_id",
+    "name",
+    "expires_at",
+    "revoked",
+    "deleted",
+    "expiry_recorded",
+    *(
+        f"{prefix}_{i}_{suffix}"
+        for i in INTERVALS
+        for prefix, suffix in (
+            ("notified", "at"),
+            ("notified", "message_id"),
+            ("claim", "until"),
+            ("claim", "message_id"),
+        )
+    ),
+    "next_due_at",
+    "position",
+)
 
 DUE_TOKEN_COLUMNS: Final = (
     "token_id, holder_kind, holder_id, name, expires_at, expiry_recorded, revoked, deleted, next_due_at, "
@@ -133,90 +159,96 @@ def _interval(
     return interval
 
 
-def _token_created(cursor: Cursor, event: DeployToken.Created, position: int) -> None:
+def _token_created(rows: KeyedRows, event: DeployToken.Created, position: int) -> None:
     if event.expires_at is None:
         return
     expires_at = as_utc(event.expires_at)
-    cursor.execute(
-        f"INSERT INTO {TABLE} (token_id, stream_id, holder_kind, holder_id, name, expires_at, revoked, "
-        "deleted, expiry_recorded, next_due_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            event.token_id,
-            str(event.originator_id),
-            event.holder_kind,
-            event.holder_id,
-            event.name,
-            expires_at,
-            False,
-            False,
-            False,
-            next_due_at(expires_at, ()),
-            position,
-        ),
+    rows.insert(
+        {
+            "token_id": event.token_id,
+            "stream_id": str(event.originator_id),
+            "holder_kind": event.holder_kind,
+            "holder_id": event.holder_id,
+            "name": event.name,
+            "expires_at": expires_at,
+            "revoked": False,
+            "deleted": False,
+            "expiry_recorded": False,
+            "next_due_at": next_due_at(expires_at, ()),
+            "position": position,
+        }
     )
 
 
 def _finished(
     event_class: type[DeployToken.Revoked | DeployToken.Deleted | DeployToken.Expired], flag: str
-) -> EventHandler:
+) -> HandlerEntry[KeyedRows]:
     """Revoked, Deleted, Expired: nothing can be due any more."""
 
-    def handler(cursor: Cursor, event: StreamEvent, position: int) -> None:
-        cursor.execute(
-            f"UPDATE {TABLE} SET {flag} = ?, next_due_at = NULL, position = ? WHERE stream_id = ?",
-            (True, position, str(event.originator_id)),
-        )
+    def handler(rows: KeyedRows, event: StreamEvent, position: int) -> None:
+        rows.update(str(event.originator_id), **{flag: True, "next_due_at": None, "position": position})
 
     return on(event_class, handler)
 
 
-def _notification_claimed(cursor: Cursor, event: DeployToken.NotificationClaimed, position: int) -> None:
+def _notification_claimed(rows: KeyedRows, event: DeployToken.NotificationClaimed, position: int) -> None:
     interval = _interval(event)
-    cursor.execute(
-        f"UPDATE {TABLE} SET claim_{interval}_until = ?, claim_{interval}_message_id = ?, position = ? "
-        "WHERE stream_id = ?",
-        (event.lease_until, event.message_id, position, str(event.originator_id)),
+    rows.update(
+        str(event.originator_id),
+        **{
+            f"claim_{interval}_until": event.lease_until,
+            f"claim_{interval}_message_id": event.message_id,
+            "position": position,
+        },
     )
 
 
-def _notification_failed(cursor: Cursor, event: DeployToken.NotificationFailed, position: int) -> None:
+def _notification_failed(rows: KeyedRows, event: DeployToken.NotificationFailed, position: int) -> None:
     """The sender gave its claim back: a retry need not wait for the lease; the token stays due."""
     interval = _interval(event)
-    cursor.execute(
-        f"UPDATE {TABLE} SET claim_{interval}_until = NULL, claim_{interval}_message_id = NULL, position = ? "
-        "WHERE stream_id = ?",
-        (position, str(event.originator_id)),
+    rows.update(
+        str(event.originator_id),
+        **{f"claim_{interval}_until": None, f"claim_{interval}_message_id": None, "position": position},
     )
 
 
-def _notified(cursor: Cursor, event: DeployToken.Notified, position: int) -> None:
+def _notified(rows: KeyedRows, event: DeployToken.Notified, position: int) -> None:
     interval = _interval(event)
     stream = str(event.originator_id)
-    row = cursor.execute(
-        f"SELECT expires_at, revoked, deleted, expiry_recorded, {_NOTIFIED_COLUMNS} FROM {TABLE} "
-        "WHERE stream_id = ?",
-        (stream,),
-    ).fetchone()
+    row = rows.get(stream)
     if row is None:  # a token without expiry
         return
-    expires_at = to_datetime(row[0])
+    expires_at = to_datetime(row["expires_at"])
     assert expires_at is not None
-    notified = {i for i, at in zip(INTERVALS, row[4:], strict=True) if at is not None} | {interval}
+    notified = {i for i in INTERVALS if row[f"notified_{i}_at"] is not None} | {interval}
     due = next_due_at(
-        expires_at, notified, revoked=bool(row[1]), deleted=bool(row[2]), expiry_recorded=bool(row[3])
+        expires_at,
+        notified,
+        revoked=bool(row["revoked"]),
+        deleted=bool(row["deleted"]),
+        expiry_recorded=bool(row["expiry_recorded"]),
     )
     # As the aggregate does, a recorded notification ends that interval's claim.
-    cursor.execute(
-        f"UPDATE {TABLE} SET notified_{interval}_at = ?, notified_{interval}_message_id = ?, "
-        f"claim_{interval}_until = NULL, claim_{interval}_message_id = NULL, next_due_at = ?, position = ? "
-        "WHERE stream_id = ?",
-        (event.timestamp, event.message_id, due, position, stream),
+    rows.update(
+        stream,
+        **{
+            f"notified_{interval}_at": event.timestamp,
+            f"notified_{interval}_message_id": event.message_id,
+            f"claim_{interval}_until": None,
+            f"claim_{interval}_message_id": None,
+            "next_due_at": due,
+            "position": position,
+        },
     )
 
 
-class ExpiryNotifications(EventProjection):
+class ExpiryNotifications(BatchedEventProjection[KeyedRows]):
     """Rows only for tokens with an expiry: a token without one can never be due (no event sets an expiry
-    later), so giving it a row would only grow the table with rows no query wants."""
+    later), so giving it a row would only grow the table with rows no query wants.
+
+    Every event changes the row of its own token: a batch reads those rows in one query and writes each
+    once (``KeyedRows``), instead of a statement per event.
+    """
 
     name = "expiry_notifications"
     tables = (TABLE,)
@@ -229,6 +261,14 @@ class ExpiryNotifications(EventProjection):
         on(DeployToken.NotificationFailed, _notification_failed),
         on(DeployToken.Notified, _notified),
     )
+
+    def open_batch(self, cursor: Cursor, notifications: Sequence[Notification]) -> KeyedRows:
+        rows = KeyedRows(cursor, TABLE, "stream_id", _ALL_COLUMNS)
+        rows.prefetch(str(notification.originator_id) for notification in notifications)
+        return rows
+
+    def close_batch(self, context: KeyedRows) -> None:
+        context.flush()
 
     def schema(self) -> Sequence[str]:
         return (

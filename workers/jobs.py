@@ -1,25 +1,30 @@
 """RQ job functions and the dispatchers that hand expiry emails to them (or send in-process when embedded).
 
-Job functions run in RQ's work-horse (a forked child): each opens its own runtime lazily, so no database
-connection ever crosses a fork.
+The scan hands its emails over a page at a time: embedded, they are sent at once over one SMTP connection;
+with Redis, each run of up to ``MAILS_PER_JOB`` becomes one mail job (one connection, one work-horse), retried
+with back-off for the emails it could not deliver. Job functions run in RQ's work-horse (a forked child): each
+opens its own runtime lazily, so no database connection ever crosses a fork.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
+from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue, Retry, get_current_job
 from rq.exceptions import DuplicateJobError
 
 from deploy_tokens.expiry import ExpiryNotifier, ScanReport, SendOutcome
 from deploy_tokens.runtime import Runtime
 from domain.clock import as_utc
-from infrastructure.mail import MailDeliveryError
 from infrastructure.scan_runs import MailOutcome, ScanRuns
 from infrastructure.settings import Settings
 
@@ -28,6 +33,10 @@ log = logging.getLogger(__name__)
 QUEUE = "deploy-tokens"
 SCAN_HOUR_UTC = 1  # behaviour [notifications]: every day at 01:00 UTC
 MAIL_RETRY = Retry(max=4, interval=[30, 120, 600, 1800])
+# Emails per mail job: one SMTP connection each, and small enough that several workers share a big day.
+MAILS_PER_JOB = 100
+# A batch normally takes a second or two; a server that times out makes the sender give up after two tries.
+MAIL_JOB_TIMEOUT = 600
 
 _runtime: tuple[int, Runtime] | None = None
 
@@ -55,19 +64,19 @@ def mail_outcome(outcome: str) -> MailOutcome:
 
 
 class InlineDispatcher:
-    """Embedded mode and on-demand scans: send at once, in this process; a failure waits for the next run."""
+    """Embedded mode and on-demand scans: send at once, in this process, a page at a time over one connection;
+    a failure waits for the next run."""
 
     def __init__(self, notifier: ExpiryNotifier) -> None:
         self.notifier = notifier
         self.outcomes: list[tuple[int, int, str]] = []
 
     def __call__(self, token_id: int, interval: int) -> None:
-        try:
-            outcome = self.notifier.send(token_id, interval).value
-        except MailDeliveryError as error:
-            log.warning("expiry email not delivered; the interval stays open", extra={"token_id": token_id})
-            outcome = f"failed: {error}"
-        self.outcomes.append((token_id, interval, outcome))
+        self.dispatch_many([(token_id, interval)])
+
+    def dispatch_many(self, due: Sequence[tuple[int, int]]) -> None:
+        for result in self.notifier.send_many(due):
+            self.outcomes.append((result.token_id, result.interval, result.label))
 
 
 def run_inline_scan(
@@ -86,12 +95,7 @@ def run_inline_scan(
         runs.failed(scan_id, runtime.clock.now(), f"{type(error).__name__}: {error}")
         raise
     finally:
-        tally: dict[MailOutcome, int] = {}
-        for _, _, outcome in dispatcher.outcomes:
-            kind = mail_outcome(outcome)
-            tally[kind] = tally.get(kind, 0) + 1
-        for kind, count in tally.items():
-            runs.mail(scan_id, kind, count)
+        runs.mails(scan_id, Counter(mail_outcome(outcome) for _, _, outcome in dispatcher.outcomes))
     runs.finished(
         scan_id,
         runtime.clock.now(),
@@ -102,27 +106,39 @@ def run_inline_scan(
     return report, dispatcher.outcomes
 
 
-class RqDispatcher:
-    """Production: one RQ job per token and interval, with retries and back-off."""
+def mail_job_id(scan_id: str, due: Sequence[tuple[int, int]]) -> str:
+    """The RQ job id of one batch of a scan's mails: a scan retried with the same pages enqueues nothing new."""
+    digest = hashlib.sha256(json.dumps([list(item) for item in due]).encode()).hexdigest()[:20]
+    return f"expiry-mails-{scan_id}-{digest}"
 
-    def __init__(self, queue: Queue, scan_id: str) -> None:
+
+class RqDispatcher:
+    """Production: one RQ job per ``mails_per_job`` emails of a page (one SMTP connection each), with retries
+    and back-off."""
+
+    def __init__(self, queue: Queue, scan_id: str, *, mails_per_job: int = MAILS_PER_JOB) -> None:
         self.queue = queue
         self.scan_id = scan_id
+        self.mails_per_job = mails_per_job
 
     def __call__(self, token_id: int, interval: int) -> None:
-        with contextlib.suppress(DuplicateJobError):  # this scan already dispatched it
-            self.queue.enqueue(
-                send_expiry_email,
-                token_id,
-                interval,
-                self.scan_id,
-                job_id=f"expiry-mail-{token_id}-{interval}-{self.scan_id}",
-                unique=True,
-                retry=MAIL_RETRY,
-                result_ttl=3600,
-                failure_ttl=86400,
-                job_timeout=120,
-            )
+        self.dispatch_many([(token_id, interval)])
+
+    def dispatch_many(self, due: Sequence[tuple[int, int]]) -> None:
+        for start in range(0, len(due), self.mails_per_job):
+            batch = [(token_id, interval) for token_id, interval in due[start : start + self.mails_per_job]]
+            with contextlib.suppress(DuplicateJobError):  # this scan already dispatched it
+                self.queue.enqueue(
+                    send_expiry_emails,
+                    batch,
+                    self.scan_id,
+                    job_id=mail_job_id(self.scan_id, batch),
+                    unique=True,
+                    retry=MAIL_RETRY,
+                    result_ttl=3600,
+                    failure_ttl=86400,
+                    job_timeout=MAIL_JOB_TIMEOUT,
+                )
 
 
 def queue_for(settings: Settings) -> Queue:
@@ -133,9 +149,49 @@ def queue_for(settings: Settings) -> Queue:
 # Job functions (importable by RQ workers) ---------------------------------------------------------------
 
 
+class UndeliveredEmails(Exception):
+    """Some emails of a batch were not delivered; RQ tries the job again after its back-off."""
+
+
+def send_expiry_emails(due: Sequence[Sequence[int]], scan_id: str | None = None) -> list[list[object]]:
+    """A batch of a scan's emails over one SMTP connection; returns ``[token_id, interval, outcome]`` for each.
+
+    Raises while any was not delivered, so that RQ retries with back-off; a retry sends only what was not
+    settled by an earlier attempt (kept in the job's meta), so each email's outcome counts once in the scan's
+    record, and each failed attempt counts as one."""
+    items = [(int(token_id), int(interval)) for token_id, interval in due]
+    job = get_current_job()
+    settled = {
+        (int(token_id), int(interval)) for token_id, interval in (job.meta.get("settled", []) if job else [])
+    }
+    todo = [item for item in items if item not in settled]
+    runtime = job_runtime()
+    runs = ScanRuns(runtime.db) if scan_id is not None else None
+    try:
+        results = runtime.expiry_notifier().send_many(todo)
+    except Exception:
+        if runs is not None and scan_id is not None:
+            with contextlib.suppress(Exception):  # the record must never hide the error
+                runs.mails(scan_id, {"failed": len(todo)})
+        raise
+    if job is not None:
+        settled.update((r.token_id, r.interval) for r in results if r.outcome is not SendOutcome.FAILED)
+        job.meta["settled"] = sorted(settled)
+        job.save_meta()  # type: ignore[no-untyped-call]
+    if runs is not None and scan_id is not None:
+        runs.mails(scan_id, Counter(mail_outcome(r.label) for r in results))
+    failed = [r for r in results if r.outcome is SendOutcome.FAILED]
+    if failed:
+        raise UndeliveredEmails(
+            f"{len(failed)} of {len(todo)} expiry emails not delivered (first: token {failed[0].token_id}, "
+            f"{failed[0].label}); retried with back-off"
+        )
+    return [[r.token_id, r.interval, r.label] for r in results]
+
+
 def send_expiry_email(token_id: int, interval: int, scan_id: str | None = None) -> str:
-    """Raises on delivery failure so that RQ retries with back-off; the interval stays open meanwhile. The
-    outcome (a failed attempt too) counts in the record of the scan that dispatched it."""
+    """One email: the job of releases that queued one job per email, kept so that such jobs still run. Raises
+    on delivery failure so that RQ retries with back-off; the interval stays open meanwhile."""
     runtime = job_runtime()
     try:
         outcome: SendOutcome = runtime.expiry_notifier().send(token_id, interval)

@@ -19,14 +19,16 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
+import deploy_tokens.expiry
 from deploy_tokens.expiry import ScanReport, SendOutcome
 from deploy_tokens.runtime import Runtime
 from domain.actors import Actor
 from domain.clock import FixedClock, start_of_day
 from domain.instance_settings import EXPIRING_NOTIFICATIONS_FLAG
 from infrastructure.mail import SmtpMailer
+from infrastructure.scan_runs import ScanRuns
 from projections.notification_queries import due_tokens, notification_state
-from workers.jobs import QUEUE, InlineDispatcher, trigger_daily_scan
+from workers.jobs import QUEUE, InlineDispatcher, mail_job_id, trigger_daily_scan
 
 from ..conftest import T0, World
 from .conftest import REDIS_URL, SmtpSink, job_environment, reset_job_runtime, running_sink
@@ -296,7 +298,12 @@ def test_a_second_scan_on_the_same_day_sends_nothing_new(scans: Scans) -> None:
         assert scans.events(token_id).count("Notified") == 1
 
 
-def test_two_concurrent_scanners_send_each_email_exactly_once(pg_runtime: Runtime, clock: FixedClock) -> None:
+def test_two_concurrent_scanners_send_each_email_exactly_once(
+    pg_runtime: Runtime, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small claims (a transaction's worth of emails): while one scanner sends its chunk, the other claims the
+    # next, so both really send, and they race for the same chunks on the way.
+    monkeypatch.setattr(deploy_tokens.expiry, "CLAIM_CHUNK", 4)
     world = World(pg_runtime)
     with running_sink(delay=0.02) as sink:  # each delivery takes a while: the scanners overlap
         scans = Scans(world, clock, sink)
@@ -473,9 +480,16 @@ def test_rq_scan_job_and_mail_jobs_send_each_window_once_per_day(
         "notifications_off": False,
     }
     expected = {6: 7, 15: 30, 45: 60}
-    for days, interval in expected.items():
-        mail_job = Job.fetch(f"expiry-mail-{tokens[days]}-{interval}-{day}", connection=job_env.connection)
-        assert mail_job.return_value() == SendOutcome.SENT.value
+    batch = [(tokens[days], interval) for days, interval in expected.items()]  # one page: one job
+    mail_job = Job.fetch(mail_job_id(day, batch), connection=job_env.connection)
+    assert mail_job.return_value() == [[token_id, interval, "sent"] for token_id, interval in batch]
+    run = ScanRuns(live_runtime.db).get(day)
+    assert run is not None and (run.status, run.mails_due, run.mails_sent, run.mail_failures) == (
+        "succeeded",
+        3,
+        3,
+        0,
+    )
     assert sink.message_ids() == Counter(
         expected_message_id(tokens[d], today + timedelta(days=d), i) for d, i in expected.items()
     )

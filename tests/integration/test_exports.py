@@ -7,12 +7,12 @@ import hashlib
 import io
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from api.app import create_app
 from cli.main import build_parser, cmd_export
-from deploy_tokens.exports import Export, ExportRequest
+from deploy_tokens.exports import PAGE, Export, ExportRequest
 from deploy_tokens.runtime import Runtime
 from infrastructure.activity import ActivityEvent
 
@@ -279,3 +279,58 @@ def test_the_audit_api_csv_export_is_neutralised(runtime: Runtime):
         headers=admin,
     ).get_json()
     assert manifest["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_a_usage_export_of_many_pages_is_every_row_by_the_rules(runtime: Runtime):
+    """Pages are written column by column; hostile cells on some pages, quoting on others, page boundaries:
+    the file is still every row as the rules write it, and the manifest hashes it."""
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    agents = {1: HYPERLINK, PAGE - 1: "a, b", PAGE: 'say "hi"', PAGE + 1: "-1+1", 2 * PAGE + 3: "'=x"}
+    rows = []
+    for number in range(1, 2 * PAGE + 18):
+        rows.append(
+            ActivityEvent(
+                occurred_at=base + timedelta(seconds=number, microseconds=number),
+                token_id=number % 40 or None,
+                token_ref=None if number % 40 else f"{number:012x}",
+                endpoint="auth_request",
+                action="git_read",
+                resource_kind="project",
+                resource_ref=f"acme/project-{number % 13}",
+                allowed=number % 5 != 0,
+                reason="allowed" if number % 5 else "revoked",
+                status=200 if number % 5 else 401,
+                client_addr=None if number % 11 == 0 else f"192.0.2.{number % 200}",
+                user_agent=agents.get(number, "git/2.39"),
+            )
+        )
+    with runtime.db.transaction() as cursor:
+        cursor.executemany(
+            f"INSERT INTO token_activity ({', '.join(ActivityEvent._fields)}) VALUES ({', '.join('?' * 12)})",
+            rows,
+        )
+
+    def cell(value: object) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).isoformat(timespec="microseconds")
+        text = str(value)
+        first = text.lstrip("'")[:1]
+        return "'" + text if first and first in "=+-@\t\r" else text
+
+    expected = io.StringIO()
+    writer = csv.writer(expected, lineterminator="\n")
+    writer.writerow(["id", *ActivityEvent._fields])
+    writer.writerows([[str(number), *map(cell, row)] for number, row in enumerate(rows, start=1)])
+    content, export = _run(runtime, ExportRequest("usage", "csv"))
+    assert content.decode() == expected.getvalue()
+    assert export.manifest.rows == len(rows) and export.manifest.sha256 == hashlib.sha256(content).hexdigest()
+    as_jsonl, _ = _run(runtime, ExportRequest("usage", "jsonl"))
+    records = [json.loads(line) for line in as_jsonl.decode().splitlines()]
+    assert [record["user_agent"] for record in records] == [row.user_agent for row in rows]
+    assert records[PAGE]["occurred_at"] == cell(rows[PAGE].occurred_at)

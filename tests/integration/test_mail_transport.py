@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from deploy_tokens.expiry_mail import message_id
-from infrastructure.mail import MailDeliveryError, MaildirMailer, SmtpMailer, mailer_from_url
+from infrastructure.mail import MailDeliveryError, MaildirMailer, SmtpMailer, mailer_from_url, open_session
 
 from ..ports import free_port
 from ..unit.test_expiry_mail import DOMAIN, SENDER, UTC, make_message, make_notice
@@ -51,6 +51,30 @@ class Sink:
     quit_delay: float = 0.0
     received: list[Received] = field(default_factory=list)
     data_calls: int = 0
+    # Misbehaviour for the session tests, by the ordinal (from 1) of the DATA or MAIL command concerned.
+    hang_up_after_data: frozenset[int] = frozenset()  # close the connection right after the 250
+    cut_in_data: frozenset[int] = frozenset()  # close it before storing or answering
+    closing_at_mail: frozenset[int] = frozenset()  # answer 421 to MAIL FROM and close
+    mail_calls: int = 0
+    connections: int = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.connections += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        self.mail_calls += 1
+        if self.mail_calls in self.closing_at_mail:
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return "421 4.4.2 Closing the channel"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -62,6 +86,11 @@ class Sink:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.data_calls += 1
+        if self.data_calls in self.cut_in_data:
+            server.transport.close()
+            return "421 connection cut"  # never reaches the client
+        if self.data_calls in self.hang_up_after_data:
+            asyncio.get_running_loop().call_soon(server.transport.close)  # after the reply is written
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         if self.data_reply.startswith("250"):
@@ -329,6 +358,109 @@ def test_smtp_mailer_rejects_a_message_without_recipients() -> None:
     message.set_content("x")
     with pytest.raises(ValueError, match="recipients"):
         SmtpMailer("smtp://127.0.0.1:1").send(message)
+
+
+# --------------------------------------------------------------------------- SmtpSession
+
+
+def message_for(number: int) -> EmailMessage:
+    message = make_message()
+    message.replace_header("Message-ID", f"<session-{number}@example.com>")
+    return message
+
+
+def received_ids(sink: Sink) -> list[str]:
+    return [str(item.message["Message-ID"]) for item in sink.received]
+
+
+def test_smtp_session_sends_many_messages_over_one_connection(smtp_server: StartServer) -> None:
+    sink, port = smtp_server()
+    with SmtpMailer(f"smtp://127.0.0.1:{port}").session() as session:
+        for number in range(5):
+            session.send(message_for(number))
+    assert received_ids(sink) == [f"<session-{n}@example.com>" for n in range(5)]
+    assert sink.connections == 1
+
+
+def test_smtp_session_reopens_a_connection_the_server_closed_while_idle(smtp_server: StartServer) -> None:
+    sink, port = smtp_server(Sink(hang_up_after_data=frozenset({1, 3})))
+    with SmtpMailer(f"smtp://127.0.0.1:{port}").session() as session:
+        for number in range(4):
+            time.sleep(0.05)  # the server's hang-up has happened before the next message starts
+            session.send(message_for(number))  # no error: nothing of the message had been sent
+    assert received_ids(sink) == [f"<session-{n}@example.com>" for n in range(4)]
+    assert sink.connections == 3
+
+
+def test_smtp_session_reopens_after_a_421_at_mail_from(smtp_server: StartServer) -> None:
+    sink, port = smtp_server(Sink(closing_at_mail=frozenset({2})))
+    with SmtpMailer(f"smtp://127.0.0.1:{port}").session() as session:
+        session.send(message_for(0))
+        session.send(message_for(1))
+    assert received_ids(sink) == ["<session-0@example.com>", "<session-1@example.com>"]
+    assert (sink.connections, sink.mail_calls) == (2, 3)
+
+
+def test_smtp_session_a_fresh_connection_that_answers_421_is_a_failure(smtp_server: StartServer) -> None:
+    sink, port = smtp_server(Sink(closing_at_mail=frozenset({1})))
+    with (
+        SmtpMailer(f"smtp://127.0.0.1:{port}").session() as session,
+        pytest.raises(MailDeliveryError) as info,
+    ):
+        session.send(message_for(0))
+    assert info.value.smtp_code == 421 and not info.value.outcome_unknown
+    assert sink.connections == 1 and sink.received == []
+
+
+def test_smtp_session_never_resends_a_message_cut_during_data(smtp_server: StartServer) -> None:
+    sink, port = smtp_server(Sink(cut_in_data=frozenset({2})))
+    with SmtpMailer(f"smtp://127.0.0.1:{port}").session() as session:
+        session.send(message_for(0))
+        with pytest.raises(MailDeliveryError) as info:
+            session.send(message_for(1))  # on the kept connection: it may have arrived, so no retry
+        assert info.value.outcome_unknown
+        session.send(message_for(2))  # a new connection
+    assert sink.data_calls == 3
+    assert received_ids(sink) == ["<session-0@example.com>", "<session-2@example.com>"]
+    assert sink.connections == 2
+
+
+def test_smtp_session_before_end_runs_before_the_end_of_data_and_can_stop_the_message(
+    smtp_server: StartServer,
+) -> None:
+    sink, port = smtp_server()
+    seen: list[int] = []
+
+    def stop() -> None:
+        seen.append(sink.mail_calls)
+        raise RuntimeError("not now")
+
+    with SmtpMailer(f"smtp://127.0.0.1:{port}").session() as session:
+        with pytest.raises(RuntimeError, match="not now"):
+            session.send(message_for(0), before_end=stop)
+        session.send(message_for(1), before_end=lambda: seen.append(sink.mail_calls))
+    assert seen == [1, 2]  # each time after MAIL FROM, RCPT TO and the message, before its end of data
+    assert sink.data_calls == 1 and received_ids(sink) == [
+        "<session-1@example.com>"
+    ]  # the cut one: discarded
+    assert sink.connections == 2  # the stopped transaction's connection was dropped
+
+
+def test_open_session_over_a_mailer_without_sessions_sends_message_by_message(tmp_path: Path) -> None:
+    delivered: list[EmailMessage] = []
+
+    class Recording:
+        def send(self, message: EmailMessage) -> None:
+            delivered.append(message)
+
+    order: list[str] = []
+    session = open_session(Recording())
+    session.send(message_for(0), before_end=lambda: order.append(f"before {len(delivered)}"))
+    session.close()
+    assert order == ["before 0"] and len(delivered) == 1
+    maildir = open_session(MaildirMailer(tmp_path / "box"))
+    maildir.send(message_for(1))
+    assert len(mailbox.Maildir(tmp_path / "box", create=False)) == 1
 
 
 # --------------------------------------------------------------------------- MaildirMailer
