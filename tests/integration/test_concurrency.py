@@ -3,6 +3,8 @@
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import pytest
+
 from deploy_tokens.runtime import Runtime
 
 from ..conftest import World
@@ -48,6 +50,7 @@ def test_concurrent_notification_records_one_event(pg_runtime: Runtime):
     assert [entry["event"] for entry in pg_runtime.tokens.history(token_id)].count("Notified") == 1
 
 
+@pytest.mark.slow
 def test_concurrent_creation_gives_distinct_dense_ids(pg_runtime: Runtime):
     world = World(pg_runtime)
     # Separate runtimes model separate processes: each has its own id allocator.
