@@ -114,6 +114,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 # For one test in a module that runs on one backend (tests/api, tests/ui): behaviour that depends on the database.
 BOTH_BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+# Real concurrency is PostgreSQL's: SQLite serialises every writer of the file.
+POSTGRES_ONLY = pytest.mark.parametrize("backend", ["postgres"])
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from domain.clock import FixedClock
 from infrastructure.idempotency import TABLE
 
 from ..conftest import (
+    POSTGRES_ONLY,
     World,
     backend,  # noqa: F401  (both backends: keys are stored in the events' transaction)
 )
@@ -394,9 +395,10 @@ def test_neither_the_value_nor_the_key_is_stored_in_plaintext(
     assert all(b"read_repository" not in cell for cell in cells)  # the kept answer is encrypted as a whole
 
 
-def test_a_key_held_by_a_running_transaction_is_409(pg_runtime: Runtime):
+@POSTGRES_ONLY
+def test_a_key_held_by_a_running_transaction_is_409(world: World):
     """PostgreSQL: the request that holds the key is still inside its transaction past the lock bound."""
-    world = World(pg_runtime)
+    pg_runtime = world.runtime
     client = create_app(pg_runtime).test_client()
     headers = keyed({"PRIVATE-TOKEN": world.admin_token})
     assert world.admin.user_id is not None
