@@ -232,7 +232,13 @@ class StoredWorlds:
             connection.execute(f'CREATE DATABASE "{database}" TEMPLATE "{stored.postgres_database}"')
         janitor: PostgresJanitor = request.getfixturevalue("postgres_janitor")
         request.addfinalizer(lambda: janitor.drop_database(database))
-        return _postgres_settings(tmp_path, database)
+        # The first session of a new database builds the server's catalog cache for it; done here, with no
+        # deadline, so that the runtime's connections (bounded at 2 s, as in production) find it warm even
+        # on a loaded machine.
+        settings = _postgres_settings(tmp_path, database)
+        with psycopg.connect(settings.database.conninfo()):
+            pass
+        return settings
 
     def _record(self, backend: str, with_credentials: bool) -> StoredWorld:
         folder = Path(tempfile.mkdtemp(prefix=f"world-{backend}-", dir=self.folder))
