@@ -9,7 +9,9 @@ INSTALL_LOG := $(VENV)/install.log
 RUN_INSTALLED := $(VENV)/.installed-run
 TEST_INSTALLED := $(VENV)/.installed-test
 # Most tests wait on PostgreSQL, Redis or a subprocess, so four workers keep two cores busy (at most six: one
-# Redis database each, tests/integration/conftest.py). TEST_WORKERS=0 runs everything in one process.
+# Redis database each, tests/integration/conftest.py). TEST_WORKERS=0 runs everything in one process. Tests
+# marked slow are collected first (tests/conftest.py) and handed out two at a time, so they spread over the
+# workers from the start instead of queueing on one.
 TEST_WORKERS ?= 4
 
 .PHONY: install run test lint bench clean
@@ -38,7 +40,7 @@ run: $(RUN_INSTALLED)
 test: lint
 	.ci/services
 	.ci/tools
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 2 $(PYTEST_ARGS)
 
 lint: $(TEST_INSTALLED)
 	$(BIN)/ruff check .

@@ -48,7 +48,7 @@ from typing import Any, Literal
 import prometheus_client
 from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import CollectorRegistry, generate_latest, values
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -338,7 +338,7 @@ class Metrics:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        WorkerFilesCollector(registry, self.multiprocess_dir)
         registry.register(self._database)
         return generate_latest(registry)
 
@@ -405,6 +405,39 @@ class _DatabaseFigures(Collector):
             "Unix time the last successful expiry scan finished (0: none recorded).",
             value=0.0 if finished is None else finished.timestamp(),
         )
+
+
+class WorkerFilesCollector(MultiProcessCollector):
+    """Adds up the workers' files, leaving out a file that has no header yet.
+
+    A worker creates its file first and sizes it after, so a scrape can meet a file of 0 bytes; a worker
+    killed in between leaves it so for good (its pid never comes back). Such a file holds no counts, but read as
+    it is it fails the whole exposition: every scrape would answer 500 until someone deleted it by hand."""
+
+    def __init__(self, registry: CollectorRegistry, path: Path) -> None:
+        super().__init__(registry, path=str(path))  # type: ignore[no-untyped-call]
+        self.folder = path
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            return self._merge_readable()
+        except FileNotFoundError:
+            # The arbiter removed a dead worker's live gauges between the listing and the reading: list again.
+            return self._merge_readable()
+
+    def _merge_readable(self) -> Iterable[Metric]:
+        files = [str(path) for path in self.folder.glob("*.db") if _has_header(path)]
+        return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call,no-any-return]
+
+
+_FILE_HEADER_BYTES = 8  # the used-bytes counter and its padding
+
+
+def _has_header(path: Path) -> bool:
+    try:
+        return path.stat().st_size >= _FILE_HEADER_BYTES
+    except FileNotFoundError:
+        return False
 
 
 def metrics_of(app: Flask) -> Metrics:

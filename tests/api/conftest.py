@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from deploy_tokens.runtime import Runtime
 
-from ..conftest import World
+from ..conftest import Credentials, StoredWorlds, World
 
 
 @pytest.fixture
@@ -32,22 +32,7 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-class Credentials:
-    """PRIVATE-TOKEN headers for the world's users, by role name ("admin", "maintainer", ...)."""
-
-    def __init__(self, world: World) -> None:
-        self.headers = {"admin": {"PRIVATE-TOKEN": world.admin_token}}
-        for name, actor in world.users.items():
-            assert actor.user_id is not None
-            issued = world.runtime.directory.create_personal_access_token(
-                world.admin, actor.user_id, name="api", scopes=["api"]
-            )
-            self.headers[name] = {"PRIVATE-TOKEN": issued.value}
-
-    def __getitem__(self, role: str) -> dict[str, str]:
-        return self.headers[role]
-
-
 @pytest.fixture
-def creds(world: World) -> Credentials:
-    return Credentials(world)
+def creds(world: World, stored_worlds: StoredWorlds, request: pytest.FixtureRequest) -> Credentials:
+    """Recorded with the stored world (the ``settings`` fixture sees that this test asks for it)."""
+    return stored_worlds.credentials(request)

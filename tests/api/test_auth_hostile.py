@@ -1,5 +1,6 @@
-"""The auth endpoints under attack, on both backends: forged client addresses, brute force, registry names
-spelled another way, hostile strings in the JSON check, and hostile URIs that must still leave a record."""
+"""The auth endpoints under attack: forged client addresses, brute force, registry names spelled another way,
+hostile strings in the JSON check, and hostile URIs that must still leave a record (on both backends, since
+PostgreSQL refuses text that SQLite stores)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,7 @@ from infrastructure.bans import AddressBans, BanPolicy, RedisAddressBans
 from infrastructure.keys import Keyring
 from infrastructure.settings import ConfigurationError, Settings
 
-from ..conftest import (
-    T0,
-    World,
-    backend,  # noqa: F401  (both backends: PostgreSQL refuses NUL that SQLite stores)
-)
+from ..conftest import BOTH_BACKENDS, T0, World
 from .test_auth_checks import CLONE, basic, git_auth, granted, issue, nginx, registry_token
 
 ATTACKER = "203.0.113.66"
@@ -302,6 +299,7 @@ def test_registry_grants_only_the_canonical_spelling(client: FlaskClient, world:
 # Hostile strings in the JSON check -----------------------------------------------------------------------
 
 
+@BOTH_BACKENDS
 @pytest.mark.parametrize(
     "fields",
     [
@@ -356,6 +354,7 @@ def test_a_lone_surrogate_has_a_digest():
 # Hostile URIs still leave a record -----------------------------------------------------------------------
 
 
+@BOTH_BACKENDS
 @pytest.mark.parametrize(
     "uri",
     [

@@ -43,12 +43,11 @@ from api.registry_token import MAX_SCOPES
 from api.ui.sessions import COOKIE_NAME, CSRF_FIELD, sessions
 from deploy_tokens.tokens import IssuedToken
 
-from ..conftest import World
+from ..conftest import BOTH_BACKENDS, World
 from .conftest import Credentials
 
 # Where hostile text reaches storage it meets each database (PostgreSQL refuses NUL that SQLite stores); what the
 # request edge refuses never gets that far, so those tests run on the API's one backend.
-BOTH_BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 
 AUTH_REQUEST = b"/internal/auth_request"
 JSON = "application/json"
@@ -711,6 +710,7 @@ def _check(request: HostileRequest, response: TestResponse) -> None:
             assert response.status_code != 200, f"allowed without a deploy token: {request.describe()}"
 
 
+@pytest.mark.slow
 @BOTH_BACKENDS
 def test_no_hostile_request_to_any_endpoint_gets_a_server_error(fuzz: Fuzz) -> None:
     routes = routes_of(fuzz.app)
@@ -726,6 +726,7 @@ def test_no_hostile_request_to_any_endpoint_gets_a_server_error(fuzz: Fuzz) -> N
     run()
 
 
+@pytest.mark.slow
 @BOTH_BACKENDS
 def test_hostile_values_that_reach_the_database_get_no_server_error(fuzz: Fuzz) -> None:
     routes = [route for route in routes_of(fuzz.app) if route.method not in ("OPTIONS", "HEAD")]

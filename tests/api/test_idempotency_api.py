@@ -20,6 +20,7 @@ from domain.clock import FixedClock
 from infrastructure.idempotency import TABLE
 
 from ..conftest import (
+    POSTGRES_ONLY,
     World,
     backend,  # noqa: F401  (both backends: keys are stored in the events' transaction)
 )
@@ -27,6 +28,9 @@ from .conftest import Credentials
 
 # How a request and its key are read is decided before anything is stored: one backend is enough there.
 READING_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
+# Every creating route hands its key to the same store, which the other tests here prove on both backends: the
+# route-by-route tests check the wiring of each route, once.
+ROUTE_BY_ROUTE = pytest.mark.parametrize("backend", ["sqlite"])
 
 KEY = "8e03978e-40d5-43e8-bc93-6894a57f9324"
 TOKEN_BODY = {"name": "deploy", "scopes": ["read_repository"]}
@@ -217,6 +221,7 @@ def _a_token(world: World) -> int:
     return issued.token.token_id
 
 
+@ROUTE_BY_ROUTE
 @pytest.mark.parametrize("kind", sorted(CREATING_REQUESTS))
 def test_every_creating_post_replays_a_retry_and_creates_nothing(
     client: FlaskClient, world: World, creds: Credentials, kind: str
@@ -234,6 +239,7 @@ def test_every_creating_post_replays_a_retry_and_creates_nothing(
     assert world.runtime.store.head() == events
 
 
+@ROUTE_BY_ROUTE
 @pytest.mark.parametrize("kind", sorted(CREATING_REQUESTS))
 def test_every_creating_post_rebuilds_an_answer_that_was_never_kept(
     client: FlaskClient, world: World, creds: Credentials, kind: str
@@ -389,9 +395,10 @@ def test_neither_the_value_nor_the_key_is_stored_in_plaintext(
     assert all(b"read_repository" not in cell for cell in cells)  # the kept answer is encrypted as a whole
 
 
-def test_a_key_held_by_a_running_transaction_is_409(pg_runtime: Runtime):
+@POSTGRES_ONLY
+def test_a_key_held_by_a_running_transaction_is_409(world: World):
     """PostgreSQL: the request that holds the key is still inside its transaction past the lock bound."""
-    world = World(pg_runtime)
+    pg_runtime = world.runtime
     client = create_app(pg_runtime).test_client()
     headers = keyed({"PRIVATE-TOKEN": world.admin_token})
     assert world.admin.user_id is not None

@@ -167,6 +167,7 @@ def exercise(operation: Any, strategy: st.SearchStrategy[Any], call: Callable[[A
     run()
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_errors_or_schema_violations(live_server: str, world: World):
     schema = schemathesis.openapi.from_url(live_server + SPEC_URL)
     headers = {"PRIVATE-TOKEN": world.admin_token}

@@ -58,6 +58,7 @@ def create_token(client: FlaskClient, world: World) -> tuple[int, dict[str, str]
     return response.status_code, dict(response.headers), response.get_json()
 
 
+@pytest.mark.slow
 def test_a_read_only_database_answers_503_and_readiness_fails(tmp_path: Path, database: str) -> None:
     url = f"postgresql://{ADMIN_URL.user}@{ADMIN_URL.host}:{ADMIN_URL.port}/{database}"
     with open_runtime(tmp_path, url) as runtime:
@@ -86,6 +87,7 @@ def test_a_read_only_database_answers_503_and_readiness_fails(tmp_path: Path, da
         assert client.get("/-/readiness").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_lost_server_answers_503_within_seconds_and_is_logged_once(
     tmp_path: Path, postgres_schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -3,9 +3,11 @@
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import pytest
+
 from deploy_tokens.runtime import Runtime
 
-from ..conftest import World
+from ..conftest import POSTGRES_ONLY, World
 
 THREADS = 8
 
@@ -15,8 +17,9 @@ def _run_all(calls):
         return list(pool.map(lambda call: call(), calls))
 
 
-def test_concurrent_revokes_record_one_event(pg_runtime: Runtime):
-    world = World(pg_runtime)
+@POSTGRES_ONLY
+def test_concurrent_revokes_record_one_event(world: World):
+    pg_runtime = world.runtime
     token_id = pg_runtime.tokens.create_token(
         world.admin, "project", world.project, name="t", scopes=["read_repository"]
     ).token.token_id
@@ -29,8 +32,9 @@ def test_concurrent_revokes_record_one_event(pg_runtime: Runtime):
     assert events.count("Revoked") == 1
 
 
-def test_concurrent_notification_records_one_event(pg_runtime: Runtime):
-    world = World(pg_runtime)
+@POSTGRES_ONLY
+def test_concurrent_notification_records_one_event(world: World):
+    pg_runtime = world.runtime
     token_id = pg_runtime.tokens.create_token(
         world.admin,
         "project",
@@ -48,8 +52,10 @@ def test_concurrent_notification_records_one_event(pg_runtime: Runtime):
     assert [entry["event"] for entry in pg_runtime.tokens.history(token_id)].count("Notified") == 1
 
 
-def test_concurrent_creation_gives_distinct_dense_ids(pg_runtime: Runtime):
-    world = World(pg_runtime)
+@pytest.mark.slow
+@POSTGRES_ONLY
+def test_concurrent_creation_gives_distinct_dense_ids(world: World):
+    pg_runtime = world.runtime
     # Separate runtimes model separate processes: each has its own id allocator.
     runtimes = [Runtime.open(pg_runtime.settings, clock=pg_runtime.clock) for _ in range(3)]
     try:

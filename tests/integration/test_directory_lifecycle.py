@@ -22,7 +22,7 @@ from projections.chain_queries import verify
 from projections.credential_index import CredentialIndex, Resource
 from projections.point_in_time import token_state_at, who_could
 
-from ..conftest import T0, World
+from ..conftest import POSTGRES_ONLY, T0, World
 
 
 def issue(world: World, kind: str, holder: int, *scopes: str, name: str = "deploy") -> IssuedToken:
@@ -307,10 +307,10 @@ def test_a_creation_built_on_a_group_that_moved_since_cannot_be_saved(world: Wor
 # Real concurrency is PostgreSQL's: SQLite serialises every writer of the file (as test_concurrency.py).
 
 
-def test_projects_created_while_their_group_moves_land_below_its_new_path(pg_runtime: Runtime):
+@POSTGRES_ONLY
+def test_projects_created_while_their_group_moves_land_below_its_new_path(world: World):
     """A creation that loaded the group before a move commits after it conflicts and decides again, so no
     project is ever left at a path (or below groups) its group no longer has."""
-    world = World(pg_runtime)
     runtime, errors, created = world.runtime, [], []
     start = threading.Barrier(5)
 
@@ -465,8 +465,8 @@ def test_an_email_another_user_has_is_refused_in_any_case(world: World):
         directory.register_user(world.admin, username="late", email="NEW@example.com")
 
 
-def test_concurrent_registrations_with_one_email_make_one_user(pg_runtime: Runtime):
-    world = World(pg_runtime)
+@POSTGRES_ONLY
+def test_concurrent_registrations_with_one_email_make_one_user(world: World):
     outcomes: list[str] = []
     start = threading.Barrier(4)
 

@@ -198,6 +198,7 @@ class Server:
                 self.kill()
 
 
+@pytest.mark.slow
 def test_a_killed_server_leaves_every_retried_key_with_exactly_one_token(settings: Settings, tmp_path: Path):
     with Runtime.open(settings) as runtime:
         world = World(runtime)

@@ -12,8 +12,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.metrics import WorkerFilesCollector
 from deploy_tokens.runtime import Runtime
 
 from ..conftest import World
@@ -129,3 +132,17 @@ def test_every_scrape_of_a_four_worker_gunicorn_reports_the_exact_totals(
         assert_exact_totals(web)
         assert samples(web.port)[("deploy_tokens_activity_queue_depth", ())] >= 0
     assert web.metrics_folders() == [], "the instance removes its metrics folder when it stops"
+
+
+def test_a_file_a_killed_worker_left_empty_does_not_fail_the_scrape(tmp_path: Path) -> None:
+    name = "deploy_tokens_auth_decisions"
+    counts = MmapedDict(str(tmp_path / "counter_101.db"))
+    counts.write_value(mmap_key(name, f"{name}_total", ["endpoint"], ["nginx"], "Auth decisions."), 3.0, 0.0)
+    counts.close()
+    (tmp_path / "counter_102.db").touch()  # created and never sized: its worker was killed in between
+
+    registry = CollectorRegistry()
+    WorkerFilesCollector(registry, tmp_path)
+    exposition = generate_latest(registry).decode()
+
+    assert f'{name}_total{{endpoint="nginx"}} 3.0' in exposition.splitlines()

@@ -279,6 +279,7 @@ def test_among_2000_far_future_tokens_only_the_5_due_ones_are_read(scan: Scan):
     assert {token.token_id for token in scan.due(limit=500)} == due
 
 
+@pytest.mark.slow
 def test_a_scan_driven_by_the_due_set_does_what_a_full_scan_would(scan: Scan, clock: FixedClock):
     """Day by day, the due rows are exactly the tokens a scan of every aggregate would act on."""
     offsets = (1, 6, 7, 8, 15, 30, 31, 45, 60, 61, 75)

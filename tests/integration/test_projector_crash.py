@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from deploy_tokens.runtime import Runtime
 from domain.actors import Actor
 from domain.deploy_token import DeployToken
@@ -88,6 +90,7 @@ def _min_position(runtime: Runtime) -> int:
     return min(runtime.projector.positions().values())
 
 
+@pytest.mark.slow
 def test_sigkilled_projector_leaves_read_models_equal_to_a_rebuild(runtime: Runtime, tmp_path: Path):
     _fill_log(runtime)
     _reset(runtime)

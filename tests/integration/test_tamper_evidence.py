@@ -14,8 +14,8 @@ from projections.chain_queries import chain_head, verify
 from ..conftest import World
 
 
-def _prepared(runtime: Runtime) -> list[int]:
-    world = World(runtime)
+def _prepared(world: World) -> list[int]:
+    runtime = world.runtime
     for number in range(5):
         runtime.tokens.create_token(
             world.admin, "project", world.project, name=f"t{number}", scopes=["read_repository"]
@@ -47,16 +47,16 @@ def _state(runtime: Runtime, position: int) -> bytes:
     return bytes(notification.state)
 
 
-def test_untouched_log_verifies_clean(runtime: Runtime):
-    positions = _prepared(runtime)
+def test_untouched_log_verifies_clean(runtime: Runtime, world: World):
+    positions = _prepared(world)
     result = _verify(runtime)
     assert result.ok
     assert result.checked == len(positions)
     assert result.head is not None and result.head.position == positions[-1]
 
 
-def test_one_changed_byte_is_found_at_its_position(runtime: Runtime):
-    positions = _prepared(runtime)
+def test_one_changed_byte_is_found_at_its_position(runtime: Runtime, world: World):
+    positions = _prepared(world)
     target = positions[len(positions) // 2]
     state = bytearray(_state(runtime, target))
     state[len(state) // 2] ^= 0x01
@@ -70,8 +70,8 @@ def test_one_changed_byte_is_found_at_its_position(runtime: Runtime):
     assert "modified" in (result.problem or "")
 
 
-def test_a_deleted_event_is_found_at_its_position(runtime: Runtime):
-    positions = _prepared(runtime)
+def test_a_deleted_event_is_found_at_its_position(runtime: Runtime, world: World):
+    positions = _prepared(world)
     target = positions[7]
     _raw(runtime, lambda table: f"DELETE FROM {table} WHERE notification_id = ?", (target,))
     result = _verify(runtime)
@@ -79,8 +79,8 @@ def test_a_deleted_event_is_found_at_its_position(runtime: Runtime):
     assert "deleted" in (result.problem or "")
 
 
-def test_two_swapped_events_are_found_at_the_first(runtime: Runtime):
-    positions = _prepared(runtime)
+def test_two_swapped_events_are_found_at_the_first(runtime: Runtime, world: World):
+    positions = _prepared(world)
     first, second = positions[10], positions[20]
     first_state, second_state = _state(runtime, first), _state(runtime, second)
     update = lambda table: f"UPDATE {table} SET state = ? WHERE notification_id = ?"  # noqa: E731
@@ -90,8 +90,8 @@ def test_two_swapped_events_are_found_at_the_first(runtime: Runtime):
     assert (result.ok, result.first_bad_position) == (False, first)
 
 
-def test_an_exported_head_detects_a_rewritten_chain(runtime: Runtime):
-    positions = _prepared(runtime)
+def test_an_exported_head_detects_a_rewritten_chain(runtime: Runtime, world: World):
+    positions = _prepared(world)
     head = chain_head(runtime.db, runtime.keys.chain_key)
     assert _verify(runtime, expected_head=head).ok
     # An attacker who rewrites an event AND recomputes the chain table still cannot match the exported head.
@@ -110,8 +110,8 @@ def test_an_exported_head_detects_a_rewritten_chain(runtime: Runtime):
     assert result.first_bad_position == head.position
 
 
-def test_a_forged_checkpoint_is_found(runtime: Runtime):
-    _prepared(runtime)
+def test_a_forged_checkpoint_is_found(runtime: Runtime, world: World):
+    _prepared(world)
     with runtime.db.transaction() as cursor:
         cursor.execute(
             "INSERT INTO chain_checkpoints (position, chain_hash, signature) VALUES (?, ?, ?)",
@@ -121,10 +121,10 @@ def test_a_forged_checkpoint_is_found(runtime: Runtime):
     assert (result.ok, result.first_bad_position) == (False, 3)
 
 
-def test_an_exported_log_verifies_offline_against_its_head(runtime: Runtime):
+def test_an_exported_log_verifies_offline_against_its_head(runtime: Runtime, world: World):
     from projections.chain_queries import log_lines, verify_log_lines
 
-    _prepared(runtime)
+    _prepared(world)
     head = chain_head(runtime.db, runtime.keys.chain_key)
     lines = list(log_lines(runtime.store.recorder.select_notifications, upto=head.position))
     assert verify_log_lines(iter(lines), head).ok
