@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 
 from benchmarks.common import admin_world, bench_settings, report
 from benchmarks.smtp_sink import RunningSink, running_sink
-from deploy_tokens.expiry import NoticeContext, expiry_recipients
 from deploy_tokens.expiry_mail import ExpiryNotice, compose, message_id
+from deploy_tokens.expiry_sender import NoticeContext, expiry_recipients
 from deploy_tokens.runtime import Runtime
 from domain.actors import Actor
 from domain.clock import FixedClock, start_of_day

@@ -21,7 +21,8 @@ import domain.users  # noqa: F401
 from deploy_tokens.access import AccessService
 from deploy_tokens.directory import DirectoryService
 from deploy_tokens.directory_lifecycle import DirectoryLifecycle
-from deploy_tokens.expiry import ExpiryNotifier, ExpiryScan, NoticeContext
+from deploy_tokens.expiry import ExpiryScan
+from deploy_tokens.expiry_sender import ExpiryNotifier, NoticeContext
 from deploy_tokens.issuing import CredentialIssuer
 from deploy_tokens.members import MembersService
 from deploy_tokens.tokens import TokenService

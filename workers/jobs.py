@@ -22,7 +22,8 @@ from redis import Redis
 from rq import Queue, Retry, get_current_job
 from rq.exceptions import DuplicateJobError
 
-from deploy_tokens.expiry import ExpiryNotifier, ScanReport, SendOutcome
+from deploy_tokens.expiry import ScanReport
+from deploy_tokens.expiry_sender import ExpiryNotifier, SendOutcome
 from deploy_tokens.runtime import Runtime
 from domain.clock import as_utc
 from infrastructure.scan_runs import MailOutcome, ScanRuns

@@ -27,7 +27,7 @@ from eventsourcing.persistence import OperationalError
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from deploy_tokens.expiry import CLAIM_CHUNK, ExpiryNotifier, SendOutcome
+from deploy_tokens.expiry_sender import CLAIM_CHUNK, ExpiryNotifier, SendOutcome
 from deploy_tokens.runtime import Runtime
 from domain.clock import FixedClock
 from domain.deploy_token import deploy_token_uuid

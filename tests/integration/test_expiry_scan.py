@@ -19,8 +19,9 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
-import deploy_tokens.expiry
-from deploy_tokens.expiry import ScanReport, SendOutcome
+import deploy_tokens.expiry_sender
+from deploy_tokens.expiry import ScanReport
+from deploy_tokens.expiry_sender import SendOutcome
 from deploy_tokens.runtime import Runtime
 from domain.actors import Actor
 from domain.clock import FixedClock, start_of_day
@@ -303,7 +304,7 @@ def test_two_concurrent_scanners_send_each_email_exactly_once(
 ) -> None:
     # Small claims (a transaction's worth of emails): while one scanner sends its chunk, the other claims the
     # next, so both really send, and they race for the same chunks on the way.
-    monkeypatch.setattr(deploy_tokens.expiry, "CLAIM_CHUNK", 4)
+    monkeypatch.setattr(deploy_tokens.expiry_sender, "CLAIM_CHUNK", 4)
     world = World(pg_runtime)
     with running_sink(delay=0.02) as sink:  # each delivery takes a while: the scanners overlap
         scans = Scans(world, clock, sink)

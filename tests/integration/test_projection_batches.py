@@ -20,7 +20,6 @@ from projections.base import (
     REBUILD_BATCH_SIZE,
     EventHandlers,
     EventProjection,
-    KeyedRows,
     Projection,
     Projector,
     on,
@@ -28,6 +27,7 @@ from projections.base import (
 )
 from projections.chain import EventChain
 from projections.directory import Directory
+from projections.keyed_rows import KeyedRows
 from projections.notifications import ExpiryNotifications
 
 from ..conftest import World

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from flask import Flask
 
-from deploy_tokens.expiry import NoticeContext
+from deploy_tokens.expiry_sender import NoticeContext
 from deploy_tokens.runtime import Runtime
 from domain.clock import FixedClock
 
