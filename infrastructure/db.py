@@ -48,19 +48,20 @@ def private_sqlite_file(path: Path) -> None:
     name = str(path)
     if name in ("", ":memory:"):  # sqlite3's in-memory databases (no URI mode here: "file:" is a file name)
         return
+    # Never open an existing database file here: closing any descriptor of a file drops every POSIX lock this
+    # process holds on it, SQLite's own included, and without its shared lock another process may take the
+    # file for its own (checkpoint and delete the WAL this process still reads). A new file has no locks yet.
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
     except OSError:
         return
-    try:
-        _tighten(os.fstat(fd), lambda mode: os.fchmod(fd, mode))
-    finally:
-        os.close(fd)
-    for suffix in _SQLITE_COMPANIONS:
+    for suffix in ("", *_SQLITE_COMPANIONS):
         companion = f"{name}{suffix}"
         try:
             _tighten(os.stat(companion), partial(os.chmod, companion))
-        except OSError:  # absent (the usual case), or gone meanwhile
+        except OSError:  # absent (a companion usually is), or gone meanwhile
             continue
 
 

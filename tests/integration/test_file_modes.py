@@ -16,6 +16,7 @@ import pytest
 from deploy_tokens.expiry_mail import ExpiryNotice, Recipient, compose
 from deploy_tokens.runtime import Runtime
 from infrastructure.activity import ActivityEvent, activity_rows
+from infrastructure.db import private_sqlite_file
 from infrastructure.mail import mailer_from_url
 from infrastructure.settings import Settings
 
@@ -107,3 +108,32 @@ def test_an_existing_data_folder_is_tightened_only_when_it_is_the_services_own(t
             assert open_modes(shared) == {"shared": "0o755", "shared/someone-elses-file": "0o644"}
     finally:
         os.umask(previous)
+
+
+def _locks_held_on(path: Path) -> list[str]:
+    """This process's POSIX locks on ``path``, as the kernel lists them."""
+    inode = f":{path.stat().st_ino}"
+    return [
+        line
+        for line in Path("/proc/locks").read_text().splitlines()
+        if line.split()[4] == str(os.getpid()) and line.split()[5].endswith(inode)
+    ]
+
+
+def test_making_sure_the_file_is_private_keeps_sqlites_locks(tmp_path: Path) -> None:
+    # Closing any descriptor of a file drops every POSIX lock the process holds on it: SQLite's shared lock is
+    # what keeps another process from deleting the WAL this one reads.
+    path = tmp_path / "deploy-tokens.sqlite3"
+    private_sqlite_file(path)
+    with closing(sqlite3.connect(path, isolation_level=None)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("CREATE TABLE t (a INTEGER)")
+        connection.execute("BEGIN")
+        connection.execute("SELECT * FROM t").fetchall()
+        held = _locks_held_on(path)
+        assert held  # the reader's shared lock
+
+        private_sqlite_file(path)  # as each new thread's connection does
+
+        assert _locks_held_on(path) == held
+        connection.execute("COMMIT")
