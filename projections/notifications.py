@@ -22,7 +22,7 @@ And a row in the range always has work: today's window interval J <= max(pending
 would have removed max(pending) from *pending*; or the token has expired and ``Expired`` is missing. So the
 rows read are the tokens with work, plus those whose work was tried and failed (no recipients, SMTP error, a
 lease held elsewhere), which stay due to be retried, just as GitLab leaves ``*_sent_at`` NULL. Tokens the scan
-skips by policy (group tokens, the feature flag off) also stay due, but only inside their last 60 days and
+skips by policy (the feature flag off) also stay due, but only inside their last 60 days and
 until ``Expired`` is recorded, so they too are bounded by the due set, not by the table. Every event moves
 ``next_due_at`` forward or to NULL, never back, and a page is one index range read plus a top-``limit`` sort
 (see ``due_tokens``).

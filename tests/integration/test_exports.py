@@ -19,8 +19,8 @@ from infrastructure.activity import ActivityEvent
 from ..conftest import World
 
 
-def _world_with_activity(runtime: Runtime) -> tuple[World, int, int]:
-    world = World(runtime)
+def _world_with_activity(world: World) -> tuple[World, int, int]:
+    runtime = world.runtime
     first = runtime.tokens.create_token(
         world.admin, "project", world.project, name="a", scopes=["read_repository"]
     ).token
@@ -56,8 +56,8 @@ def _run(runtime: Runtime, request: ExportRequest) -> tuple[bytes, Export]:
     return content, export
 
 
-def test_manifest_hash_and_count_match_the_content(runtime: Runtime):
-    _world_with_activity(runtime)
+def test_manifest_hash_and_count_match_the_content(runtime: Runtime, world: World):
+    _world_with_activity(world)
     content, export = _run(runtime, ExportRequest("usage", "csv"))
     manifest = export.manifest
     assert manifest.sha256 == hashlib.sha256(content).hexdigest()
@@ -68,8 +68,8 @@ def test_manifest_hash_and_count_match_the_content(runtime: Runtime):
     assert manifest.chain_head["position"] == runtime.store.head()
 
 
-def test_re_running_with_the_manifest_bound_gives_the_same_bytes(runtime: Runtime):
-    world, _, _ = _world_with_activity(runtime)
+def test_re_running_with_the_manifest_bound_gives_the_same_bytes(runtime: Runtime, world: World):
+    world, _, _ = _world_with_activity(world)
     content, export = _run(runtime, ExportRequest("lifecycle", "jsonl"))
     runtime.directory.create_group(world.admin, name="Z", path="z")
     again, _ = _run(runtime, ExportRequest("lifecycle", "jsonl", upto=export.manifest.upto))
@@ -78,8 +78,8 @@ def test_re_running_with_the_manifest_bound_gives_the_same_bytes(runtime: Runtim
     assert grown != content
 
 
-def test_filters_by_token_and_namespace(runtime: Runtime):
-    world, first, second = _world_with_activity(runtime)
+def test_filters_by_token_and_namespace(runtime: Runtime, world: World):
+    world, first, second = _world_with_activity(world)
     content, export = _run(runtime, ExportRequest("usage", "jsonl", token_id=first))
     rows = [json.loads(line) for line in content.decode().splitlines()]
     assert {row["token_id"] for row in rows} == {first} and export.manifest.rows == 3
@@ -92,8 +92,8 @@ def test_filters_by_token_and_namespace(runtime: Runtime):
     assert types == ["deploy_token_created", "deploy_token_scoped", "deploy_token_revoked"]
 
 
-def test_time_range_is_half_open(runtime: Runtime):
-    _world_with_activity(runtime)
+def test_time_range_is_half_open(runtime: Runtime, world: World):
+    _world_with_activity(world)
     request = ExportRequest(
         "usage",
         "jsonl",
@@ -106,8 +106,7 @@ def test_time_range_is_half_open(runtime: Runtime):
     assert export.manifest.filters["since"].startswith("2026-01-10T12:02")
 
 
-def test_exports_hold_no_token_values(runtime: Runtime):
-    world = World(runtime)
+def test_exports_hold_no_token_values(runtime: Runtime, world: World):
     value = runtime.tokens.create_token(
         world.admin, "project", world.project, name="s", scopes=["read_repository"]
     ).value
@@ -117,8 +116,8 @@ def test_exports_hold_no_token_values(runtime: Runtime):
             assert value.encode() not in content
 
 
-def test_set_aside_activity_rows_are_exported_for_auditors(runtime: Runtime):
-    _, first, _ = _world_with_activity(runtime)
+def test_set_aside_activity_rows_are_exported_for_auditors(runtime: Runtime, world: World):
+    _, first, _ = _world_with_activity(world)
     unwritable = ActivityEvent(
         occurred_at=datetime(2026, 1, 10, 13, 0, tzinfo=UTC),
         token_id=2**63,  # beyond BIGINT: this row cannot be stored as it is
@@ -164,9 +163,9 @@ def _csv_rows(content: bytes) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(content.decode(), newline="")))
 
 
-def _names_in_lifecycle_csv(runtime: Runtime, names: list[str]) -> dict[str, str]:
+def _names_in_lifecycle_csv(world: World, names: list[str]) -> dict[str, str]:
     """Each token name as its ``deploy_token_created`` row's ``target_name`` cell, by the name it was given."""
-    world = World(runtime)
+    runtime = world.runtime
     ids = {
         runtime.tokens.create_token(
             world.admin, "project", world.project, name=name, scopes=["read_repository"]
@@ -181,16 +180,16 @@ def _names_in_lifecycle_csv(runtime: Runtime, names: list[str]) -> dict[str, str
     }
 
 
-def test_formulas_in_a_token_name_are_not_live_in_the_lifecycle_csv(runtime: Runtime):
-    cells = _names_in_lifecycle_csv(runtime, [HYPERLINK, DDE])
+def test_formulas_in_a_token_name_are_not_live_in_the_lifecycle_csv(runtime: Runtime, world: World):
+    cells = _names_in_lifecycle_csv(world, [HYPERLINK, DDE])
     assert cells == {HYPERLINK: "'" + HYPERLINK, DDE: "'" + DDE}
 
 
-def test_only_a_cell_beginning_with_a_formula_trigger_changes(runtime: Runtime):
+def test_only_a_cell_beginning_with_a_formula_trigger_changes(runtime: Runtime, world: World):
     # Tab and carriage return cannot reach a token name (the domain refuses control characters): see
     # tests/unit/test_csv_cells.py for them.
     names = ["=1+1", "+1+1", "-1+1", "@SUM(A1)", "a=1+1", "x" + HYPERLINK, " " + DDE]
-    cells = _names_in_lifecycle_csv(runtime, names)
+    cells = _names_in_lifecycle_csv(world, names)
     assert cells == {
         "=1+1": "'=1+1",
         "+1+1": "'+1+1",
@@ -202,9 +201,9 @@ def test_only_a_cell_beginning_with_a_formula_trigger_changes(runtime: Runtime):
     }
 
 
-def test_the_documented_recovery_gives_back_every_name(runtime: Runtime):
+def test_the_documented_recovery_gives_back_every_name(runtime: Runtime, world: World):
     names = ["=1+1", "'=1+1", "''@x", "'quoted", "it's", "'"]
-    cells = _names_in_lifecycle_csv(runtime, names)
+    cells = _names_in_lifecycle_csv(world, names)
     assert {name: _recovered(cell) for name, cell in cells.items()} == {name: name for name in names}
 
 
@@ -233,8 +232,7 @@ def test_numbers_booleans_and_timestamps_are_written_as_they_are(runtime: Runtim
     assert row["user_agent"] == "'-1+1"
 
 
-def test_jsonl_holds_the_value_the_csv_neutralises(runtime: Runtime):
-    world = World(runtime)
+def test_jsonl_holds_the_value_the_csv_neutralises(runtime: Runtime, world: World):
     token_id = runtime.tokens.create_token(
         world.admin, "project", world.project, name=HYPERLINK, scopes=["read_repository"]
     ).token.token_id
@@ -246,8 +244,7 @@ def test_jsonl_holds_the_value_the_csv_neutralises(runtime: Runtime):
     assert csv_names == ["'" + HYPERLINK, "'" + HYPERLINK]
 
 
-def test_the_cli_manifest_covers_the_csv_bytes_as_written(runtime: Runtime, tmp_path: Path):
-    world = World(runtime)
+def test_the_cli_manifest_covers_the_csv_bytes_as_written(runtime: Runtime, world: World, tmp_path: Path):
     runtime.tokens.create_token(world.admin, "project", world.project, name=DDE, scopes=["read_repository"])
     output = tmp_path / "lifecycle.csv"
     args = build_parser().parse_args(
@@ -261,8 +258,7 @@ def test_the_cli_manifest_covers_the_csv_bytes_as_written(runtime: Runtime, tmp_
     assert ("'" + DDE) in {row["target_name"] for row in _csv_rows(written)}
 
 
-def test_the_audit_api_csv_export_is_neutralised(runtime: Runtime):
-    world = World(runtime)
+def test_the_audit_api_csv_export_is_neutralised(runtime: Runtime, world: World):
     runtime.tokens.create_token(
         world.admin, "project", world.project, name=HYPERLINK, scopes=["read_repository"]
     )

@@ -16,11 +16,11 @@ from projections.point_in_time import token_state_at, who_could
 from ..conftest import T0, World
 
 
-def _timeline(runtime: Runtime) -> tuple[World, int]:
+def _timeline(world: World) -> tuple[World, int]:
     """T0+1h created (read_repository, read_registry) by the maintainer; T0+2h narrowed to read_registry;
     T0+3h revoked by the admin."""
+    runtime = world.runtime
     clock = runtime.clock
-    world = World(runtime)
     clock.set(T0 + timedelta(hours=1))  # type: ignore[attr-defined]
     token_id = runtime.tokens.create_token(
         world.users["maintainer"],
@@ -38,8 +38,8 @@ def _timeline(runtime: Runtime) -> tuple[World, int]:
     return world, token_id
 
 
-def test_token_state_before_between_and_after(runtime: Runtime):
-    _, token_id = _timeline(runtime)
+def test_token_state_before_between_and_after(runtime: Runtime, world: World):
+    _, token_id = _timeline(world)
     with pytest.raises(NotFound):
         token_state_at(runtime.store, token_id, T0 + timedelta(minutes=30))
     created = token_state_at(runtime.store, token_id, T0 + timedelta(hours=1, minutes=30))
@@ -50,8 +50,8 @@ def test_token_state_before_between_and_after(runtime: Runtime):
     assert revoked.revoked
 
 
-def test_who_could_clone_at_each_instant(runtime: Runtime):
-    world, token_id = _timeline(runtime)
+def test_who_could_clone_at_each_instant(runtime: Runtime, world: World):
+    world, token_id = _timeline(world)
 
     def cloners(hours: float) -> list[tuple[int, str | None]]:
         answers = who_could(
@@ -65,8 +65,8 @@ def test_who_could_clone_at_each_instant(runtime: Runtime):
     assert cloners(3.5) == []
 
 
-def test_who_could_pull_until_the_revocation(runtime: Runtime):
-    world, token_id = _timeline(runtime)
+def test_who_could_pull_until_the_revocation(runtime: Runtime, world: World):
+    world, token_id = _timeline(world)
     at = T0 + timedelta(hours=2, minutes=59)
     pullers = who_could(runtime.store, action=Action.REGISTRY_PULL, project="acme/api", at=at)
     assert [answer.token_id for answer in pullers] == [token_id]
@@ -77,8 +77,7 @@ def test_who_could_pull_until_the_revocation(runtime: Runtime):
     del world
 
 
-def test_group_tokens_count_for_projects_below_them(runtime: Runtime):
-    world = World(runtime)
+def test_group_tokens_count_for_projects_below_them(runtime: Runtime, world: World):
     runtime.clock.set(T0 + timedelta(hours=1))  # type: ignore[attr-defined]
     token_id = runtime.tokens.create_token(
         world.admin, "group", world.top, name="g", scopes=["read_repository"]
