@@ -30,6 +30,7 @@ from typing import Any, Final, Literal
 from infrastructure.activity import ActivityEvent
 from infrastructure.db import Database, as_utc_text
 from projections.audit_queries import AuditFilter
+from projections.audit_rows import AUDIT_COLUMNS
 from projections.chain_queries import chain_head
 
 Dataset = Literal["lifecycle", "usage", "usage_set_aside"]
@@ -42,22 +43,8 @@ CellKind = Literal["text", "number", "boolean", "time"]
 PAGE: Final = 5000
 
 _COLUMNS: Final[dict[str, tuple[str, ...]]] = {
-    "lifecycle": (
-        "position",
-        "occurred_at",
-        "event_type",
-        "actor_kind",
-        "actor_id",
-        "actor_username",
-        "actor_address",
-        "target_type",
-        "target_id",
-        "target_name",
-        "namespace_kind",
-        "namespace_id",
-        "message",
-        "details",
-    ),
+    # The audit trail's columns up to its details: where in a stream an event lies is the trail's own business.
+    "lifecycle": AUDIT_COLUMNS[: AUDIT_COLUMNS.index("details") + 1],
     "usage": ("id", *ActivityEvent._fields),  # the table's columns, declared once
     # Activity rows the writer could not store as they were (docs/architecture.md, "Per-token activity").
     "usage_set_aside": ("id", "set_aside_at", "error", "row_json"),

@@ -26,7 +26,7 @@ import smtplib
 import socket
 import ssl
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.utils import getaddresses
@@ -263,7 +263,7 @@ class SmtpMailer:
                 f"cannot connect to SMTP server {target}: {exc}",
                 smtp_code=getattr(exc, "smtp_code", None),
             ) from exc
-        try:
+        with _conversation(target, client.close):
             if client.sock is not None:
                 # A message's end-of-data line is sent on its own, after the message (``SmtpSession``); with
                 # Nagle's algorithm it would wait for the server's delayed acknowledgement of the message.
@@ -276,17 +276,6 @@ class SmtpMailer:
                 client.ehlo()
             if self._username is not None and self._password is not None:
                 client.login(self._username, self._password)
-        except MailDeliveryError:
-            client.close()
-            raise
-        except smtplib.SMTPResponseException as exc:
-            client.close()
-            raise _answered(target, exc) from exc
-        except (OSError, smtplib.SMTPException) as exc:
-            client.close()
-            raise MailDeliveryError(
-                f"SMTP conversation with {target} failed: {type(exc).__name__}: {exc}"
-            ) from exc
         return client
 
     def session(self) -> SmtpSession:
@@ -296,6 +285,25 @@ class SmtpMailer:
     def send(self, message: EmailMessage) -> None:
         with contextlib.closing(self.session()) as session:
             session.send(message)
+
+
+@contextlib.contextmanager
+def _conversation(target: str, drop: Callable[[], None], *, outcome_unknown: bool = False) -> Iterator[None]:
+    """Any failure of an SMTP exchange as a ``MailDeliveryError``, the connection dropped first."""
+    try:
+        yield
+    except MailDeliveryError:
+        drop()
+        raise
+    except smtplib.SMTPResponseException as exc:
+        drop()
+        raise _answered(target, exc) from exc
+    except (OSError, smtplib.SMTPException) as exc:
+        drop()
+        raise MailDeliveryError(
+            f"SMTP conversation with {target} failed: {type(exc).__name__}: {exc}",
+            outcome_unknown=outcome_unknown,
+        ) from exc
 
 
 class _StaleConnection(Exception):
@@ -383,24 +391,17 @@ class SmtpSession:
         kept: bool,
     ) -> None:
         target = self._mailer._target
-        try:
-            self._envelope_accepted(client, sender, recipients, payload, international, kept=kept)
-        except _StaleConnection:
-            raise
-        except MailDeliveryError:
-            self._drop()
-            raise
-        except smtplib.SMTPResponseException as exc:
-            self._drop()
-            raise _answered(target, exc) from exc
-        except (OSError, smtplib.SMTPException) as exc:
-            if kept:  # the server hung up while the connection was idle: nothing of this message was sent
-                raise _StaleConnection from exc
-            self._drop()
-            raise MailDeliveryError(
-                f"SMTP conversation with {target} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        try:
+        with _conversation(target, self._drop):
+            try:
+                self._envelope_accepted(client, sender, recipients, payload, international, kept=kept)
+            except smtplib.SMTPResponseException:
+                raise
+            except (OSError, smtplib.SMTPException) as exc:
+                if kept:  # the server hung up while the connection was idle: nothing of this message was sent
+                    raise _StaleConnection from exc
+                raise
+        # Without its end-of-data line, a message is never delivered: a failure up to there is a plain failure.
+        with _conversation(target, self._drop):
             # The message goes over now, all but its end: the server takes nothing before the end-of-data line.
             code, reply = client.docmd("DATA")
             if code != 354:
@@ -409,21 +410,14 @@ class SmtpSession:
                     smtp_code=code,
                 )
             client.send(_dot_stuffed(payload))
-        except MailDeliveryError:
-            self._drop()
-            raise
-        except (OSError, smtplib.SMTPException) as exc:
-            self._drop()  # without its end-of-data line, a message is never delivered
-            raise MailDeliveryError(
-                f"SMTP conversation with {target} failed: {type(exc).__name__}: {exc}"
-            ) from exc
         if before_end is not None:
             try:
                 before_end()
             except BaseException:
                 self._drop()  # the cut message is discarded by the server; a new connection starts clean
                 raise
-        try:
+        # After the end-of-data line the message may have reached the server: a retry must expect a duplicate.
+        with _conversation(target, self._drop, outcome_unknown=True):
             client.send(_END_OF_DATA)
             code, reply = client.getreply()
             if code != 250:
@@ -431,19 +425,6 @@ class SmtpSession:
                     f"SMTP server {target} rejected the message: {code} {reply.decode(errors='replace')}",
                     smtp_code=code,
                 )
-        except MailDeliveryError:
-            self._drop()
-            raise
-        except smtplib.SMTPResponseException as exc:
-            self._drop()
-            raise _answered(target, exc) from exc
-        except (OSError, smtplib.SMTPException) as exc:
-            # The message may have reached the server: whoever retries must expect a duplicate.
-            self._drop()
-            raise MailDeliveryError(
-                f"SMTP conversation with {target} failed: {type(exc).__name__}: {exc}",
-                outcome_unknown=True,
-            ) from exc
 
     def _envelope_accepted(
         self,
