@@ -1,6 +1,6 @@
-"""(a) Auth decisions per second in-process, against the floor of computing the keyed digest alone.
+"""Auth decisions per second in-process, against the floor of computing the keyed digest alone.
 
-Target: the full decision within 5x of the floor. Both loops run over the same token values in one run, in
+Target: the full decision within 3x of the floor. Both loops run over the same token values in one run, in
 alternating rounds (floor, decisions, floor, ...); the figure is the median of the per-round ratios, so load
 that drifts on a shared machine falls on both sides of each ratio.
 """
@@ -15,6 +15,7 @@ from projections.access import Action
 from projections.credential_index import Resource
 
 TOKENS = 1000
+TARGET_RATIO = 3
 ROUNDS = 50
 
 
@@ -63,7 +64,8 @@ def main() -> None:
                 "decisions_per_s": round(TOKENS / statistics.median(fulls)),
                 "digest_floor_per_s": round(TOKENS / statistics.median(floors)),
                 "ratio_to_floor": round(ratio, 2),
-                "target_ratio_at_most": 5,
+                "target_ratio_at_most": TARGET_RATIO,
+                "meets_target": ratio <= TARGET_RATIO,
             }
         )
 
