@@ -23,7 +23,9 @@ SECRET = "benchmark-secret-key-that-is-long-enough-0123456789"
 
 
 @contextmanager
-def bench_settings(backend: str) -> Iterator[Settings]:
+def bench_environment(backend: str) -> Iterator[dict[str, str]]:
+    """A throwaway store's settings as environment variables (also what a measuring process is given): a
+    temporary folder (SQLite) or a private PostgreSQL schema, dropped afterwards."""
     with tempfile.TemporaryDirectory(prefix="dt-bench-") as folder:
         env = {"DEPLOY_TOKENS_DATA_DIR": str(Path(folder) / "data"), "DEPLOY_TOKENS_SECRET_KEY": SECRET}
         schema = None
@@ -31,13 +33,19 @@ def bench_settings(backend: str) -> Iterator[Settings]:
             schema = f"bench_{secrets.token_hex(4)}"
             env["DEPLOY_TOKENS_DATABASE_URL"] = f"{POSTGRES_URL}?schema={schema}"
         try:
-            yield Settings.from_env(env)
+            yield env
         finally:
             if schema:
                 with psycopg.connect(
                     DatabaseLocation.parse(POSTGRES_URL).conninfo(), autocommit=True
                 ) as conn:
                     conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextmanager
+def bench_settings(backend: str) -> Iterator[Settings]:
+    with bench_environment(backend) as env:
+        yield Settings.from_env(env)
 
 
 @contextmanager

@@ -39,13 +39,13 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.common import POSTGRES_URL, SECRET, admin_world, report
+from benchmarks.common import admin_world, bench_environment, report
 from deploy_tokens.runtime import Runtime
 from domain.deploy_token import default_username, deploy_token_uuid
 from domain.token_values import DEPLOY_TOKEN_PREFIX, generate_token
 from infrastructure.db import Database
 from infrastructure.keys import Keyring
-from infrastructure.settings import DatabaseLocation, Settings
+from infrastructure.settings import Settings
 from infrastructure.store import EventStore
 from projections.access import Action, Reason
 from projections.credential_index import CredentialIndex, Resource
@@ -170,21 +170,9 @@ def is_live(facts: TokenFacts, now: datetime) -> bool:
 
 @contextmanager
 def scale_settings(backend: str) -> Iterator[tuple[dict[str, str], Settings]]:
-    """A throwaway store: a temporary folder (SQLite) or a private PostgreSQL schema; the environment too, for
-    the measuring process."""
-    with tempfile.TemporaryDirectory(prefix="dt-index-scale-") as folder:
-        env = {"DEPLOY_TOKENS_DATA_DIR": str(Path(folder) / "data"), "DEPLOY_TOKENS_SECRET_KEY": SECRET}
-        schema = None
-        if backend == "postgres":
-            schema = f"bench_{secrets.token_hex(4)}"
-            env["DEPLOY_TOKENS_DATABASE_URL"] = f"{POSTGRES_URL}?schema={schema}"
-        try:
-            yield env, Settings.from_env(env)
-        finally:
-            if schema:
-                location = DatabaseLocation.parse(POSTGRES_URL)
-                with psycopg.connect(location.conninfo(), autocommit=True) as connection:
-                    connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    """A throwaway store, with its environment for the measuring process."""
+    with bench_environment(backend) as env:
+        yield env, Settings.from_env(env)
 
 
 def seed(backend: str, settings: Settings, tokens: int) -> dict[str, Any]:
