@@ -58,7 +58,7 @@ STALL_AFTER: Final = 30.0
 
 @dataclass(frozen=True)
 class ActivityStats:
-    depth: int
+    depth: int  # rows not yet written: queued, and the batch being written
     dropped: int
     written: int
     write_errors: int
@@ -222,8 +222,11 @@ class ActivityRecorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._running = False
-        # The oldest row of the batch being written: out of the queue, but not written yet.
+        # The batch being written: out of the queue, not written yet. Its oldest row, and how many of its rows
+        # are neither written nor back in the queue (changed with the queue under the stats lock, so that a
+        # reader never sees a row in neither place, or in both).
         self._in_flight: ActivityEvent | None = None
+        self._in_flight_rows = 0
         # Monotonic time of the writer's last sign of life (rows handled, or nothing left to do).
         self._progress_at = time.monotonic()
 
@@ -310,11 +313,11 @@ class ActivityRecorder:
                 batch = self._take(self.batch_size)
                 if not batch:
                     break
-                self._in_flight = batch[0]
                 try:
                     done, complete = self._write(batch)
                 finally:
-                    self._in_flight = None
+                    with self._stats_lock:
+                        self._in_flight, self._in_flight_rows = None, 0
                 written += done
                 if not complete:
                     break
@@ -326,11 +329,13 @@ class ActivityRecorder:
     def _take(self, count: int) -> list[ActivityEvent]:
         batch: list[ActivityEvent] = []
         queue = self._queue
-        try:
-            for _ in range(count):
-                batch.append(queue.popleft())
-        except IndexError:
-            pass
+        with self._stats_lock:  # out of the queue and into the batch in one step, as ``stats`` counts them
+            try:
+                for _ in range(count):
+                    batch.append(queue.popleft())
+            except IndexError:
+                pass
+            self._in_flight, self._in_flight_rows = (batch[0] if batch else None), len(batch)
         return batch
 
     def _write(self, batch: Sequence[ActivityEvent]) -> tuple[int, bool]:
@@ -406,6 +411,7 @@ class ActivityRecorder:
         if not rows:
             return
         with self._stats_lock:
+            self._in_flight_rows -= rows
             self._written += written
             self._last_write_at = datetime.now(UTC)
             self._progress_at = time.monotonic()
@@ -415,12 +421,13 @@ class ActivityRecorder:
 
     def _requeue(self, rows: Sequence[ActivityEvent], error: BaseException) -> None:
         requeued = 0
-        for event in reversed(rows):  # back to the front, oldest first, while there is room
-            if len(self._queue) >= self.capacity:
-                break
-            self._queue.appendleft(event)
-            requeued += 1
         with self._stats_lock:
+            for event in reversed(rows):  # back to the front, oldest first, while there is room
+                if len(self._queue) >= self.capacity:
+                    break
+                self._queue.appendleft(event)
+                requeued += 1
+            self._in_flight_rows -= len(rows)
             self._write_errors += 1
             self._dropped += len(rows) - requeued
             first, self._failing = not self._failing, True
@@ -444,9 +451,9 @@ class ActivityRecorder:
         now = time.monotonic()
         with self._stats_lock:
             queue = self._queue
-            depth = len(queue)
+            depth = len(queue) + self._in_flight_rows
             oldest = self._in_flight
-            if oldest is None and depth:
+            if oldest is None and queue:
                 try:
                     oldest = queue[0]
                 except IndexError:  # the writer took it meanwhile

@@ -4,6 +4,8 @@ unreachable database only delays rows, and a stalled writer shows in readiness a
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -263,3 +265,28 @@ def test_metrics_show_set_aside_rows_queue_depth_and_oldest_queued_age(runtime: 
     assert 3600 <= float(samples["deploy_tokens_activity_oldest_queued_age_seconds"]) < 3600 + 60
     assert float(samples["deploy_tokens_activity_last_write_timestamp_seconds"]) > an_hour_ago.timestamp()
     assert "deploy_tokens_activity_stalled_seconds" in samples
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # the count is the writer's own; a file lock makes it wait
+def test_rows_being_written_still_count_as_queued(
+    runtime: Runtime, recorders: Callable[..., ActivityRecorder]
+) -> None:
+    recorder = recorders(batch_size=1000)
+    for number in (1, 2, 3):
+        recorder.record(event(number))
+    path = runtime.settings.database.sqlite_path
+    assert path is not None
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the writer's insert waits for this lock
+    writing = threading.Thread(target=recorder.flush)
+    writing.start()
+    try:
+        assert wait_until(lambda: recorder.stats().oldest_queued_age > 0 and not recorder._queue)
+        time.sleep(0.1)
+        assert recorder.stats().depth == 3  # out of the queue, not written: the readiness check must see them
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        writing.join(timeout=30)
+    assert recorder.stats().depth == 0
+    assert [row.event.token_id for row in activity_rows(runtime.db)] == [1, 2, 3]
