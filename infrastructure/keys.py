@@ -37,16 +37,14 @@ class Keyring:
 
         Tokens carry 144 random bits, so a fast keyed hash is enough; a slow KDF would only slow the hot path.
         """
+        return self.digest_bytes(value).hex()
+
+    def digest_bytes(self, value: str) -> bytes:
+        """``digest`` as its 32 bytes: the in-memory credential index keys tokens by these (half the memory of
+        the hex text, and no conversion on the auth path)."""
         keyed = self._digest_base.copy()
         # surrogatepass: any text a caller can send (a lone surrogate from JSON) has a digest, never an error;
         # every value we issue is ASCII, so its digest is unchanged.
-        keyed.update(value.encode("utf-8", "surrogatepass"))
-        return keyed.hexdigest()
-
-    def digest_bytes(self, value: str) -> bytes:
-        """The same digest as ``digest``, as its 32 bytes: the in-memory credential index keys tokens by these
-        (half the memory of the hex text, and no conversion on the auth path)."""
-        keyed = self._digest_base.copy()
         keyed.update(value.encode("utf-8", "surrogatepass"))
         return keyed.digest()
 

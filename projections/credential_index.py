@@ -327,7 +327,7 @@ class CredentialIndex:
             target: TokenFacts
             if state == _LIVE:
                 self._dead.discard(key, token_id)
-                scope_set = frozenset(scopes.split(",")) if scopes else frozenset()
+                scope_set = _scope_set(scopes)
                 token_class_ = token_class(holder_kind, scope_set, username is not None)
                 expires_at = _moment(expires) if expires is not None else None
                 token = (

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +22,7 @@ from redis import Redis
 from rq import Queue, Retry, get_current_job
 from rq.exceptions import DuplicateJobError
 
-from deploy_tokens.expiry import ScanReport
+from deploy_tokens.expiry import Dispatch, ScanReport
 from deploy_tokens.expiry_sender import ExpiryNotifier, SendOutcome
 from deploy_tokens.runtime import Runtime
 from domain.clock import as_utc
@@ -90,13 +90,31 @@ def run_inline_scan(
     scan_id = scan_id or f"{source}-{as_utc(started):%Y%m%dT%H%M%S.%f}"
     runs.started(scan_id, source, started)
     dispatcher = InlineDispatcher(runtime.expiry_notifier())
+
+    def count_mails() -> None:
+        runs.mails(scan_id, Counter(mail_outcome(outcome) for _, _, outcome in dispatcher.outcomes))
+
+    report = _recorded_scan(runtime, runs, scan_id, dispatcher, settle=count_mails)
+    return report, dispatcher.outcomes
+
+
+def _recorded_scan(
+    runtime: Runtime,
+    runs: ScanRuns,
+    scan_id: str,
+    dispatch: Dispatch,
+    *,
+    settle: Callable[[], None] = lambda: None,
+) -> ScanReport:
+    """The scan through ``dispatch``, its end recorded in ``expiry_scan_runs``: failed (with the error, which is
+    raised again) or finished; ``settle`` records what the run did either way, before it is marked finished."""
     try:
-        report = runtime.expiry_scan.run(dispatcher)
+        report = runtime.expiry_scan.run(dispatch)
     except Exception as error:
         runs.failed(scan_id, runtime.clock.now(), f"{type(error).__name__}: {error}")
         raise
     finally:
-        runs.mails(scan_id, Counter(mail_outcome(outcome) for _, _, outcome in dispatcher.outcomes))
+        settle()
     runs.finished(
         scan_id,
         runtime.clock.now(),
@@ -104,7 +122,7 @@ def run_inline_scan(
         expired=report.expired_recorded,
         mails_due=len(report.dispatched),
     )
-    return report, dispatcher.outcomes
+    return report
 
 
 def mail_job_id(scan_id: str, due: Sequence[tuple[int, int]]) -> str:
@@ -211,18 +229,7 @@ def run_expiry_scan(scan_id: str) -> dict[str, Any]:
     runtime = job_runtime()
     runs = ScanRuns(runtime.db)
     runs.started(scan_id, "scheduler", runtime.clock.now())
-    try:
-        report: ScanReport = runtime.expiry_scan.run(RqDispatcher(queue_for(runtime.settings), scan_id))
-    except Exception as error:
-        runs.failed(scan_id, runtime.clock.now(), f"{type(error).__name__}: {error}")
-        raise
-    runs.finished(
-        scan_id,
-        runtime.clock.now(),
-        examined=report.examined,
-        expired=report.expired_recorded,
-        mails_due=len(report.dispatched),
-    )
+    report = _recorded_scan(runtime, runs, scan_id, RqDispatcher(queue_for(runtime.settings), scan_id))
     return report.as_dict()
 
 
