@@ -96,6 +96,19 @@ class WebProcess:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         return [int(pid) for pid in children]
 
+    def wait_workers(self, count: int, *, replacing: int | None = None, seconds: float = 60) -> list[int]:
+        """The worker pids once there are ``count`` (the arbiter forks them one by one, and readiness needs only
+        the first), none of them ``replacing``."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pids = self.worker_pids()
+            if len(pids) == count and replacing not in pids:
+                return pids
+            time.sleep(0.1)
+        raise AssertionError(
+            f"gunicorn did not have {count} workers within {seconds} s: {self.worker_pids()}"
+        )
+
     def wait_ready(self, seconds: float = 60) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
