@@ -10,6 +10,7 @@ from werkzeug.routing import IntegerConverter, Map
 
 from api.activity import ACTIVITY_KEY
 from api.audit import audit
+from api.audit_streaming import audit_streaming
 from api.auth_checks import auth_checks
 from api.context import RUNTIME_KEY
 from api.deploy_tokens import deploy_tokens
@@ -41,6 +42,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.register_blueprint(health)
     app.register_blueprint(deploy_tokens)
     app.register_blueprint(audit)
+    app.register_blueprint(audit_streaming)  # behaviour [audit-streaming]
     app.register_blueprint(directory)
     app.register_blueprint(auth_checks)
     app.register_blueprint(metrics)

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, stream_with_context
 from flask.typing import ResponseReturnValue
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from api.auth import require_admin
+from api.auth import require_principal
 from api.context import runtime
 from api.openapi import operation
 from api.params import load
@@ -25,6 +25,12 @@ from projections.audit_queries import AuditQuery, audit_events
 from projections.point_in_time import token_state_at, who_could
 
 audit = Blueprint("audit", __name__, url_prefix="/api/v4")
+
+
+def require_audit_reader() -> None:
+    """Administrators and auditors read every audit route (behaviour [auditors]); anonymous callers get 401."""
+    runtime().access.require_audit_reader(require_principal().actor)
+
 
 BIGINT_MAX = 2**63 - 1  # ids and positions are BIGINT: larger numbers name nothing
 
@@ -85,7 +91,7 @@ class AuditEventSchema(Schema):
     many=True,
 )
 def list_audit_events() -> ResponseReturnValue:
-    require_admin()
+    require_audit_reader()
     params = load(AuditEventsQuerySchema())
     query = AuditQuery(
         token_id=params.get("token_id"),
@@ -133,7 +139,7 @@ class ActivitySchema(Schema):
     many=True,
 )
 def token_activity(token_id: int) -> ResponseReturnValue:
-    require_admin()
+    require_audit_reader()
     params = load(ActivityQuerySchema())
     rows = activity_rows(
         runtime().db,
@@ -180,7 +186,7 @@ class TokenStateSchema(Schema):
     response=TokenStateSchema,
 )
 def token_state(token_id: int) -> ResponseReturnValue:
-    require_admin()
+    require_audit_reader()
     params = load(AtSchema())
     return jsonify(
         TokenStateSchema().dump(token_state_at(runtime().store, token_id, _instant(params["at"])).as_dict())
@@ -214,7 +220,7 @@ class AccessSchema(Schema):
     many=True,
 )
 def deploy_token_access(reference: str) -> ResponseReturnValue:
-    require_admin()
+    require_audit_reader()
     params = load(AccessQuerySchema())
     answers = who_could(
         runtime().store,
@@ -232,6 +238,9 @@ class ExportQuerySchema(Schema):
     since = GitLabDateTime(load_default=None, allow_none=True)
     until = GitLabDateTime(load_default=None, allow_none=True)
     upto = fields.Integer(validate=validate.Range(min=0, max=BIGINT_MAX))
+    # Lifecycle only, as the auditor pages filter the audit log (api/ui/audit_pages.py).
+    actor_username = fields.String(validate=validate.Length(min=1, max=255))
+    event_type = fields.String(validate=validate.Length(min=1, max=255))
 
 
 class ManifestSchema(Schema):
@@ -246,7 +255,7 @@ class ManifestSchema(Schema):
     chain_head = fields.Dict()
 
 
-def _holder_now_or_then(kind: str, reference: str) -> int:
+def holder_now_or_then(kind: str, reference: str) -> int:
     """An export's holder: by id (deleted ones too), by its path now, or else by the path it had last."""
     try:
         return project_id(reference) if kind == "project" else group_id(reference)
@@ -260,12 +269,16 @@ def _holder_now_or_then(kind: str, reference: str) -> int:
 
 
 def _export(dataset: str, kind: str) -> Export:
-    params = load(ExportQuerySchema())
+    return start_export(load(ExportQuerySchema()), dataset, kind)
+
+
+def start_export(params: dict[str, Any], dataset: str, kind: str) -> Export:
+    """An export of ``ExportQuerySchema``'s loaded parameters; the auditor pages' downloads start here too."""
     namespace_kind, namespace_id = None, None
     if "project" in params:
-        namespace_kind, namespace_id = "project", _holder_now_or_then("project", params["project"])
+        namespace_kind, namespace_id = "project", holder_now_or_then("project", params["project"])
     elif "group" in params:
-        namespace_kind, namespace_id = "group", _holder_now_or_then("group", params["group"])
+        namespace_kind, namespace_id = "group", holder_now_or_then("group", params["group"])
     request = ExportRequest(
         dataset=dataset,  # type: ignore[arg-type]
         format=kind,  # type: ignore[arg-type]
@@ -275,6 +288,8 @@ def _export(dataset: str, kind: str) -> Export:
         since=_instant(params["since"]),
         until=_instant(params["until"]),
         upto=params.get("upto"),
+        actor_username=params.get("actor_username"),
+        event_type=params.get("event_type"),
     )
     try:
         return Export(runtime().db, request, runtime().keys.chain_key)
@@ -293,8 +308,12 @@ _MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
     extra_responses={200: "the export"},
 )
 def export(dataset: str, kind: str) -> ResponseReturnValue:
-    require_admin()
-    job = _export(dataset, kind)
+    require_audit_reader()
+    return export_response(_export(dataset, kind), dataset, kind)
+
+
+def export_response(job: Export, dataset: str, kind: str) -> Response:
+    """The export streamed as a download (the auditor pages' downloads answer the same way)."""
     response = Response(stream_with_context(job.chunks()), mimetype=_MEDIA[kind])
     response.headers["X-Export-Upto"] = str(job.manifest.upto)
     response.headers["Content-Disposition"] = (
@@ -311,7 +330,7 @@ def export(dataset: str, kind: str) -> ResponseReturnValue:
     response=ManifestSchema,
 )
 def export_manifest(dataset: str, kind: str) -> ResponseReturnValue:
-    require_admin()
+    require_audit_reader()
     job = _export(dataset, kind)
     for _ in job.chunks():  # the hash needs the bytes; they are produced and dropped, page by page
         pass

@@ -45,8 +45,8 @@ def require_principal(*, anonymous: str = "401", writes: bool = False) -> Princi
         if anonymous == "403":
             raise PermissionDenied("403 Forbidden")
         raise Unauthenticated("401 Unauthorized")
-    if writes and not principal.can_write:
-        raise PermissionDenied("403 Forbidden - insufficient_scope: the token needs the api scope")
+    if writes:
+        principal.require_write()  # the api scope, and no auditor (behaviour [auditors])
     return principal
 
 

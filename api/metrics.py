@@ -12,6 +12,8 @@ Series (all names prefixed ``deploy_tokens_``):
   from ``runtime.projector.status()`` at scrape time; ``projection_status_up`` is 0 when that failed.
 * ``expiry_scan_last_success_timestamp_seconds`` gauge: when the last expiry scan that succeeded finished
   (Unix time; 0: none recorded), read at scrape time (``deploy-tokens schedule`` tells the rest).
+* ``audit_stream_lag_events{destination_id,destination}``, ``audit_stream_failures_total{…}`` and the other
+  audit streaming series, read at scrape time (listed in ``api/audit_streaming.py``).
 * ``credential_index_age_seconds`` gauge: time since the in-memory index was last confirmed current;
   ``credential_index_tokens`` gauge.
 * ``activity_queue_depth``, ``activity_oldest_queued_age_seconds`` (by the oldest unwritten row's own
@@ -52,6 +54,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from api.audit_streaming import AuditStreamFigures
 from api.context import runtime_of
 from api.openapi import operation
 from infrastructure.scan_runs import ScanRuns
@@ -261,6 +264,8 @@ class Metrics:
         self._publish_lock = threading.Lock()
         self._database = _DatabaseFigures(app)
         registry.register(self._database)
+        self._streaming = AuditStreamFigures(app)  # audit streaming: lag and failures per destination
+        registry.register(self._streaming)
 
     # Per-process figures ----------------------------------------------------------------------------------
 
@@ -340,6 +345,7 @@ class Metrics:
         registry = CollectorRegistry()
         WorkerFilesCollector(registry, self.multiprocess_dir)
         registry.register(self._database)
+        registry.register(self._streaming)
         return generate_latest(registry)
 
     def render(self, app: Flask) -> str:

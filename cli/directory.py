@@ -42,15 +42,22 @@ def level_name(level: int) -> str:
 
 def cmd_user_create(runtime: Runtime, args: argparse.Namespace) -> int:
     created = runtime.directory.register_user(
-        operator(), username=args.username, email=args.email, name=args.name, is_admin=args.admin
+        operator(),
+        username=args.username,
+        email=args.email,
+        name=args.name,
+        is_admin=args.admin,
+        is_auditor=args.auditor,
     )
-    role = "administrator" if created.is_admin else "user"
+    roles = [role for role, held in (("administrator", args.admin), ("auditor", args.auditor)) if held]
+    role = " and ".join(roles) or "user"
     print(f"Created {role} {created.username} <{created.email}> (id {created.user_id}).")
     return 0
 
 
 def cmd_user_list(runtime: Runtime, args: argparse.Namespace) -> int:
     users = runtime.read.users()
+    auditors = runtime.directory.auditor_ids(u.user_id for u in users)
     if args.json:
         print_json(
             [
@@ -60,14 +67,25 @@ def cmd_user_list(runtime: Runtime, args: argparse.Namespace) -> int:
                     "name": u.name,
                     "email": u.email,
                     "is_admin": u.is_admin,
+                    "is_auditor": u.user_id in auditors,
                     "state": u.state,
                 }
                 for u in users
             ]
         )
         return 0
-    rows = [(u.user_id, u.username, u.email, "yes" if u.is_admin else "", u.state) for u in users]
-    print_table(("id", "username", "email", "admin", "state"), rows, empty="No users.")
+    rows = [
+        (
+            u.user_id,
+            u.username,
+            u.email,
+            "yes" if u.is_admin else "",
+            "yes" if u.user_id in auditors else "",
+            u.state,
+        )
+        for u in users
+    ]
+    print_table(("id", "username", "email", "admin", "auditor", "state"), rows, empty="No users.")
     return 0
 
 
@@ -171,6 +189,9 @@ def add_parsers(commands: Any) -> None:
     create.add_argument("--email", required=True, help="where expiry mails go")
     create.add_argument("--name", help="display name (default: the username)")
     create.add_argument("--admin", action="store_true", help="an instance administrator")
+    create.add_argument(
+        "--auditor", action="store_true", help="reads every audit record and token, changes nothing"
+    )
     create.set_defaults(handler=cmd_user_create)
     listing = user_commands.add_parser("list", help="every user")
     json_option(listing)

@@ -30,7 +30,7 @@ from projections.credentials import TokenRecord
 CREATES_STORE = frozenset({"bootstrap", "serve"})
 # Commands that run for as long as the process lives: they log at DEPLOY_TOKENS_LOG_LEVEL (INFO by default);
 # one-shot commands log warnings and errors only, unless DEPLOY_TOKENS_LOG_LEVEL says otherwise.
-LONG_RUNNING = frozenset({"serve", "projector", "worker", "scheduler"})
+LONG_RUNNING = frozenset({"serve", "projector", "worker", "scheduler", "audit-streamer"})
 
 
 def token_fields(record: TokenRecord, now: datetime) -> dict[str, Any]:
@@ -228,6 +228,8 @@ def cmd_export(runtime: Runtime, args: argparse.Namespace) -> int:
         since=_instant(args.since) if args.since else None,
         until=_instant(args.until) if args.until else None,
         upto=args.upto,
+        actor_username=args.actor,
+        event_type=args.event_type,
     )
     try:
         export = Export(runtime.db, request, runtime.keys.chain_key)
@@ -421,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     export_namespace.add_argument("--group", help="only tokens held by this group (id or full path)")
     export.add_argument("--since", help="ISO 8601 instant, inclusive")
     export.add_argument("--until", help="ISO 8601 instant, exclusive")
+    export.add_argument("--actor", help="lifecycle only: events by this username")
+    export.add_argument(
+        "--event-type", help="lifecycle only: events of this audit type (deploy_token_revoked, ...)"
+    )
     export.add_argument(
         "--upto", type=int, help="last row key included (from an earlier manifest), to reproduce it"
     )

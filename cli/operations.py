@@ -11,7 +11,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from cli.output import print_json
+from cli.output import operator, print_json
 from deploy_tokens.runtime import Runtime
 from infrastructure.scan_runs import ScanRun
 from infrastructure.settings import ConfigurationError, Settings
@@ -26,6 +26,16 @@ def _require_redis(settings: Settings, process: str) -> str:
             "embedded default runs the scan in-process (deploy-tokens serve)"
         )
     return settings.redis_url
+
+
+def cmd_audit_streamer(runtime: Runtime, args: argparse.Namespace) -> int:
+    """The audit streamer of the production shape (behaviour [audit-streaming]): delivers the audit trail to
+    every streaming destination until SIGTERM or SIGINT."""
+    from workers.audit_streamer import run_process
+
+    print("audit-streamer: delivering audit events to the streaming destinations", file=sys.stderr)
+    run_process(runtime)
+    return 0
 
 
 def cmd_projector(runtime: Runtime, args: argparse.Namespace) -> int:
@@ -79,6 +89,44 @@ def cmd_expiry_scan(runtime: Runtime, args: argparse.Namespace) -> int:
             ],
         }
     )
+    return 0
+
+
+# deploy-tokens retention apply -----------------------------------------------------------------------------
+
+
+def cmd_retention_apply(runtime: Runtime, args: argparse.Namespace) -> int:
+    """Archive the activity older than the retention window, record the archive, then delete its rows."""
+    report = runtime.activity_retention().apply(operator())
+    if args.json:
+        print_json(report.as_dict())
+        return 1 if report.status == "busy" else 0
+    if report.status == "off":
+        print("Retention is off (DEPLOY_TOKENS_ACTIVITY_RETENTION_DAYS is unset): activity is kept forever.")
+        return 0
+    if report.status == "busy":
+        print("Another retention run holds the lock: nothing done.")
+        return 1
+    assert report.cutoff is not None
+    print(f"Cut-off:  {report.cutoff.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")
+    if report.resumed:
+        print("Finished an earlier run's recorded archive first.")
+    if not report.manifests:
+        print("Nothing older than the window: nothing archived, nothing recorded.")
+    folder = runtime.settings.activity_archive_dir
+    for manifest in report.manifests:
+        print(f"Archived: {manifest['rows']} rows of {manifest['table']} to {folder / manifest['file']}")
+        print(f"          SHA-256 {manifest['sha256']}, ids {manifest['first_id']} to {manifest['last_id']}")
+    for table, deleted in report.deleted.items():
+        print(f"Deleted:  {deleted} rows of {table}")
+    for name in report.removed_unrecorded:
+        print(f"Removed:  {folder / name} (written by a run that recorded nothing)")
+    return 0
+
+
+def cmd_retention_history(runtime: Runtime, args: argparse.Namespace) -> int:
+    """The recorded archives and deletions, for checking archive files against the log."""
+    print_json(runtime.activity_retention().recorded_events())
     return 0
 
 
@@ -147,6 +195,10 @@ def cmd_schedule(runtime: Runtime, args: argparse.Namespace) -> int:
 def add_parsers(commands: Any) -> None:
     projector = commands.add_parser("projector", help="follow the event log and keep the read models current")
     projector.set_defaults(handler=cmd_projector)
+    streamer = commands.add_parser(
+        "audit-streamer", help="deliver every audit event to the streaming destinations (HTTP POST, in order)"
+    )
+    streamer.set_defaults(handler=cmd_audit_streamer)
     worker = commands.add_parser("worker", help="the RQ worker: expiry scans and mails (needs Redis)")
     worker.set_defaults(handler=cmd_worker, opens="settings")
     scheduler = commands.add_parser(
@@ -159,6 +211,23 @@ def add_parsers(commands: Any) -> None:
         "--now", help="act as if the time were this ISO 8601 instant (UTC), for reproducible runs"
     )
     scan.set_defaults(handler=cmd_expiry_scan)
+
+    retention = commands.add_parser(
+        "retention", help="activity retention: archive old activity with evidence, then delete it"
+    )
+    retention_commands = retention.add_subparsers(dest="retention_command", required=True)
+    apply = retention_commands.add_parser(
+        "apply",
+        help="archive the activity older than DEPLOY_TOKENS_ACTIVITY_RETENTION_DAYS, record it, delete it",
+    )
+    apply.add_argument(
+        "--now", help="act as if the time were this ISO 8601 instant (UTC), for reproducible runs"
+    )
+    apply.add_argument("--json", action="store_true", help="print JSON")
+    apply.set_defaults(handler=cmd_retention_apply)
+    retention_commands.add_parser(
+        "history", help="every recorded archive (cut-off, manifests with SHA-256) and deletion, as JSON"
+    ).set_defaults(handler=cmd_retention_history)
 
     schedule = commands.add_parser(
         "schedule", help="when the next expiry scan runs and how the last one went (tokens, mails, failures)"

@@ -19,16 +19,19 @@ from api.server import BackgroundThreads, Follower
 from deploy_tokens.runtime import Runtime
 from infrastructure.logs import configure_logging
 from infrastructure.settings import Settings
+from workers import audit_streamer
 from workers.embedded import EmbeddedScheduler
 
 log = logging.getLogger(__name__)
 
 
 def embedded_threads(runtime: Runtime) -> list[tuple[str, Follower]]:
-    """What the embedded process runs beside the API: the projector and the expiry scheduler."""
+    """What the embedded process runs beside the API: the projector, the expiry scheduler and the audit
+    streamer (behaviour [audit-streaming])."""
     return [
         ("projector", lambda stop: runtime.projector.run_forever(stop, poll_interval=0.2)),
         ("expiry-scheduler", EmbeddedScheduler(runtime).run_forever),
+        ("audit-streamer", lambda stop: audit_streamer.follow(runtime, stop)),
     ]
 
 

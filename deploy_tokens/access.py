@@ -4,14 +4,18 @@ Levels are decided on the aggregates (strongly consistent: a just-removed Owner 
 member's level on a group applies to everything below it; a user owns the projects of their personal
 namespace; administrators and automatic processes hold Owner everywhere. Everything is private: without a
 role on a group or project (or above it), it does not exist for the caller (404); with too low a role, the
-action is forbidden (403).
+action is forbidden (403). Auditors read everything and change nothing (behaviour [auditors]): they pass
+every visibility check, and ``Principal.can_write`` refuses their writes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from deploy_tokens.unit_of_work import UnitOfWork
+from domain import auditors
 from domain.actors import Actor
 from domain.clock import Clock
 from domain.errors import NotFound, PermissionDenied, Unauthenticated
@@ -20,19 +24,33 @@ from domain.membership import AccessLevel
 from domain.projects import Project
 from domain.streams import stream_id
 from domain.token_values import PERSONAL_ACCESS_TOKEN_PREFIX, is_well_formed
-from domain.users import UserNamespace
+from domain.users import User, UserNamespace
 from infrastructure.keys import Keyring
 from projections.directory import UserRecord
 from projections.views import ReadModel
 
 
+def _nobody_is_an_auditor(_user_id: int) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated API caller: a user, with the scopes of the personal access token used."""
+    """An authenticated API caller: a user, with the scopes of the personal access token used.
+
+    ``auditor_flag`` reads whether a user is an auditor from their aggregate; it is asked at most once per
+    principal (one request), and only when a decision needs it: a write, not every read.
+    """
 
     user: UserRecord
     scopes: tuple[str, ...]
     address: str | None = None
+    auditor_flag: Callable[[int], bool] = field(default=_nobody_is_an_auditor, repr=False, compare=False)
+
+    @cached_property
+    def is_auditor(self) -> bool:
+        """An administrator's auditor flag changes nothing they may do: it is not read for them."""
+        return not self.user.is_admin and self.auditor_flag(self.user.user_id)
 
     @property
     def actor(self) -> Actor:
@@ -42,7 +60,19 @@ class Principal:
 
     @property
     def can_write(self) -> bool:
-        return "api" in self.scopes
+        """The one place a caller's right to change anything is decided (API, UI forms, idempotent replays):
+        a token with the ``api`` scope, held by anybody but an auditor (behaviour [auditors])."""
+        if "api" not in self.scopes:
+            return False  # refused whoever holds it: no need to read the flag
+        return auditors.may_write(scopes=self.scopes, is_admin=self.user.is_admin, is_auditor=self.is_auditor)
+
+    def require_write(self) -> None:
+        """403 unless the caller may write, saying why: an auditor's account, or the token's scopes."""
+        if self.can_write:
+            return
+        if self.is_auditor:
+            raise PermissionDenied("403 Forbidden - auditors have read-only access")
+        raise PermissionDenied("403 Forbidden - insufficient_scope: the token needs the api scope")
 
 
 class AccessService:
@@ -65,11 +95,44 @@ class AccessService:
         pat, user = found
         if not pat.is_active(self.clock.now()) or user.blocked:
             raise Unauthenticated("401 Unauthorized")
-        return Principal(user, pat.scopes, address)
+        return Principal(user, pat.scopes, address, self._auditor_flag)
 
     def require_admin(self, actor: Actor) -> None:
         if not actor.is_admin:
             raise PermissionDenied("403 Forbidden")
+
+    def require_audit_reader(self, actor: Actor | None) -> None:
+        """Audit events, activity, point-in-time answers, exports and the auditor pages: administrators and
+        auditors (behaviour [auditors]); anybody else 403, nobody at all 401."""
+        if actor is None:
+            raise Unauthenticated("401 Unauthorized")
+        if actor.is_admin:
+            return  # no need to read an administrator's flag
+        if not auditors.reads_audit(is_admin=False, is_auditor=self.is_auditor(actor)):
+            raise PermissionDenied("403 Forbidden")
+
+    def is_auditor(self, actor: Actor | None) -> bool:
+        """Whether the actor is a user holding the auditor flag now (read from the aggregate, like levels: a
+        cleared flag counts at once)."""
+        if actor is None or actor.kind != "user" or actor.user_id is None:
+            return False
+        return self._auditor_flag(actor.user_id)
+
+    def _auditor_flag(self, user_id: int) -> bool:
+        try:
+            user = self.uow.get(User, stream_id("user", user_id), "404 User")
+        except NotFound:
+            return False
+        return user.is_auditor
+
+    def reads_everything(self, actor: Actor | None) -> bool:
+        """Administrators, automatic processes and auditors see every group and project (behaviour
+        [auditors]: read-only for auditors; their writes are refused with the principal's ``can_write``)."""
+        if actor is None:
+            return False
+        if actor.kind == "system" or actor.is_admin:
+            return True
+        return auditors.reads_everything(is_admin=False, is_auditor=self.is_auditor(actor))
 
     # Access levels -----------------------------------------------------------------------------------
 
@@ -116,14 +179,20 @@ class AccessService:
     def visible_group(self, actor: Actor | None, group_id: int, needed: int = AccessLevel.GUEST) -> Group:
         """Groups are private: an actor without any role there gets 404, one with too low a role 403."""
         group = self.group(group_id)
-        self._check(self.access_level(actor, group), needed, "404 Group")
+        level = self.access_level(actor, group)
+        if level < needed and self.is_auditor(actor):
+            return group  # behaviour [auditors]: they read everything (and write nothing, see Principal)
+        self._check(level, needed, "404 Group")
         return group
 
     def visible_project(
         self, actor: Actor | None, project_id: int, needed: int = AccessLevel.GUEST
     ) -> Project:
         project = self.project(project_id)
-        self._check(self.access_level(actor, project), needed, "404 Project")
+        level = self.access_level(actor, project)
+        if level < needed and self.is_auditor(actor):
+            return project  # behaviour [auditors]: they read everything (and write nothing, see Principal)
+        self._check(level, needed, "404 Project")
         return project
 
     @staticmethod
@@ -134,9 +203,11 @@ class AccessService:
             raise PermissionDenied("403 Forbidden")
 
     def sees_group(self, actor: Actor | None, group_id: int) -> bool:
+        """By role only: a listing asks ``reads_everything`` once for the whole list instead."""
         return self.access_level(actor, self.group(group_id)) >= AccessLevel.GUEST
 
     def sees_project(self, actor: Actor | None, project_id: int) -> bool:
+        """By role only: a listing asks ``reads_everything`` once for the whole list instead."""
         return self.access_level(actor, self.project(project_id)) >= AccessLevel.GUEST
 
     @staticmethod

@@ -29,6 +29,7 @@ from domain.streams import stream_id
 from domain.token_values import PERSONAL_ACCESS_TOKEN_PREFIX
 from domain.users import User, UserNamespace
 from infrastructure.idempotency import IdempotencySlot
+from infrastructure.stream_batches import load_aggregates
 from projections.credentials import NamespaceRecord, ProjectRecord
 from projections.directory import PersonalAccessTokenRecord, UserRecord
 from projections.views import ReadModel
@@ -70,11 +71,18 @@ class DirectoryService:
         email: str,
         name: str | None = None,
         is_admin: bool = False,
+        is_auditor: bool = False,
         idempotency: IdempotencySlot | None = None,
     ) -> UserRecord:
         self.access.require_admin(actor)
         return self._register_user(
-            actor, username=username, email=email, name=name, is_admin=is_admin, idempotency=idempotency
+            actor,
+            username=username,
+            email=email,
+            name=name,
+            is_admin=is_admin,
+            is_auditor=is_auditor,
+            idempotency=idempotency,
         )
 
     def _register_user(
@@ -85,9 +93,11 @@ class DirectoryService:
         email: str,
         name: str | None,
         is_admin: bool,
+        is_auditor: bool = False,
         idempotency: IdempotencySlot | None = None,
     ) -> UserRecord:
-        """A user and their personal namespace share one id: a user's id is their namespace's id."""
+        """A user and their personal namespace share one id: a user's id is their namespace's id. An auditor
+        is registered, then flagged, in the same commit (behaviour [auditors])."""
         now = self.clock.now()
 
         self._require_email_free(email, None)
@@ -103,6 +113,7 @@ class DirectoryService:
                 actor=actor,
                 now=now,
             )
+            user.set_auditor(is_auditor, actor=actor, now=now)
             namespace = UserNamespace.open(namespace_id=number, user_id=number, path=username, now=now)
             claims = Claims(self.uow, now)
             claims.take_path(username, "user", number, field="username")
@@ -193,9 +204,16 @@ class DirectoryService:
                 raise ValidationError.single("email", TAKEN)
 
     def update_user(
-        self, actor: Actor, user_id: int, *, email: str | None = None, name: str | None = None
+        self,
+        actor: Actor,
+        user_id: int,
+        *,
+        email: str | None = None,
+        name: str | None = None,
+        is_auditor: bool | None = None,
     ) -> UserRecord:
-        """GitLab's ``PUT /users/:id`` (administrators): a new email (unique, any case) or display name."""
+        """GitLab's ``PUT /users/:id`` (administrators): a new email (unique, any case), display name or
+        auditor flag (behaviour [auditors])."""
         self.access.require_admin(actor)
         if email is not None:
             self._require_email_free(email, user_id)
@@ -205,6 +223,8 @@ class DirectoryService:
             user = self.uow.get(User, stream_id("user", user_id), "404 User")
             previous = user.email
             user.change_profile(email=email, name=name, actor=actor, now=now)
+            if is_auditor is not None:
+                user.set_auditor(is_auditor, actor=actor, now=now)
             claims = Claims(self.uow, now)
             if user.email.lower() != previous.lower():
                 claims.free_email(previous, user_id)
@@ -241,6 +261,15 @@ class DirectoryService:
         if user is None:
             raise NotFound("404 User")
         return user
+
+    def auditor_ids(self, user_ids: Iterable[int]) -> set[int]:
+        """Which of these users are auditors now, read from their aggregates in one go (the read model does
+        not keep the flag)."""
+        streams = {stream_id("user", user_id): user_id for user_id in user_ids}
+        found = load_aggregates(self.uow.store, streams)
+        return {
+            streams[stream] for stream, user in found.items() if isinstance(user, User) and user.is_auditor
+        }
 
     def users(self, *, username: str | None, search: str | None) -> list[UserRecord]:
         """Users by exact username (any case) or by a search in username, name and email."""
@@ -333,11 +362,10 @@ class DirectoryService:
             viewer, children, lambda group: self.access.sees_group(viewer, group.namespace_id)
         )
 
-    @staticmethod
-    def _visible(viewer: Actor | None, records: list[R], sees: Callable[[R], bool]) -> list[R]:
+    def _visible(self, viewer: Actor | None, records: list[R], sees: Callable[[R], bool]) -> list[R]:
         if viewer is None:
             return []
-        if viewer.is_admin:
+        if self.access.reads_everything(viewer):  # administrators, and auditors (behaviour [auditors])
             return records
         return [record for record in records if sees(record)]
 

@@ -29,6 +29,7 @@ from typing import Any, Final, Literal
 
 from infrastructure.activity import ActivityEvent
 from infrastructure.db import Database, as_utc_text
+from projections.audit_log_queries import AuditLogFilter
 from projections.audit_queries import AuditFilter
 from projections.audit_rows import AUDIT_COLUMNS
 from projections.chain_queries import chain_head
@@ -84,15 +85,24 @@ class ExportRequest:
     since: datetime | None = None
     until: datetime | None = None
     upto: int | None = None  # last audit position / activity id included; None: as of now
+    # Lifecycle only (the auditor pages' filters): who acted, and which audit event type.
+    actor_username: str | None = None
+    event_type: str | None = None
 
     def filters(self) -> dict[str, Any]:
-        return {
+        filters: dict[str, Any] = {
             "token_id": self.token_id,
             "namespace_kind": self.namespace_kind,
             "namespace_id": self.namespace_id,
             "since": as_utc_text(self.since) if self.since else None,
             "until": as_utc_text(self.until) if self.until else None,
         }
+        # Named only when given, so that the manifests of exports without them keep their shape.
+        if self.actor_username is not None:
+            filters["actor_username"] = self.actor_username
+        if self.event_type is not None:
+            filters["event_type"] = self.event_type
+        return filters
 
 
 @dataclass
@@ -122,15 +132,22 @@ class Export:
         if request.dataset == "usage_set_aside" and (request.token_id or request.namespace_kind):
             # A set-aside row is kept as the text it arrived as: it has no token or namespace to filter by.
             raise ValueError("set-aside activity rows can be filtered by time only")
+        if request.dataset != "lifecycle" and (request.actor_username or request.event_type):
+            raise ValueError("only lifecycle rows can be filtered by actor or event type")
         self.db = db
         self.request = request
+        # The auditor pages' filter (projections.audit_log_queries): a page and its download hold the same rows.
         self.lifecycle_filter = (
-            AuditFilter(
-                token_id=request.token_id,
-                namespace_kind=request.namespace_kind,
-                namespace_id=request.namespace_id,
-                since=request.since,
-                until=request.until,
+            AuditLogFilter(
+                AuditFilter(
+                    token_id=request.token_id,
+                    namespace_kind=request.namespace_kind,
+                    namespace_id=request.namespace_id,
+                    actor_username=request.actor_username,
+                    since=request.since,
+                    until=request.until,
+                ),
+                event_type=request.event_type,
             )
             if request.dataset == "lifecycle"
             else None

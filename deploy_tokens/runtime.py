@@ -7,28 +7,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 
 # Importing the aggregates registers their pinned event topics before any stored event is read.
+import domain.audit_streaming
 import domain.deploy_token
 import domain.groups
 import domain.instance_settings
 import domain.path_claims
 import domain.personal_access_tokens
 import domain.projects
+import domain.retention
 import domain.users  # noqa: F401
 from deploy_tokens.access import AccessService
+from deploy_tokens.audit_streaming import AuditStreamer, AuditStreamingService
 from deploy_tokens.directory import DirectoryService
 from deploy_tokens.directory_lifecycle import DirectoryLifecycle
 from deploy_tokens.expiry import ExpiryScan
 from deploy_tokens.expiry_sender import ExpiryNotifier, NoticeContext
 from deploy_tokens.issuing import CredentialIssuer
 from deploy_tokens.members import MembersService
+from deploy_tokens.retention import ActivityRetentionService
 from deploy_tokens.tokens import TokenService
 from deploy_tokens.unit_of_work import UnitOfWork
 from domain.clock import Clock, SystemClock
 from infrastructure.activity import ActivityRecorder, create_activity_table
+from infrastructure.audit_delivery import DeliveryPolicy, DeliveryPositions
 from infrastructure.bans import AddressBans, address_bans
 from infrastructure.db import CONNECT_TIMEOUT, Database, DatabaseProbe
 from infrastructure.idempotency import IdempotencyRecords
@@ -36,9 +42,10 @@ from infrastructure.keys import Keyring
 from infrastructure.mail import Mailer, mailer_from_url
 from infrastructure.settings import DatabaseLocation, Settings
 from infrastructure.store import EventStore
-from infrastructure.vault import CiTokenVault
+from infrastructure.vault import CiTokenVault, DestinationTokenVault
 from infrastructure.web_sessions import SessionKeys, SessionStore
 from projections.audit import AuditTrail
+from projections.audit_destinations import AuditDestinations
 from projections.base import Projection, Projector
 from projections.chain import EventChain
 from projections.credential_index import CredentialIndex
@@ -49,7 +56,14 @@ from projections.views import ReadModel
 
 
 def all_projections(keys: Keyring) -> list[Projection]:
-    return [CredentialLookup(), Directory(), AuditTrail(), ExpiryNotifications(), EventChain(keys.chain_key)]
+    return [
+        CredentialLookup(),
+        Directory(),
+        AuditTrail(),
+        ExpiryNotifications(),
+        EventChain(keys.chain_key),
+        AuditDestinations(),
+    ]
 
 
 @contextmanager
@@ -109,6 +123,8 @@ class Runtime:
             web_sessions = SessionStore(db, SessionKeys(settings.secret_key), clock)
             with db.transaction() as cursor:
                 vault.create_table(cursor)
+                DestinationTokenVault(db, keys.vault_key).create_table(cursor)  # audit streaming
+                DeliveryPositions(db).create_table(cursor)
                 idempotency.create_table(cursor)
                 web_sessions.create_table(cursor)
             create_activity_table(db)
@@ -164,6 +180,30 @@ class Runtime:
             mailer=mailer
             if mailer is not None
             else mailer_from_url(settings.smtp_url, data_dir=settings.data_dir),
+        )
+
+    def activity_retention(self, **options: Any) -> ActivityRetentionService:
+        """Activity retention (behaviour [retention]) as the settings configure it; ``options`` for tests
+        (``step``, ``delete_batch``)."""
+        return ActivityRetentionService(
+            self.uow, self.db, self.settings, self.keys.chain_key, self.clock, **options
+        )
+
+    # Audit event streaming (behaviour [audit-streaming]) ------------------------------------------------------
+
+    def audit_streaming(self) -> AuditStreamingService:
+        """Creating, listing and deleting streaming destinations."""
+        return AuditStreamingService(
+            self.uow, self.access, self.db, DestinationTokenVault(self.db, self.keys.vault_key), self.clock
+        )
+
+    def audit_streamer(
+        self, *, poll_interval: float = 1.0, policy: DeliveryPolicy | None = None
+    ) -> AuditStreamer:
+        """The streamer: one delivery thread per destination, bounded as the settings (or ``policy``) say."""
+        vault = DestinationTokenVault(self.db, self.keys.vault_key)
+        return AuditStreamer(
+            self.db, vault, policy or self.settings.audit_stream, poll_interval=poll_interval
         )
 
     def close(self) -> None:

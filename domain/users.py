@@ -16,6 +16,9 @@ from domain.streams import stream_id
 class User(Aggregate):
     TOPIC = "deploy_tokens:User"
 
+    # A class default, so a user rebuilt from state saved before auditors existed (a snapshot) is no auditor.
+    is_auditor: bool = False
+
     class Event(Aggregate.Event):
         TOPIC = "deploy_tokens:User.Event"
 
@@ -54,6 +57,18 @@ class User(Aggregate):
             assert isinstance(aggregate, User)
             aggregate.is_admin = self.is_admin
 
+    class AuditorChanged(Aggregate.Event):
+        """The auditor flag set or cleared (behaviour [auditors]). Users registered before auditors existed have
+        no such event: they replay as non-auditors."""
+
+        TOPIC = "deploy_tokens:User.AuditorChanged"
+        is_auditor: bool
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, User)
+            aggregate.is_auditor = self.is_auditor
+
     class ProfileChanged(Aggregate.Event):
         """A new email address or display name (both fields hold the values after the change)."""
 
@@ -84,6 +99,7 @@ class User(Aggregate):
         self.is_admin = is_admin
         self.namespace_id = namespace_id
         self.blocked = False
+        self.is_auditor = False
 
     @classmethod
     def register(
@@ -135,6 +151,14 @@ class User(Aggregate):
         if self.is_admin == is_admin:
             return False
         self.trigger_event(self.AdminChanged, timestamp=now, is_admin=is_admin, actor=actor.as_event_data())
+        return True
+
+    def set_auditor(self, is_auditor: bool, *, actor: Actor, now: datetime) -> bool:
+        if self.is_auditor == is_auditor:
+            return False
+        self.trigger_event(
+            self.AuditorChanged, timestamp=now, is_auditor=is_auditor, actor=actor.as_event_data()
+        )
         return True
 
     def change_profile(self, *, email: str | None, name: str | None, actor: Actor, now: datetime) -> bool:

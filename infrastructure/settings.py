@@ -5,6 +5,7 @@ fails the start with one ``ConfigurationError`` naming it, whichever process rea
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import pwd
 import secrets
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from infrastructure.audit_delivery import DeliveryPolicy
 from infrastructure.bans import LOOPBACK, BanPolicy, IPNetwork
 
 DEFAULT_REGISTRY_ISSUER = "deploy-token-service"
@@ -116,6 +118,16 @@ class Settings:
     web_threads: int = 8
     # Where the web workers keep their metrics for /metrics to sum (set by the web process itself).
     metrics_dir: Path | None = None
+    # Activity retention (behaviour [retention]): days of token_activity kept (None: forever), and where the
+    # archives of older rows go (None: <data dir>/archive).
+    activity_retention_days: int | None = None
+    archive_dir: Path | None = None
+    # Audit event streaming (behaviour [audit-streaming]): one delivery's timeout, the waits between retries.
+    audit_stream: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+
+    @property
+    def activity_archive_dir(self) -> Path:
+        return self.archive_dir if self.archive_dir is not None else self.data_dir / "archive"
 
     @property
     def jobs_in_process(self) -> bool:
@@ -203,6 +215,9 @@ class Settings:
             web_concurrency=_whole_number(env, "WEB_CONCURRENCY", 4, minimum=1, maximum=256),
             web_threads=_whole_number(env, "WEB_THREADS", 8, minimum=1, maximum=1024),
             metrics_dir=Path(env[METRICS_DIR_ENV]) if env.get(METRICS_DIR_ENV) else None,
+            activity_retention_days=_retention_days(env),
+            archive_dir=_archive_dir(env),
+            audit_stream=_audit_stream(env),
         )
 
 
@@ -212,11 +227,66 @@ def _whole_number(
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
-    # isdigit() alone takes other scripts' digits ("\u0663"): ASCII only.
-    if raw.isascii() and raw.isdigit() and minimum <= int(raw) and (maximum is None or int(raw) <= maximum):
+    # isdigit() alone takes other scripts' digits ("\u0663"): ASCII only. More than 18 digits is out of any
+    # range here, and int() refuses thousands of digits with a ValueError of its own.
+    digits = raw.isascii() and raw.isdigit() and len(raw) <= 18
+    if digits and minimum <= int(raw) and (maximum is None or int(raw) <= maximum):
         return int(raw)
     bound = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
     raise ConfigurationError(f"{name} must be a whole number, {bound}")
+
+
+# Activity retention ---------------------------------------------------------------------------------------
+
+# A century: any longer is "forever", which is what leaving the variable unset says.
+MAX_RETENTION_DAYS = 36500
+
+
+def _retention_days(env: Mapping[str, str]) -> int | None:
+    """``DEPLOY_TOKENS_ACTIVITY_RETENTION_DAYS``: unset or empty keeps activity forever."""
+    if not (env.get("DEPLOY_TOKENS_ACTIVITY_RETENTION_DAYS") or "").strip():
+        return None
+    return _whole_number(
+        env, "DEPLOY_TOKENS_ACTIVITY_RETENTION_DAYS", 0, minimum=1, maximum=MAX_RETENTION_DAYS
+    )
+
+
+def _archive_dir(env: Mapping[str, str]) -> Path | None:
+    """``DEPLOY_TOKENS_ARCHIVE_DIR``: unset or empty means ``<data dir>/archive``."""
+    raw = (env.get("DEPLOY_TOKENS_ARCHIVE_DIR") or "").strip()
+    if not raw:
+        return None
+    if not raw.isprintable() or len(raw) > 4096:  # NUL, control characters, lone surrogates
+        raise ConfigurationError("DEPLOY_TOKENS_ARCHIVE_DIR must be a folder path of printable characters")
+    return Path(raw).resolve()
+
+
+# Audit event streaming --------------------------------------------------------------------------------------
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not minimum <= value <= maximum:  # NaN and infinities too
+        raise ConfigurationError(f"{name} must be a number of seconds, {minimum:g} to {maximum:g}")
+    return value
+
+
+def _audit_stream(env: Mapping[str, str]) -> DeliveryPolicy:
+    """``DEPLOY_TOKENS_AUDIT_STREAM_TIMEOUT``, ``..._RETRY_MIN`` and ``..._RETRY_MAX`` (seconds)."""
+    timeout = _seconds(env, "DEPLOY_TOKENS_AUDIT_STREAM_TIMEOUT", 10.0, minimum=0.01, maximum=300.0)
+    first = _seconds(env, "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MIN", 1.0, minimum=0.01, maximum=3600.0)
+    cap = _seconds(env, "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MAX", 300.0, minimum=0.01, maximum=86400.0)
+    if cap < first:
+        raise ConfigurationError(
+            "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MAX must not be less than DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MIN"
+        )
+    return DeliveryPolicy(timeout=timeout, first_retry=first, max_retry=cap)
 
 
 def _os_user() -> str:
@@ -309,7 +379,7 @@ def _embedded_secret(data_dir: Path) -> bytes:
 
 
 # What the service itself writes into its data folder (``.secret_key.*`` only for an instant).
-_SERVICE_ENTRIES = frozenset({"secret_key", "maildir"})
+_SERVICE_ENTRIES = frozenset({"secret_key", "maildir", "archive"})
 _SQLITE_FILE = "deploy-tokens.sqlite3"
 _SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
 

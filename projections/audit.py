@@ -12,10 +12,12 @@ own record of each stream's name, namespace and scopes. Nothing here ever delete
 ``DeployToken.Deleted`` adds a ``..._destroyed`` row.
 
 No rows for the claims' events (``PathClaim``, ``EmailClaim``), ``UserNamespace.Created``,
-``InstanceSettings.Created`` and ``Group.ChildAdded``: they are bookkeeping saved atomically with the event
-that caused them (the user's, group's or project's creation, move or deletion, or the first settings change),
-and would only repeat that event's row. Renamed, moved and deleted groups and projects have rows of their
-own (``projections.audit_directory``).
+``InstanceSettings.Created``, ``Group.ChildAdded``, ``ActivityRetention.Created`` and
+``AuditStreaming.Created``: they are bookkeeping saved atomically with the event that caused them (the user's,
+group's or project's creation, move or deletion, the first settings change, the first archive of old
+activity, the first streaming destination), and would only repeat that event's row. Renamed, moved and
+deleted groups and projects have rows of their own (``projections.audit_directory``); the instance's own
+housekeeping has its rows in ``projections.audit_instance``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from domain.streams import stream_id
 from domain.users import User
 from infrastructure.db import Cursor
 from projections.audit_directory import AUDIT_PATHS_SCHEMA, DIRECTORY_LIFECYCLE_HANDLERS
+from projections.audit_instance import INSTANCE_HANDLERS
 from projections.audit_rows import (
     TARGET_INSTANCE_SETTINGS,
     TARGET_USER,
@@ -95,6 +98,17 @@ def _user_admin_changed(trail: AuditBatch, event: User.AdminChanged, position: i
     else:
         message = f"Removed administrator access from {_user_words(subject)}."
     record_for(trail, event, position, subject, "user_admin_changed", message, {"is_admin": event.is_admin})
+
+
+def _user_auditor_changed(trail: AuditBatch, event: User.AuditorChanged, position: int) -> None:
+    subject = trail.subject_of(event, position)
+    if event.is_auditor:
+        message = f"Granted auditor access to {_user_words(subject)}."
+    else:
+        message = f"Removed auditor access from {_user_words(subject)}."
+    record_for(
+        trail, event, position, subject, "user_auditor_changed", message, {"is_auditor": event.is_auditor}
+    )
 
 
 def _pat_sentence(verb: str, subject: Subject) -> str:
@@ -349,14 +363,16 @@ class AuditTrail(BatchedEventProjection[AuditBatch]):
     tables = ("audit_events", "audit_subjects", "audit_memberships", "audit_paths")
     version = 2  # 2: audit_paths, the path each holder had at each moment (behaviour [history-paths])
     # No rows (see the module docstring): claims, UserNamespace.Created, InstanceSettings.Created,
-    # Group.ChildAdded.
+    # Group.ChildAdded, ActivityRetention.Created, AuditStreaming.Created.
     handlers = EventHandlers(
         *TOKEN_HANDLERS,
         *DIRECTORY_LIFECYCLE_HANDLERS,
+        *INSTANCE_HANDLERS,
         on(User.Registered, _user_registered),
         on(User.Blocked, _user_blocked),
         on(User.Unblocked, _user_unblocked),
         on(User.AdminChanged, _user_admin_changed),
+        on(User.AuditorChanged, _user_auditor_changed),
         on(PersonalAccessToken.Created, _pat_created),
         on(PersonalAccessToken.Revoked, _pat_revoked),
         on(Group.Created, _group_created),

@@ -565,8 +565,8 @@ def _pages(
             yield rows
         return
     page = f"{select} AND token_id > ? AND token_id <= ?"
-    for start in range(0, highest + 1, LOAD_PAGE):
-        rows = cursor.execute(page, (now, start, start + LOAD_PAGE)).fetchall()
+    ranges = ((page, (now, start, start + LOAD_PAGE)) for start in range(0, highest + 1, LOAD_PAGE))
+    for rows in cursor.read_ahead(ranges):  # the server reads the next page while this one becomes records
         if rows:
             yield rows
 
@@ -579,10 +579,10 @@ def _dead_pages(cursor: Cursor, dialect: str, now: datetime) -> Iterator[tuple[A
     row = cursor.execute(f"SELECT MAX({key}) FROM cred_tokens").fetchone()
     highest = int(row[0]) if row and row[0] is not None else 0
     select = f"{DEAD_PAGE_SQL[dialect]} WHERE {_DEAD} AND {key} > ? AND {key} <= ?"
-    for start in range(0, highest, DEAD_PAGE_ROWS):
-        page = cursor.execute(select, (now, start, start + DEAD_PAGE_ROWS)).fetchone()
-        if page is not None:
-            yield page[0], page[1], page[2]
+    pages = ((select, (now, start, start + DEAD_PAGE_ROWS)) for start in range(0, highest, DEAD_PAGE_ROWS))
+    for rows in cursor.read_ahead(pages):
+        if rows:
+            yield rows[0][0], rows[0][1], rows[0][2]
 
 
 def _scope_set(scopes: str) -> frozenset[str]:

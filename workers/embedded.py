@@ -1,6 +1,7 @@
 """The embedded default's scheduler: the same scan, in-process, daily at 01:00 UTC, with catch-up; each scan is
 recorded (``embedded-<day>`` in ``expiry_scan_runs``), so a restart the same day does not scan again and
-``deploy-tokens schedule`` can tell when the next one runs."""
+``deploy-tokens schedule`` can tell when the next one runs. Activity retention runs here too, once a day from
+02:00 UTC when it is on (behaviour [retention])."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from datetime import date
 
 from deploy_tokens.runtime import Runtime
 from infrastructure.scan_runs import ScanRuns
-from workers.jobs import SCAN_HOUR_UTC, run_inline_scan
+from workers.jobs import RETENTION_ACTOR, RETENTION_HOUR_UTC, SCAN_HOUR_UTC, run_inline_scan
 
 
 def embedded_scan_id(day: date) -> str:
@@ -32,6 +33,7 @@ class EmbeddedScheduler:
         self.runtime = runtime
         self.interval = interval
         self.last_day: date | None = None
+        self.last_retention_day: date | None = None
 
     def tick(self) -> bool:
         now = self.runtime.clock.now()
@@ -44,10 +46,31 @@ class EmbeddedScheduler:
         self.last_day = now.date()
         return recorded is None or recorded.status == "failed"
 
+    def retention_tick(self) -> bool:
+        """Activity retention (behaviour [retention]), when it is on: once per UTC day from 02:00. A restart
+        the same day runs it again only if that day recorded no archive; a run that found the lock taken, or
+        failed, is tried again on the next tick. Returns whether it ran."""
+        now = self.runtime.clock.now()
+        if (
+            self.runtime.settings.activity_retention_days is None
+            or now.hour < RETENTION_HOUR_UTC
+            or self.last_retention_day == now.date()
+        ):
+            return False
+        retention = self.runtime.activity_retention()
+        ran = not retention.ran_on(now) and retention.apply(RETENTION_ACTOR, now=now).status != "busy"
+        if ran or retention.ran_on(now):
+            self.last_retention_day = now.date()
+        return ran
+
     def run_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 self.tick()
             except Exception:
                 log.exception("embedded expiry scan failed; retrying on the next tick")
+            try:
+                self.retention_tick()
+            except Exception:
+                log.exception("embedded activity retention failed; retrying on the next tick")
             stop.wait(self.interval)

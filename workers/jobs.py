@@ -25,6 +25,7 @@ from rq.exceptions import DuplicateJobError
 from deploy_tokens.expiry import Dispatch, ScanReport
 from deploy_tokens.expiry_sender import ExpiryNotifier, SendOutcome
 from deploy_tokens.runtime import Runtime
+from domain.actors import Actor
 from domain.clock import as_utc
 from infrastructure.scan_runs import MailOutcome, ScanRuns
 from infrastructure.settings import Settings
@@ -244,19 +245,60 @@ def trigger_daily_scan(now: datetime | None = None) -> str | None:
     now = datetime.now(UTC) if now is None else as_utc(now)
     if now.hour < SCAN_HOUR_UTC:
         return None
+    return _enqueue_once_a_day(queue_for(Settings.from_env()), run_expiry_scan, now, scan_job_id(now), 1800)
+
+
+def _enqueue_once_a_day(
+    queue: Queue, job: Callable[[str], dict[str, Any]], now: datetime, job_id: str, timeout: int
+) -> str | None:
+    """Enqueue ``job(day)`` under ``job_id`` (which names the UTC day) unless that job exists: returns the day,
+    or None when it was already enqueued. The id stays reserved for three days after the job ends, longer than
+    the day it names; RQ retries a failed run three times."""
     day = now.strftime("%Y%m%d")
-    queue = queue_for(Settings.from_env())
     try:
         queue.enqueue(
-            run_expiry_scan,
+            job,
             day,
-            job_id=scan_job_id(now),
+            job_id=job_id,
             unique=True,
             result_ttl=3 * 86400,
             failure_ttl=3 * 86400,
-            job_timeout=1800,
+            job_timeout=timeout,
             retry=Retry(max=3, interval=[60, 300, 900]),
         )
     except DuplicateJobError:
         return None
     return day
+
+
+# Activity retention (behaviour [retention]) ----------------------------------------------------------------
+
+RETENTION_HOUR_UTC = 2  # daily, an hour after the expiry scan
+RETENTION_ACTOR = Actor.system("activity-retention")
+
+
+class RetentionBusy(Exception):
+    """Another retention run held the lock; RQ tries the job again after its back-off."""
+
+
+def retention_job_id(now: datetime) -> str:
+    """The RQ job id of ``now``'s UTC day's retention run: while that job exists, no second one is enqueued."""
+    return f"activity-retention-{as_utc(now):%Y%m%d}"
+
+
+def run_activity_retention(day: str) -> dict[str, Any]:
+    """The day's retention run (``day``: its UTC day, for the record): archive, record, delete."""
+    report = job_runtime().activity_retention().apply(RETENTION_ACTOR)
+    if report.status == "busy":
+        raise RetentionBusy(f"retention {day}: another run holds the lock; retried")
+    return report.as_dict()
+
+
+def trigger_daily_retention(now: datetime | None = None) -> str | None:
+    """Called by ``rq cron`` at 02:00 UTC and every 15 minutes as a catch-up: enqueues the day's run once,
+    as ``trigger_daily_scan`` does the scan; nothing when retention is off. ``now`` exists for tests."""
+    now = datetime.now(UTC) if now is None else as_utc(now)
+    settings = Settings.from_env()
+    if now.hour < RETENTION_HOUR_UTC or settings.activity_retention_days is None:
+        return None
+    return _enqueue_once_a_day(queue_for(settings), run_activity_retention, now, retention_job_id(now), 3600)

@@ -17,6 +17,7 @@ When the next scan runs depends on the shape:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal
@@ -33,6 +34,10 @@ from workers.jobs import SCAN_HOUR_UTC, scan_job_id
 
 CATCH_UP = timedelta(minutes=15)
 EMBEDDED_CHECK = timedelta(seconds=30)
+
+
+# The names of the scan's cron jobs in workers/cron.py all begin with this.
+SCAN_JOB_PREFIX = "deploy-token-expiry-"
 
 
 def scan_time(day: datetime) -> datetime:
@@ -85,6 +90,18 @@ class ScheduleStatus:
             "last_run": None if self.last_run is None else self.last_run.as_dict(),
             "last_success": None if self.last_success is None else self.last_success.as_dict(),
         }
+
+
+def next_scan_tick(schedulers: Sequence[SchedulerInfo], now: datetime) -> datetime:
+    """The next tick of the scan's own cron jobs (the same schedulers trigger other daily jobs, such as
+    activity retention, whose ticks enqueue no scan); at the latest a catch-up interval from now."""
+    ticks = [
+        job.next_enqueue
+        for scheduler in schedulers
+        for job in scheduler.jobs
+        if job.next_enqueue is not None and job.name.startswith(SCAN_JOB_PREFIX)
+    ]
+    return max(min(ticks), now) if ticks else now + CATCH_UP
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -152,7 +169,6 @@ def schedule_status(runtime: Runtime, now: datetime | None = None) -> ScheduleSt
     elif todays:
         next_scan, reason = tomorrow, "today's scan has been enqueued; the next is tomorrow's at 01:00 UTC"
     else:
-        ticks = [job.next_enqueue for s in schedulers for job in s.jobs if job.next_enqueue is not None]
-        next_scan = max(min(ticks), now) if ticks else now + CATCH_UP
+        next_scan = next_scan_tick(schedulers, now)
         reason = "today's scan has not run yet: the scheduler's next catch-up tick enqueues it"
     return ScheduleStatus("scheduler", now, next_scan, reason, todays, last_run, last_success, schedulers)

@@ -17,7 +17,7 @@ def _url(*parts: str) -> str:
     return "/".join((runtime().settings.external_url, *parts))
 
 
-def user_fields(user: UserRecord) -> dict[str, Any]:
+def user_fields(user: UserRecord, *, is_auditor: bool = False) -> dict[str, Any]:
     return {
         "id": user.user_id,
         "username": user.username,
@@ -30,17 +30,30 @@ def user_fields(user: UserRecord) -> dict[str, Any]:
         "bot": False,
         "email": user.email,
         "is_admin": user.is_admin,
+        "is_auditor": is_auditor,
     }
 
 
 _USER_BASIC = UserSchema(only=USER_BASIC_FIELDS)
+_USER_WHOLE = UserSchema()
 
 
 def dump_user(user: UserRecord, viewer: Actor | None) -> dict[str, Any]:
     """Every field, or GitLab's ``UserBasic``, as the access rules let the viewer see the user."""
-    whole = runtime().access.sees_whole_profile(viewer, user.user_id)
-    body: dict[str, Any] = (UserSchema() if whole else _USER_BASIC).dump(user_fields(user))
-    return body
+    return dump_users([user], viewer)[0]
+
+
+def dump_users(users: list[UserRecord], viewer: Actor | None) -> list[dict[str, Any]]:
+    """Each user as ``dump_user`` has it; the auditor flags of those seen whole are read in one go."""
+    access = runtime().access
+    whole = {user.user_id for user in users if access.sees_whole_profile(viewer, user.user_id)}
+    auditors = runtime().directory.auditor_ids(whole) if whole else set()
+    return [
+        _USER_WHOLE.dump(user_fields(user, is_auditor=user.user_id in auditors))
+        if user.user_id in whole
+        else _USER_BASIC.dump(user_fields(user))
+        for user in users
+    ]
 
 
 def pat_fields(token: PersonalAccessTokenRecord) -> dict[str, Any]:

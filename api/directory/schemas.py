@@ -98,6 +98,7 @@ class UserCreateSchema(Schema):
         metadata={"description": "ignored: users never sign in here"},
     )
     admin = Flag(load_default=False)
+    auditor = Flag(load_default=False, metadata={"description": "read-only access to everything (auditors)"})
     skip_confirmation = Flag(load_default=True, metadata={"description": "ignored"})
 
 
@@ -106,10 +107,11 @@ class UserUpdateSchema(Schema):
 
     email = Text(load_default=None, validate=validate.Length(min=1))
     name = Text(load_default=None, validate=validate.Length(min=1))
+    auditor = Flag(load_default=None, metadata={"description": "read-only access to everything (auditors)"})
 
     @validates_schema
     def something_to_change(self, data: dict[str, Any], **kwargs: Any) -> None:
-        _at_least_one(data, ("email", "name"))
+        _at_least_one(data, ("email", "name", "auditor"))
 
 
 class UserListSchema(PaginationSchema):
@@ -262,7 +264,8 @@ class FeatureSetSchema(Schema):
 
 
 class UserSchema(Schema):
-    """GitLab's ``UserBasic``; administrators and the user themselves also see ``email``, ``is_admin``..."""
+    """GitLab's ``UserBasic``; administrators and the user themselves also see ``email``, ``is_admin``,
+    ``is_auditor``..."""
 
     id = fields.Integer(dump_only=True)
     username = fields.String(dump_only=True)
@@ -275,6 +278,7 @@ class UserSchema(Schema):
     bot = fields.Boolean(dump_only=True)
     email = fields.String(dump_only=True)
     is_admin = fields.Boolean(dump_only=True)
+    is_auditor = fields.Boolean(dump_only=True)
 
 
 USER_BASIC_FIELDS: Final = ("id", "username", "name", "state", "locked", "avatar_url", "web_url")

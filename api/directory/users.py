@@ -11,7 +11,7 @@ from flask.typing import ResponseReturnValue
 from api.auth import require_admin, require_principal
 from api.context import runtime
 from api.directory.blueprint import WITH_CONFLICT, created, directory, viewer
-from api.directory.representations import dump_user, pat_fields
+from api.directory.representations import dump_user, dump_users, pat_fields
 from api.directory.schemas import (
     CreatedPersonalAccessTokenSchema,
     PersonalAccessTokenCreateSchema,
@@ -53,6 +53,7 @@ def create_user() -> ResponseReturnValue:
             email=params["email"],
             name=params["name"],
             is_admin=params["admin"],
+            is_auditor=params["auditor"],
             idempotency=idempotency_slot(),
         )
     except ValidationError as error:
@@ -74,7 +75,7 @@ def _update_user(user_id: int) -> ResponseReturnValue:
     params = load(UserUpdateSchema())
     try:
         user = runtime().directory.update_user(
-            principal.actor, user_id, email=params["email"], name=params["name"]
+            principal.actor, user_id, email=params["email"], name=params["name"], is_auditor=params["auditor"]
         )
     except ValidationError as error:
         _taken_is_a_conflict(error)
@@ -89,13 +90,14 @@ def list_users() -> ResponseReturnValue:
     params = load(UserListSchema())
     users = runtime().directory.users(username=params["username"], search=params["search"])
     page = paginate_list(users, params["page"], params["per_page"])
-    return paginated(page, [dump_user(user, principal.actor) for user in page.items])
+    return paginated(page, dump_users(list(page.items), principal.actor))
 
 
 # One rule for both methods: with two, werkzeug answers a GET of an id beyond BIGINT with 405, not 404.
 @directory.route("/users/<int:user_id>", methods=["GET", "PUT"])
 @operation(
-    "Get a user; PUT changes their email or name (administrators; an email another user has is a conflict)",
+    "Get a user; PUT changes their email, name or auditor flag (administrators; an email another user has is "
+    "a conflict)",
     tag="users",
     body=UserUpdateSchema,
     response=UserSchema,

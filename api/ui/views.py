@@ -101,12 +101,6 @@ def require_principal() -> Principal:
     return principal
 
 
-def _require_write_scope(principal: Principal) -> None:
-    """As in the API: changing anything needs a personal access token with the ``api`` scope."""
-    if not principal.can_write:
-        raise PermissionDenied("403 Forbidden - insufficient_scope: the token needs the api scope")
-
-
 ui.before_request(load_session)
 
 
@@ -157,6 +151,8 @@ def _not_found(_error: NotFound) -> ResponseReturnValue:
 @ui.errorhandler(PermissionDenied)
 def _forbidden(error: PermissionDenied) -> ResponseReturnValue:
     detail = "You don't have the permission to manage deploy tokens here."
+    if (request.endpoint or "").startswith("ui.audit_"):  # the auditor pages (api/ui/audit_pages.py)
+        detail = "Only administrators and auditors can see the audit pages."
     if "insufficient_scope" in error.reason:
         detail = "Your personal access token needs the api scope to change deploy tokens."
     return _error_page(403, "Access denied", detail)
@@ -330,7 +326,7 @@ def _parse_expiry(text: str, errors: ErrorCollector) -> date | None:
 
 def create(kind: HolderKind, full_path: str) -> ResponseReturnValue:
     principal, holder = _managed(kind, full_path)
-    _require_write_scope(principal)
+    principal.require_write()  # as in the API: the api scope, and no auditor account
     form = TokenForm(
         name=request.form.get("name", ""),
         expires_at=request.form.get("expires_at", "").strip(),
@@ -386,7 +382,7 @@ def revoke(kind: HolderKind, full_path: str, token_id: int) -> ResponseReturnVal
         return render_template(
             "ui/revoke_confirm.html", holder=holder, token=token, row=_token_row(token, holder)
         )
-    _require_write_scope(principal)
+    principal.require_write()  # as in the API: the api scope, and no auditor account
     record = runtime().tokens.revoke_token(principal.actor, holder.kind, holder.id, token_id)
     current = session_id()
     assert current is not None

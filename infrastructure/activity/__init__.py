@@ -8,10 +8,19 @@ address (``X-Original-Remote-Addr`` from nginx, else the peer address) and the u
 
 One job per module: ``table`` declares the row once (``ActivityEvent``: the columns, their order and SQL
 types) and holds the table's definition and queries; ``text`` makes any text storable and readable;
-``writer`` queues on the request thread and writes in batches in the background. Code outside this package
-imports from the package itself.
+``writer`` queues on the request thread and writes in batches in the background; ``pruning`` deletes rows
+once retention has archived them (behaviour [retention]). Code outside this package imports from the package
+itself.
 """
 
+from infrastructure.activity.pruning import (
+    ArchiveRange,
+    archive_range,
+    delete_range,
+    frozen_bound,
+    remaining_rows,
+    retention_lock,
+)
 from infrastructure.activity.table import (
     TOKEN_REF_LENGTH,
     ActivityEvent,
@@ -32,9 +41,15 @@ __all__ = [
     "ActivityRecorder",
     "ActivityRow",
     "ActivityStats",
+    "ArchiveRange",
     "RejectedActivityRow",
     "activity_rows",
+    "archive_range",
     "create_activity_table",
+    "delete_range",
+    "frozen_bound",
     "rejected_activity_rows",
+    "remaining_rows",
+    "retention_lock",
     "storable_text",
 ]

@@ -9,7 +9,7 @@ from ..conftest import World
 from .conftest import Credentials
 
 USER_BASIC = {"id", "username", "name", "state", "locked", "avatar_url", "web_url"}
-USER_FULL = USER_BASIC | {"created_at", "bot", "email", "is_admin"}
+USER_FULL = USER_BASIC | {"created_at", "bot", "email", "is_admin", "is_auditor"}  # behaviour [auditors]
 GROUP_FIELDS = {
     "id",
     "web_url",

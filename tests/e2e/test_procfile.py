@@ -1,6 +1,6 @@
 """The production shape as the README runs it: ``honcho start`` with the ``Procfile`` (web, projector, worker,
-scheduler) on PostgreSQL and Redis, from the checkout, nothing activated. The service gets ready, a token made
-with the CLI is checked (and, revoked, refused) by the web process, the projector keeps the read models
+scheduler, streamer) on PostgreSQL and Redis, from the checkout, nothing activated. The service gets ready, a
+token made with the CLI is checked (and, revoked, refused) by the web process, the projector keeps the read models
 current, the scheduler is registered with the daily scan, and the day's scan runs and is reported."""
 
 from __future__ import annotations
@@ -167,9 +167,9 @@ def honcho(schema: str, redis_database: None, tmp_path: Path) -> Iterator[Honcho
 def test_the_procfile_runs_the_production_shape(honcho: Honcho) -> None:
     log = honcho.log
     eventually(
-        lambda: set(honcho.children()) == {"web", "projector", "worker", "scheduler"} or None,
+        lambda: set(honcho.children()) == {"web", "projector", "worker", "scheduler", "streamer"} or None,
         60,
-        "4 processes",
+        "5 processes",
         log,
     )
     eventually(lambda: request(honcho.port, "GET", "/-/readiness")[0] == 200, 90, "web ready", log)
@@ -220,7 +220,7 @@ def test_the_procfile_runs_the_production_shape(honcho: Honcho) -> None:
     # The projector keeps every read model at the head of the log.
     def projected() -> bool:
         rows = [line.split() for line in honcho.ok("projections", "status").splitlines()]
-        return len(rows) == 5 and all(row[-1] == "0" for row in rows)
+        return len(rows) == 6 and all(row[-1] == "0" for row in rows)
 
     eventually(projected, 30, "every projection at lag 0", log)
 

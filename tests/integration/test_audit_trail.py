@@ -3,16 +3,19 @@ GitLab's types and messages, one row per event, filters, rebuild."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
+from deploy_tokens.retention import ActivityRetentionService
 from deploy_tokens.runtime import Runtime
 from domain.actors import Actor
 from domain.clock import FixedClock
 from domain.deploy_token import deploy_token_uuid
 from domain.streams import stream_id
+from infrastructure.activity import ActivityEvent
 from projections.audit import AUDITED_EVENTS, AuditTrail
 from projections.audit_queries import AuditQuery, AuditRecord, audit_events
 from projections.base import Projector
@@ -112,6 +115,9 @@ def do_everything(world: World, clock: FixedClock) -> dict[str, Any]:
     change_aggregate(
         runtime, stream_id("user", outsider), lambda u: u.set_admin(True, actor=admin, now=clock.now())
     )
+    change_aggregate(
+        runtime, stream_id("user", outsider), lambda u: u.set_auditor(True, actor=admin, now=clock.now())
+    )
     pat = world.runtime.directory.create_personal_access_token(
         admin, outsider, name="ci", scopes=["read_api"]
     )
@@ -136,7 +142,35 @@ def do_everything(world: World, clock: FixedClock) -> dict[str, Any]:
     lifecycle.delete_project(admin, world.sibling_project)
     world.runtime.directory.create_group(admin, name="Other", path="other")  # a freed path, taken again
     world.runtime.directory.update_user(admin, outsider, email="outsider@example.org")
+    streaming = runtime.audit_streaming()
+    destination = streaming.create_destination(
+        admin, name="SIEM", destination_url="https://siem.example.com/in"
+    )
+    streaming.delete_destination(admin, destination.id)
+    # Activity retention: one old row archived, recorded, deleted.
+    runtime.activity.record(_old_activity(clock.now() - timedelta(days=3)))
+    runtime.activity.flush()
+    retained = replace(runtime.settings, activity_retention_days=1)
+    ActivityRetentionService(runtime.uow, runtime.db, retained, runtime.keys.chain_key, clock).apply(admin)
+    runtime.projector.catch_up()
     return {"values": values, "token_ids": [project_id, group_id]}
+
+
+def _old_activity(at: datetime) -> ActivityEvent:
+    return ActivityEvent(
+        occurred_at=at,
+        token_id=1,
+        token_ref=None,
+        endpoint="check",
+        action="git_read",
+        resource_kind="project",
+        resource_ref="acme/api",
+        allowed=True,
+        reason="allowed",
+        status=200,
+        client_addr="192.0.2.7",
+        user_agent="git/2.39",
+    )
 
 
 # GitLab's types and messages ----------------------------------------------------------------------------
@@ -239,6 +273,50 @@ def test_a_changed_access_level_records_the_old_and_new_level(world: World, proj
     assert (changed.target_type, changed.target_id, changed.target_name) == ("User", guest, "guest")
 
 
+def test_granting_and_removing_auditor_access_are_audited(world: World, projector: Projector):
+    outsider = world.users["outsider"].user_id
+    world.runtime.directory.update_user(world.admin, outsider, is_auditor=True)
+    world.runtime.directory.update_user(world.admin, outsider, is_auditor=False)
+    granted, removed = [row for row in trail(world, projector) if row.event_type == "user_auditor_changed"]
+    assert (
+        granted.message == f"Granted auditor access to user with username: outsider with user_id: {outsider}."
+    )
+    assert (
+        removed.message
+        == f"Removed auditor access from user with username: outsider with user_id: {outsider}."
+    )
+    assert (granted.details, removed.details) == ({"is_auditor": True}, {"is_auditor": False})
+    assert granted.actor_username == world.admin.username
+
+
+def test_streaming_destinations_have_gitlabs_types_and_messages_and_never_their_token(
+    world: World, projector: Projector
+):
+    streaming = world.runtime.audit_streaming()
+    token = "s3cret-verification-tok"
+    destination = streaming.create_destination(
+        world.admin, name="SIEM", destination_url="https://siem.example.com/in", verification_token=token
+    )
+    streaming.delete_destination(world.admin, destination.id)
+    created, deleted = [
+        row for row in trail(world, projector) if row.target_type == "AuditStreamingDestination"
+    ]
+    assert (created.event_type, created.message) == (
+        "instance_event_streaming_destination_created",
+        "Create instance event streaming destination https://siem.example.com/in",
+    )
+    assert (deleted.event_type, deleted.message) == (
+        "instance_event_streaming_destination_deleted",
+        "Destroy instance event streaming destination https://siem.example.com/in",
+    )
+    assert (created.target_id, created.target_name, created.namespace_kind) == (
+        destination.id,
+        "SIEM",
+        "instance",
+    )
+    assert token not in repr(created) + repr(deleted)
+
+
 # One row per event, rebuild, secrets --------------------------------------------------------------------
 
 
@@ -257,6 +335,8 @@ def test_one_row_per_audited_event(world: World, projector: Projector, clock: Fi
         "UserNamespace.Created",
         "InstanceSettings.Created",
         "Group.ChildAdded",
+        "ActivityRetention.Created",
+        "AuditStreaming.Created",
     }
     audited = [position for position, event in events if type(event) in AUDITED_EVENTS]
     assert len(rows) == len(audited)

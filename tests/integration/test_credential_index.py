@@ -370,8 +370,9 @@ def test_a_fresh_index_answers_every_token_whatever_its_load_pages(
     world: World, monkeypatch: pytest.MonkeyPatch
 ):
     """The first load takes dead tokens a page of rows at a time, aggregated by the database: pages smaller than
-    the table, some without a dead token, still give every token its own answer; the log's head is read in the
-    refresh's own snapshot."""
+    the table, some without a dead token, still give every token its own answer (live tokens come in pages too,
+    each page's query sent before the previous page is taken apart); the log's head is read in the refresh's own
+    snapshot."""
     runtime = world.runtime
     issued = [
         runtime.tokens.create_token(
@@ -384,6 +385,7 @@ def test_a_fresh_index_answers_every_token_whatever_its_load_pages(
     for token in issued[10:]:
         runtime.tokens.delete_token(world.admin, "project", world.project, token.token.token_id)
     monkeypatch.setattr("projections.credential_index.DEAD_PAGE_ROWS", 3)
+    monkeypatch.setattr("projections.credential_index.LOAD_PAGE", 2)  # live ones too (PostgreSQL reads ahead)
     index = CredentialIndex(runtime.db, runtime.store, runtime.keys, clock=runtime.clock)
     assert index.refresh()
     with runtime.db.read() as cursor:

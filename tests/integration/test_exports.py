@@ -258,6 +258,27 @@ def test_the_cli_manifest_covers_the_csv_bytes_as_written(runtime: Runtime, worl
     assert ("'" + DDE) in {row["target_name"] for row in _csv_rows(written)}
 
 
+def test_the_cli_exports_the_lifecycle_of_one_actor_and_one_event_type(
+    runtime: Runtime, world: World, tmp_path: Path
+):
+    created = runtime.tokens.create_token(
+        world.admin, "project", world.project, name="t", scopes=["read_repository"]
+    )
+    runtime.tokens.revoke_token(world.admin, "project", world.project, created.token.token_id)
+    output = tmp_path / "revoked.jsonl"
+    argv = ["export", "--dataset", "lifecycle", "--output", str(output)]
+    filters = ["--actor", world.admin.username or "", "--event-type", "deploy_token_revoked"]
+    assert cmd_export(runtime, build_parser().parse_args([*argv, *filters])) == 0
+    [row] = [json.loads(line) for line in output.read_text().splitlines()]
+    assert (row["event_type"], row["target_id"]) == ("deploy_token_revoked", created.token.token_id)
+    manifest = json.loads((tmp_path / "revoked.jsonl.manifest.json").read_text())
+    assert manifest["filters"]["event_type"] == "deploy_token_revoked"
+    # Only the lifecycle has actors and event types: anything else is refused before a byte is written.
+    usage = ["export", "--dataset", "usage", "--output", str(tmp_path / "u.jsonl"), "--event-type", "x"]
+    assert cmd_export(runtime, build_parser().parse_args(usage)) == 2
+    assert not (tmp_path / "u.jsonl").exists()
+
+
 def test_the_audit_api_csv_export_is_neutralised(runtime: Runtime, world: World):
     runtime.tokens.create_token(
         world.admin, "project", world.project, name=HYPERLINK, scopes=["read_repository"]

@@ -1,0 +1,137 @@
+"""behaviour [audit-streaming]: the destinations register's rules, the retry waits and the signature (no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime
+
+import pytest
+
+from domain.actors import Actor
+from domain.audit_streaming import (
+    AuditStreaming,
+    check_destination_url,
+    check_verification_token,
+    generate_verification_token,
+)
+from domain.errors import NotFound, ValidationError
+from infrastructure.audit_delivery import DeliveryPolicy, signature
+
+NOW = datetime(2026, 1, 10, 12, tzinfo=UTC)
+ADMIN = Actor.user(1, "root", is_admin=True)
+
+
+def _add(register: AuditStreaming, name: str, url: str = "https://siem.example.com/") -> int:
+    return register.create_destination(
+        name=name, destination_url=url, start="now", secret_ref=f"ref-{name}", actor=ADMIN, now=NOW
+    )
+
+
+def test_ids_grow_and_are_never_reused():
+    register = AuditStreaming.initial(NOW)
+    assert [_add(register, "a"), _add(register, "b")] == [1, 2]
+    register.delete_destination(2, actor=ADMIN, now=NOW)
+    assert _add(register, "c") == 3
+
+
+def test_names_are_unique_without_regard_to_case_until_deleted():
+    register = AuditStreaming.initial(NOW)
+    _add(register, "SIEM")
+    with pytest.raises(ValidationError) as refused:
+        _add(register, "siem")
+    assert refused.value.errors == {"name": ["has already been taken"]}
+    register.delete_destination(1, actor=ADMIN, now=NOW)
+    assert _add(register, "siem") == 2
+
+
+def test_at_most_five():
+    register = AuditStreaming.initial(NOW)
+    for name in "abcde":
+        _add(register, name)
+    with pytest.raises(ValidationError, match="Maximum number of destinations"):
+        _add(register, "f")
+
+
+def test_deleting_an_unknown_destination_is_not_found():
+    register = AuditStreaming.initial(NOW)
+    with pytest.raises(NotFound):
+        register.delete_destination(1, actor=ADMIN, now=NOW)
+    _add(register, "a")
+    register.delete_destination(1, actor=ADMIN, now=NOW)
+    with pytest.raises(NotFound):
+        register.delete_destination(1, actor=ADMIN, now=NOW)
+
+
+def test_the_event_carries_no_token_only_its_reference():
+    register = AuditStreaming.initial(NOW)
+    _add(register, "a")
+    created = register.collect_events()[-1]
+    assert isinstance(created, AuditStreaming.DestinationCreated)
+    assert created.secret_ref == "ref-a"
+    assert "token" not in " ".join(vars(created))
+
+
+def test_several_field_errors_are_reported_together():
+    register = AuditStreaming.initial(NOW)
+    with pytest.raises(ValidationError) as refused:
+        register.create_destination(
+            name="", destination_url="ftp://x", start="later", secret_ref="r", actor=ADMIN, now=NOW
+        )
+    assert set(refused.value.errors) == {"name", "destination_url", "start"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://siem.example.com",
+        "https://siem.example.com:8443/intake?a=b&c=d",
+        "http://127.0.0.1:9000/",
+        "http://[::1]:9000/x",
+        "https://siem.example.com./",
+        "https://xn--sem-sna.example.com/",
+    ],
+)
+def test_good_urls(url: str):
+    assert check_destination_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1",
+        "http://[fe80::1%25eth0]/",
+        "http://-bad-.example.com/",
+        "http://a..b/",
+        "http://" + "a" * 64 + ".example.com/",
+        "http://host:65536/",
+        "file:///etc/passwd",
+        "gopher://host/",
+        "//host/path",
+    ],
+)
+def test_bad_urls(url: str):
+    with pytest.raises(ValidationError) as refused:
+        check_destination_url(url)
+    assert list(refused.value.errors) == ["destination_url"]
+
+
+def test_generated_tokens_are_24_base58_characters_and_valid():
+    tokens = {generate_verification_token() for _ in range(50)}
+    assert len(tokens) == 50
+    for token in tokens:
+        assert len(token) == 24 and check_verification_token(token) == token
+        assert not set(token) & set("0OIl+/=")
+
+
+def test_retry_waits_double_up_to_the_cap():
+    policy = DeliveryPolicy(timeout=1, first_retry=1, max_retry=10)
+    assert [policy.backoff(n) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+    assert policy.backoff(10_000) == 10, "no overflow however long it fails"
+
+
+def test_signature_is_hmac_sha256_of_the_exact_body():
+    body = b'{"id":1}'
+    expected = hmac.new(b"k" * 24, body, hashlib.sha256).hexdigest()
+    assert signature(body, "k" * 24) == f"sha256={expected}"
+    assert signature(body + b" ", "k" * 24) != signature(body, "k" * 24)
