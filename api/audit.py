@@ -14,9 +14,8 @@ from api.context import runtime
 from api.openapi import operation
 from api.params import load
 from api.resources import group_id, past_reference, project_id
-from api.schemas import GitLabDateTime
+from api.schemas import GitLabDateTime, UtcInstant
 from deploy_tokens.exports import Export, ExportRequest
-from domain.clock import as_utc
 from domain.errors import NotFound
 from infrastructure.activity import activity_rows
 from projections.access import Action
@@ -37,25 +36,13 @@ BIGINT_MAX = 2**63 - 1  # ids and positions are BIGINT: larger numbers name noth
 _ACTIONS = [action.value for action in Action if action is not Action.API]
 
 
-def _instant(value: Any) -> Any:
-    """Dates and datetimes from ``GitLabDateTime`` as aware UTC instants (a date: 00:00 UTC)."""
-    from datetime import date, datetime
-
-    from domain.clock import start_of_day
-
-    if value is None or isinstance(value, datetime):
-        return None if value is None else as_utc(value)
-    assert isinstance(value, date)
-    return start_of_day(value)
-
-
 class AuditEventsQuerySchema(Schema):
     token_id = fields.Integer(validate=validate.Range(min=1, max=BIGINT_MAX))
     namespace_kind = fields.String(validate=validate.OneOf(["project", "group", "user", "instance"]))
     namespace_id = fields.Integer(validate=validate.Range(min=1, max=BIGINT_MAX))
     actor_username = fields.String(validate=validate.Length(min=1, max=255))
-    since = GitLabDateTime(load_default=None, allow_none=True)
-    until = GitLabDateTime(load_default=None, allow_none=True)
+    since = UtcInstant(load_default=None, allow_none=True)
+    until = UtcInstant(load_default=None, allow_none=True)
     after_position = fields.Integer(load_default=0, validate=validate.Range(min=0, max=BIGINT_MAX))
     per_page = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
@@ -98,8 +85,8 @@ def list_audit_events() -> ResponseReturnValue:
         namespace_kind=params.get("namespace_kind"),
         namespace_id=params.get("namespace_id"),
         actor_username=params.get("actor_username"),
-        since=_instant(params["since"]),
-        until=_instant(params["until"]),
+        since=params["since"],
+        until=params["until"],
         after_position=params["after_position"],
         limit=params["per_page"],
     )
@@ -108,8 +95,8 @@ def list_audit_events() -> ResponseReturnValue:
 
 
 class ActivityQuerySchema(Schema):
-    since = GitLabDateTime(load_default=None, allow_none=True)
-    until = GitLabDateTime(load_default=None, allow_none=True)
+    since = UtcInstant(load_default=None, allow_none=True)
+    until = UtcInstant(load_default=None, allow_none=True)
     after_id = fields.Integer(load_default=None, validate=validate.Range(min=0, max=BIGINT_MAX))
     per_page = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
@@ -144,8 +131,8 @@ def token_activity(token_id: int) -> ResponseReturnValue:
     rows = activity_rows(
         runtime().db,
         token_id,
-        _instant(params["since"]),
-        _instant(params["until"]),
+        params["since"],
+        params["until"],
         after_id=params["after_id"],
         limit=params["per_page"],
     )
@@ -153,7 +140,7 @@ def token_activity(token_id: int) -> ResponseReturnValue:
 
 
 class AtSchema(Schema):
-    at = GitLabDateTime(required=True, error_messages={"required": "is missing"})
+    at = UtcInstant(required=True, error_messages={"required": "is missing"})
 
     @validates_schema
     def _at_given(self, data: dict[str, Any], **_: Any) -> None:
@@ -188,9 +175,7 @@ class TokenStateSchema(Schema):
 def token_state(token_id: int) -> ResponseReturnValue:
     require_audit_reader()
     params = load(AtSchema())
-    return jsonify(
-        TokenStateSchema().dump(token_state_at(runtime().store, token_id, _instant(params["at"])).as_dict())
-    )
+    return jsonify(TokenStateSchema().dump(token_state_at(runtime().store, token_id, params["at"]).as_dict()))
 
 
 class AccessQuerySchema(AtSchema):
@@ -226,7 +211,7 @@ def deploy_token_access(reference: str) -> ResponseReturnValue:
         runtime().store,
         action=Action(params["action"]),
         project=past_reference(reference, "404 Project"),
-        at=_instant(params["at"]),
+        at=params["at"],
     )
     return jsonify(AccessSchema(many=True).dump([answer.as_dict() for answer in answers]))
 
@@ -235,8 +220,8 @@ class ExportQuerySchema(Schema):
     token_id = fields.Integer(validate=validate.Range(min=1, max=BIGINT_MAX))
     project = fields.String(validate=validate.Length(min=1, max=1000))
     group = fields.String(validate=validate.Length(min=1, max=1000))
-    since = GitLabDateTime(load_default=None, allow_none=True)
-    until = GitLabDateTime(load_default=None, allow_none=True)
+    since = UtcInstant(load_default=None, allow_none=True)
+    until = UtcInstant(load_default=None, allow_none=True)
     upto = fields.Integer(validate=validate.Range(min=0, max=BIGINT_MAX))
     # Lifecycle only, as the auditor pages filter the audit log (api/ui/audit_pages.py).
     actor_username = fields.String(validate=validate.Length(min=1, max=255))
@@ -285,8 +270,8 @@ def start_export(params: dict[str, Any], dataset: str, kind: str) -> Export:
         token_id=params.get("token_id"),
         namespace_kind=namespace_kind,
         namespace_id=namespace_id,
-        since=_instant(params["since"]),
-        until=_instant(params["until"]),
+        since=params["since"],
+        until=params["until"],
         upto=params.get("upto"),
         actor_username=params.get("actor_username"),
         event_type=params.get("event_type"),

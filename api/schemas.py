@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from marshmallow import Schema, fields, validate
@@ -36,6 +36,25 @@ class GitLabDateTime(fields.Field[date | datetime | None]):
             return parse_iso8601(value)
         except (ValueError, OverflowError):  # OverflowError: 24:00 on 9999-12-31
             raise self.make_error("invalid") from None
+
+
+class UtcInstant(GitLabDateTime):
+    """An instant to query by (a filter's bound, a point in time): what ``GitLabDateTime`` reads, as an aware UTC
+    datetime; a plain date is 00:00 UTC that day. An instant that does not exist in UTC (9999-12-31T23:59-01:00)
+    is a field error, not an overflow deep in a query."""
+
+    default_error_messages = {"range": "must be between 0001-01-01 and 9999-12-31 UTC"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime | None:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        if parsed is None:
+            return None
+        if not isinstance(parsed, datetime):
+            return datetime.combine(parsed, time(), tzinfo=UTC)
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError:
+            raise self.make_error("range") from None
 
 
 # ISO 8601 forms ``fromisoformat`` does not read: ordinal dates (2026-010, 2026010) and 24:00 (the day's end).

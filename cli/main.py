@@ -70,8 +70,7 @@ def cmd_bootstrap(runtime: Runtime, args: argparse.Namespace) -> int:
 
 def _describe(record: TokenRecord, now: datetime) -> str:
     expires = "never expires" if record.expires_at is None else f"expires {_utc(record.expires_at)}"
-    state = "revoked" if record.revoked else ("expired" if record.is_expired(now) else "active")
-    return f"{record.username}, scopes {', '.join(record.scopes)}, {expires}, {state}"
+    return f"{record.username}, scopes {', '.join(record.scopes)}, {expires}, {record.state(now)}"
 
 
 def _utc(moment: datetime) -> str:
@@ -190,7 +189,7 @@ def cmd_projections_rebuild(runtime: Runtime, args: argparse.Namespace) -> int:
 def _instant(text: str) -> datetime:
     try:
         return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise SystemExit(f"error: expected an ISO 8601 instant, got {text!r}") from None
 
 
@@ -506,8 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         clock = None
         if getattr(args, "now", None):
             try:
-                clock = FixedClock(datetime.fromisoformat(args.now.replace("Z", "+00:00")))
-            except ValueError:
+                clock = FixedClock(as_utc(datetime.fromisoformat(args.now.replace("Z", "+00:00"))))
+            except (ValueError, OverflowError):  # OverflowError: no such instant in UTC (year 9999, -01:00)
                 print(f"error: --now must be an ISO 8601 instant, got {args.now!r}", file=sys.stderr)
                 return 2
         runtime = Runtime.open(settings, clock=clock)

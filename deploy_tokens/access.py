@@ -108,7 +108,7 @@ class AccessService:
             raise Unauthenticated("401 Unauthorized")
         if actor.is_admin:
             return  # no need to read an administrator's flag
-        if not auditors.reads_audit(is_admin=False, is_auditor=self.is_auditor(actor)):
+        if not auditors.reads_everything(is_admin=False, is_auditor=self.is_auditor(actor)):
             raise PermissionDenied("403 Forbidden")
 
     def is_auditor(self, actor: Actor | None) -> bool:
@@ -177,21 +177,40 @@ class AccessService:
     # Visibility --------------------------------------------------------------------------------------
 
     def visible_group(self, actor: Actor | None, group_id: int, needed: int = AccessLevel.GUEST) -> Group:
-        """Groups are private: an actor without any role there gets 404, one with too low a role 403."""
+        """Groups are private: an actor without any role there gets 404, one with too low a role 403.
+
+        By role alone, as every command asks: an auditor's flag opens reads only (``readable_group``)."""
         group = self.group(group_id)
-        level = self.access_level(actor, group)
-        if level < needed and self.is_auditor(actor):
-            return group  # behaviour [auditors]: they read everything (and write nothing, see Principal)
-        self._check(level, needed, "404 Group")
+        self._check(self.access_level(actor, group), needed, "404 Group")
         return group
 
     def visible_project(
         self, actor: Actor | None, project_id: int, needed: int = AccessLevel.GUEST
     ) -> Project:
+        """As ``visible_group``, for a project."""
+        project = self.project(project_id)
+        self._check(self.access_level(actor, project), needed, "404 Project")
+        return project
+
+    def readable_group(self, actor: Actor | None, group_id: int, needed: int = AccessLevel.GUEST) -> Group:
+        """For reading only: as ``visible_group``, and an auditor reads every group whatever their role
+        (behaviour [auditors]). Never for a command: a command asks ``visible_group``, so that no path to a
+        write, present or future, opens to an auditor."""
+        group = self.group(group_id)
+        level = self.access_level(actor, group)
+        if level < needed and self.is_auditor(actor):
+            return group
+        self._check(level, needed, "404 Group")
+        return group
+
+    def readable_project(
+        self, actor: Actor | None, project_id: int, needed: int = AccessLevel.GUEST
+    ) -> Project:
+        """For reading only: as ``readable_group``, for a project."""
         project = self.project(project_id)
         level = self.access_level(actor, project)
         if level < needed and self.is_auditor(actor):
-            return project  # behaviour [auditors]: they read everything (and write nothing, see Principal)
+            return project
         self._check(level, needed, "404 Project")
         return project
 

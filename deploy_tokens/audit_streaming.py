@@ -79,13 +79,23 @@ class Destination:
 
 class AuditStreamingService:
     def __init__(
-        self, uow: UnitOfWork, access: AccessService, db: Database, vault: DestinationTokenVault, clock: Clock
+        self,
+        uow: UnitOfWork,
+        access: AccessService,
+        db: Database,
+        vault: DestinationTokenVault,
+        clock: Clock,
+        *,
+        allow_insecure: bool = False,
     ) -> None:
         self.uow = uow
         self.access = access
         self.db = db
         self.vault = vault
         self.clock = clock
+        self.allow_insecure = (
+            allow_insecure  # http and local hosts too (DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE)
+        )
 
     def _register(self) -> AuditStreaming:
         try:
@@ -120,6 +130,7 @@ class AuditStreamingService:
                     secret_ref=secret_ref,
                     actor=actor,
                     now=self.clock.now(),
+                    allow_insecure=self.allow_insecure,
                 )
             ]
             if not stored:  # decided: the token goes into the vault before the event that names it is saved
@@ -346,7 +357,13 @@ class DestinationWorker(threading.Thread):
         destination_id = self.record.destination_id
         failures = 0
         while not self.stop.is_set():
-            attempt = post_event(self.record.destination_url, body, headers, timeout=self.policy.timeout)
+            attempt = post_event(
+                self.record.destination_url,
+                body,
+                headers,
+                timeout=self.policy.timeout,
+                allow_insecure=self.policy.allow_insecure,
+            )
             if attempt.acknowledged:
                 renewed_at = time.monotonic()
                 self.positions.acknowledged(destination_id, self.owner, row.position, self.policy.lease)

@@ -333,7 +333,7 @@ class DirectoryService:
 
     def group(self, viewer: Actor | None, group_id: int) -> NamespaceRecord:
         """Groups are private: without a role there (or above it) a group does not exist (404)."""
-        self.access.visible_group(viewer, group_id)
+        self.access.readable_group(viewer, group_id)
         group = self.read.namespace(group_id)
         if group is None or group.kind != "group":
             raise NotFound("404 Group")
@@ -451,7 +451,7 @@ class DirectoryService:
 
     def project(self, viewer: Actor | None, project_id: int) -> ProjectRecord:
         """Projects are private: without a role there (or above it) a project does not exist (404)."""
-        self.access.visible_project(viewer, project_id)
+        self.access.readable_project(viewer, project_id)
         project = self.read.project(project_id)
         if project is None:
             raise NotFound("404 Project")

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -41,7 +42,7 @@ from deploy_tokens.exports import Dataset, Export, ExportRequest
 from deploy_tokens.unit_of_work import UnitOfWork
 from domain.actors import Actor
 from domain.clock import Clock, as_utc
-from domain.errors import DomainError
+from domain.errors import DomainError, ValidationError
 from domain.retention import RETENTION_ID, ActivityRetention
 from infrastructure.activity import (
     ArchiveRange,
@@ -80,7 +81,10 @@ def archive_file_name(table: str, cutoff: datetime) -> str:
 
 def cutoff_for(now: datetime, days: int) -> datetime:
     """Rows that occurred before this instant are older than the window: ``now - days``, to the second."""
-    return (as_utc(now) - timedelta(days=days)).replace(microsecond=0)
+    try:
+        return (as_utc(now) - timedelta(days=days)).replace(microsecond=0)
+    except OverflowError:  # a clock set near year 1: no instant is that much older
+        raise ValidationError.single("now", f"is too early for a window of {days} days") from None
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -186,6 +190,7 @@ class ActivityRetentionService:
             return self._apply(actor, now, self.days)
 
     def _apply(self, actor: Actor, now: datetime, days: int) -> RetentionReport:
+        started = time.time()
         cutoff = cutoff_for(now, days)
         report = RetentionReport("nothing-to-archive", now, cutoff)
         recorded = self.history()
@@ -204,39 +209,45 @@ class ActivityRetentionService:
             self.step("recorded")
             report.status = "archived"
             pending = {"cutoff": cutoff, "retention_days": days, "manifests": manifests}
-            self._finish(pending, actor, report, verified=True)
-        report.removed_unrecorded = self._remove_unrecorded()
+            self._finish(pending, actor, report)
+        report.removed_unrecorded = self._remove_unrecorded(started)
         return report
 
-    def _finish(
-        self, pending: dict[str, Any], actor: Actor, report: RetentionReport, *, verified: bool = False
-    ) -> None:
-        """Delete a recorded archive's rows (its files checked first) and record that they are gone."""
+    def _finish(self, pending: dict[str, Any], actor: Actor, report: RetentionReport) -> None:
+        """Delete a recorded archive's rows and record that they are gone.
+
+        The files are checked against the recorded hashes right before, every time (also just after writing
+        them): whatever happened to them in between, no row goes unless its archive is intact. The event
+        counts every archived row gone, also those a run that stopped half-way had deleted."""
         cutoff = as_utc(pending["cutoff"])
         ranges = [self._range(manifest, cutoff) for manifest in pending["manifests"]]
-        if not verified:
-            for manifest, archived in zip(pending["manifests"], ranges, strict=True):
-                self._verify_or_rebuild(manifest, archived)
-        deleted: dict[str, int] = {}
+        for manifest, archived in zip(pending["manifests"], ranges, strict=True):
+            self._verify_or_rebuild(manifest, archived)
+        deleted_now: dict[str, int] = {}
         for archived in ranges:
-            deleted[archived.table] = delete_range(
+            deleted_now[archived.table] = delete_range(
                 self.db,
                 archived,
                 batch_size=self.delete_batch,
                 after_batch=lambda _: self.step("batch-deleted"),
             )
+            if remaining_rows(self.db, archived):
+                raise ArchiveMismatch(
+                    f"archived rows of {archived.table} are still stored after the deletion"
+                )
         self.step("rows-deleted")
+        gone = {manifest["table"]: int(manifest["rows"]) for manifest in pending["manifests"]}
 
         def attempt() -> list[Aggregate]:
             recorded = self.history()
             if recorded is None or recorded.pending is None:
                 return []  # another run recorded it meanwhile
-            recorded.record_deleted(deleted=deleted, actor=actor, now=self.clock.now())
+            recorded.record_deleted(deleted=gone, actor=actor, now=self.clock.now())
             return [recorded]
 
         self.uow.retry(attempt)
         report.manifests += pending["manifests"]
-        for table, count in deleted.items():
+        for table, count in deleted_now.items():
             report.deleted[table] = report.deleted.get(table, 0) + count
 
     @staticmethod
@@ -326,9 +337,11 @@ class ActivityRetentionService:
 
         self.uow.retry(attempt)
 
-    def _remove_unrecorded(self) -> list[str]:
+    def _remove_unrecorded(self, started: float) -> list[str]:
         """Archive files no recorded archive names (a run that stopped before recording; their rows are still
-        stored) and temporary files: removed. Runs hold the lock, so none is being written."""
+        stored) and temporary files: removed, if they are older than this run (``started``, wall-clock seconds).
+        Runs take turns under the lock; should two ever overlap (a lock lost with its connection), neither
+        removes what the other is writing or has just recorded."""
         recorded = self.history()
         known = recorded.files if recorded is not None else set()
         removed = []
@@ -336,7 +349,11 @@ class ActivityRetentionService:
             name = path.name
             ours = name.startswith(tuple(DATASETS)) and "-before-" in name
             temporary = name.startswith(tuple(f".{table}" for table in DATASETS)) and ".tmp-" in name
-            if (ours and name not in known) or temporary:
+            try:
+                older = path.stat().st_mtime < started
+            except FileNotFoundError:
+                continue
+            if older and ((ours and name not in known) or temporary):
                 path.unlink(missing_ok=True)
                 removed.append(name)
         if removed:

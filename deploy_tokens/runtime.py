@@ -194,7 +194,12 @@ class Runtime:
     def audit_streaming(self) -> AuditStreamingService:
         """Creating, listing and deleting streaming destinations."""
         return AuditStreamingService(
-            self.uow, self.access, self.db, DestinationTokenVault(self.db, self.keys.vault_key), self.clock
+            self.uow,
+            self.access,
+            self.db,
+            DestinationTokenVault(self.db, self.keys.vault_key),
+            self.clock,
+            allow_insecure=self.settings.audit_stream.allow_insecure,
         )
 
     def audit_streamer(

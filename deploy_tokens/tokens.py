@@ -74,11 +74,20 @@ class TokenService:
     # Who may read and manage a holder's tokens -------------------------------------------------------
 
     def check_token_reader(self, actor: Actor, holder_kind: HolderKind, holder_id: int) -> None:
-        """Reading a holder's tokens needs Maintainer or higher there (project and group alike)."""
+        """Reading a holder's tokens needs Maintainer or higher there (project and group alike), or an auditor."""
         if holder_kind == "project":
-            self.access.visible_project(actor, holder_id, AccessLevel.MAINTAINER)
+            self.access.readable_project(actor, holder_id, AccessLevel.MAINTAINER)
         else:
-            self.access.visible_group(actor, holder_id, AccessLevel.MAINTAINER)
+            self.access.readable_group(actor, holder_id, AccessLevel.MAINTAINER)
+
+    def check_token_page(self, actor: Actor, holder_kind: HolderKind, holder_id: int) -> None:
+        """The web page of a holder's deploy tokens: shown to those who manage them (``check_token_manager``)
+        and to auditors, who read it and change nothing (behaviour [auditors]); every form on it is checked again
+        by the command it sends."""
+        if holder_kind == "project":
+            self.access.readable_project(actor, holder_id, AccessLevel.MAINTAINER)
+        else:
+            self.access.readable_group(actor, holder_id, AccessLevel.OWNER)
 
     def check_token_manager(self, actor: Actor, holder_kind: HolderKind, holder_id: int) -> None:
         """behaviour [manage]: managing a project's tokens needs Maintainer or higher; a group's needs Owner."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import ip_address
@@ -57,9 +58,9 @@ def check_name(name: str) -> str:
     return name
 
 
-def _valid_host(host: str) -> bool:
-    if ":" in host:  # an IPv6 literal (``urlsplit`` has removed its brackets); no zone: it names no host
-        if "%" in host:
+def _valid_host(host: str, *, bracketed: bool) -> bool:
+    if bracketed or ":" in host:  # only an IPv6 literal is bracketed (``urlsplit`` removed the brackets)
+        if "%" in host:  # no zone: it names no host
             return False
         try:
             return ip_address(host).version == 6
@@ -68,9 +69,24 @@ def _valid_host(host: str) -> bool:
     return all(_HOST_LABEL.match(label) for label in host.removesuffix(".").split("."))
 
 
-def check_destination_url(url: str) -> str:
-    """An absolute ``http`` or ``https`` URL with a host, at most 255 characters, no credentials in it (they
-    would be kept in clear) and no fragment. Only visible ASCII: a URL is sent as it is written."""
+def is_local_host(host: str) -> bool:
+    """Whether ``host`` (a URL's host, brackets removed) names this machine or a private network by itself:
+    ``localhost`` and its subdomains, or an IP literal that is not globally routable. A name that resolves to
+    such an address is refused at delivery, where it is resolved (``infrastructure.audit_delivery``)."""
+    name = host.lower().removesuffix(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return not ip_address(name).is_global
+    except ValueError:
+        return False
+
+
+def check_destination_url(url: str, *, allow_insecure: bool = False) -> str:
+    """An absolute ``https`` URL with a public host, at most 255 characters, no credentials and no query string
+    (both would be kept in clear, in events and audit rows: the destination authenticates the service by the
+    verification token instead) and no fragment. Only visible ASCII: a URL is sent as it is written.
+    ``allow_insecure`` (an instance setting) also admits ``http`` and local or private hosts."""
     field = "destination_url"
     if not url:
         raise ValidationError.single(field, "can't be blank")
@@ -87,10 +103,18 @@ def check_destination_url(url: str) -> str:
         raise ValidationError.single(field, "is blocked: Only allowed schemes are http, https")
     if "@" in parts.netloc:
         raise ValidationError.single(field, "is blocked: Username and password are not allowed")
-    if not parts.hostname or not _valid_host(parts.hostname) or port == 0:
+    host = parts.hostname
+    if not host or not _valid_host(host, bracketed="[" in parts.netloc) or port == 0:
         raise ValidationError.single(field, "is blocked: URI is invalid")
     if parts.fragment or url.endswith("#"):
         raise ValidationError.single(field, "is blocked: URI is invalid")
+    if parts.query or url.endswith("?"):
+        raise ValidationError.single(field, "is blocked: Query strings are not allowed")
+    if not allow_insecure:
+        if parts.scheme != "https":
+            raise ValidationError.single(field, "is blocked: Only allowed schemes are https")
+        if is_local_host(host):
+            raise ValidationError.single(field, "is blocked: Requests to the local network are not allowed")
     return url
 
 
@@ -172,12 +196,17 @@ class AuditStreaming(Aggregate):
         secret_ref: str,
         actor: Actor,
         now: datetime,
+        allow_insecure: bool = False,
     ) -> int:
         """Add a destination; returns its id. Names are unique without regard to case."""
         errors: dict[str, list[str]] = {}
-        for check, value in ((check_name, name), (check_destination_url, destination_url)):
+        checks: tuple[Callable[[], str], ...] = (
+            lambda: check_name(name),
+            lambda: check_destination_url(destination_url, allow_insecure=allow_insecure),
+        )
+        for check in checks:
             try:
-                check(value)
+                check()
             except ValidationError as error:
                 errors.update(error.errors)
         if start not in STARTS:

@@ -6,13 +6,9 @@ Pure rules, decided from flags the caller already holds: the access service and 
 from __future__ import annotations
 
 
-def reads_audit(*, is_admin: bool, is_auditor: bool) -> bool:
-    """Audit events, token activity and state, point-in-time answers, exports and the auditor pages."""
-    return is_admin or is_auditor
-
-
 def reads_everything(*, is_admin: bool, is_auditor: bool) -> bool:
-    """Every group's and project's deploy tokens and their history, without being a member."""
+    """Every audit route (events, token activity and state, point-in-time answers, exports, the auditor pages)
+    and every group's and project's deploy tokens and their history, without being a member."""
     return is_admin or is_auditor
 
 

@@ -19,12 +19,14 @@ import functools
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import os
 import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
@@ -47,6 +49,7 @@ class DeliveryPolicy:
     timeout: float = 10.0
     first_retry: float = 1.0
     max_retry: float = 300.0
+    allow_insecure: bool = False  # http, and addresses on this machine or a private network
 
     def backoff(self, failures: int) -> float:
         """The wait after the ``failures``-th consecutive failed attempt (1, 2, ...)."""
@@ -85,23 +88,67 @@ def _default_tls() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+class _PinnedConnection(http.client.HTTPSConnection):
+    """HTTP or HTTPS to the one address that was checked, whatever the name resolves to by the time it
+    connects (no second look-up a rebinding DNS server could answer differently). TLS still verifies the
+    certificate against the URL's host name."""
+
+    def __init__(
+        self, host: str, address: str, port: int, *, secure: bool, timeout: float, tls: ssl.SSLContext | None
+    ) -> None:
+        self._tls_context = tls or _default_tls()
+        super().__init__(host, port, timeout=timeout, context=self._tls_context)
+        self._address = address
+        self._secure = secure
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._tls_context.wrap_socket(sock, server_hostname=self.host) if self._secure else sock
+
+
+def _resolved(host: str, port: int, allow_insecure: bool) -> str:
+    """The address to connect to: the first the name resolves to, which must be public unless insecure
+    destinations are allowed. Raises ``RefusedAddress``."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    address = str(infos[0][4][0])
+    if not allow_insecure and not ipaddress.ip_address(address.split("%", 1)[0]).is_global:
+        raise RefusedAddress(address)
+    return address
+
+
+class RefusedAddress(Exception):
+    """The destination's name resolved to an address on this machine or a private network."""
+
+
 def post_event(
-    url: str, body: bytes, headers: dict[str, str], *, timeout: float, tls: ssl.SSLContext | None = None
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    allow_insecure: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> Attempt:
-    """POST ``body`` to ``url`` within ``timeout`` seconds in all."""
+    """POST ``body`` to ``url`` within ``timeout`` seconds in all, name resolution included.
+
+    Unless ``allow_insecure``: only ``https``, and only to a public address (checked after resolution, and
+    connected to as checked), so that a destination can never reach this machine or its private network."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(
-            host, parts.port, timeout=timeout, context=tls or _default_tls()
-        )
-    else:
-        connection = http.client.HTTPConnection(host, parts.port, timeout=timeout)
     deadline = time.monotonic() + timeout
+    if not secure and not allow_insecure:
+        return Attempt(False, error="refused: not https")
     watchdog: threading.Timer | None = None
+    connection: _PinnedConnection | None = None
     try:
+        address = _resolved(host, port, allow_insecure)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return Attempt(False, error=f"timed out after {timeout:g} s")
+        connection = _PinnedConnection(host, address, port, secure=secure, timeout=remaining, tls=tls)
         connection.connect()
         assert connection.sock is not None
         watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _shutdown, (connection.sock,))
@@ -116,6 +163,8 @@ def post_event(
         response = connection.getresponse()
         status = response.status
         response.read(_ANSWER_BYTES)
+    except RefusedAddress:
+        return Attempt(False, error="refused: the host resolves to a local or private address")
     except TimeoutError:
         return Attempt(False, error=f"timed out after {timeout:g} s")
     except (OSError, http.client.HTTPException, ValueError) as error:
@@ -125,7 +174,8 @@ def post_event(
     finally:
         if watchdog is not None:
             watchdog.cancel()
-        connection.close()
+        if connection is not None:
+            connection.close()
     if time.monotonic() > deadline:  # answered, but only after the deadline cut it short
         return Attempt(False, status, f"timed out after {timeout:g} s")
     if 200 <= status < 300:
@@ -174,16 +224,32 @@ class PositionRow:
     last_success_at: float | None
 
 
+def _process_space() -> str:
+    """Which process-id space this process lives in: the boot and the PID namespace. Two containers may share
+    a host name; only in the same boot and namespace does a process id name the same process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return "unknown"
+    return f"{boot}/{namespace}"
+
+
 def new_owner() -> str:
-    """A streamer's name in leases: host and process id (to recognise a dead holder), and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+    """A streamer's name in leases: host, process id and its process space (to recognise a dead holder), and
+    a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}:{_process_space()}"
 
 
 def _owner_died(owner: str) -> bool:
-    """Whether the lease holder ``owner`` was a process of this machine that no longer runs."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    """Whether the lease holder ``owner`` was a process of this process space that no longer runs. Anywhere
+    else (another machine, another container, an owner in an older form), only the lease's end tells."""
+    parts = owner.split(":")
+    if len(parts) != 4:
+        return False
+    host, pid_text, _, space = parts
+    here = _process_space()
+    if host != socket.gethostname() or space != here or here == "unknown" or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():

@@ -278,7 +278,8 @@ def _seconds(env: Mapping[str, str], name: str, default: float, *, minimum: floa
 
 
 def _audit_stream(env: Mapping[str, str]) -> DeliveryPolicy:
-    """``DEPLOY_TOKENS_AUDIT_STREAM_TIMEOUT``, ``..._RETRY_MIN`` and ``..._RETRY_MAX`` (seconds)."""
+    """``DEPLOY_TOKENS_AUDIT_STREAM_TIMEOUT``, ``..._RETRY_MIN`` and ``..._RETRY_MAX`` (seconds), and
+    ``..._ALLOW_INSECURE`` (``true``: destinations may be ``http`` URLs and local or private addresses)."""
     timeout = _seconds(env, "DEPLOY_TOKENS_AUDIT_STREAM_TIMEOUT", 10.0, minimum=0.01, maximum=300.0)
     first = _seconds(env, "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MIN", 1.0, minimum=0.01, maximum=3600.0)
     cap = _seconds(env, "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MAX", 300.0, minimum=0.01, maximum=86400.0)
@@ -286,7 +287,12 @@ def _audit_stream(env: Mapping[str, str]) -> DeliveryPolicy:
         raise ConfigurationError(
             "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MAX must not be less than DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MIN"
         )
-    return DeliveryPolicy(timeout=timeout, first_retry=first, max_retry=cap)
+    insecure = env.get("DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE", "false")
+    if insecure not in ("true", "false"):
+        raise ConfigurationError("DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE must be true or false")
+    return DeliveryPolicy(
+        timeout=timeout, first_retry=first, max_retry=cap, allow_insecure=insecure == "true"
+    )
 
 
 def _os_user() -> str:

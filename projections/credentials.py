@@ -63,6 +63,14 @@ class TokenRecord:
     def is_active(self, now: datetime) -> bool:
         return self.revoked_at is None and self.deleted_at is None and not self.is_expired(now)
 
+    def state(self, now: datetime) -> str:
+        """In words, the first that holds: deleted, revoked, expired, or active."""
+        if self.deleted_at is not None:
+            return "deleted"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.is_expired(now) else "active"
+
     @classmethod
     def from_aggregate(cls, token: DeployToken) -> TokenRecord:
         return cls(

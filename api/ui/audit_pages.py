@@ -11,7 +11,7 @@ download and the API take the same filters; bad input is a 400 page naming the f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -22,12 +22,11 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from api.audit import BIGINT_MAX, ExportQuerySchema, export_response, holder_now_or_then, start_export
 from api.context import runtime
 from api.resources import past_reference
-from api.schemas import GitLabDateTime
+from api.schemas import UtcInstant
 from api.ui.charts import uses_per_day_svg
 from api.ui.presenters import expiry_of
 from api.ui.views import current_principal, require_principal, ui
 from deploy_tokens.access import Principal
-from domain.clock import as_utc, start_of_day
 from domain.errors import NotFound, PermissionDenied, Unauthenticated
 from projections.access import Action
 from projections.audit_directory import holder_path_at
@@ -111,13 +110,6 @@ def _messages(error: ValidationError) -> dict[str, list[str]]:
     return found
 
 
-def _instant(value: date | datetime | None) -> datetime | None:
-    """A parsed ``GitLabDateTime``: a date-time as UTC, a date as 00:00 UTC that day."""
-    if value is None or isinstance(value, datetime):
-        return None if value is None else as_utc(value)
-    return start_of_day(value)
-
-
 class AuditLogQuerySchema(ExportQuerySchema):
     """The export's filters (``upto`` aside, unused here) and the page's own paging."""
 
@@ -131,7 +123,7 @@ class AuditLogQuerySchema(ExportQuerySchema):
             raise ValidationError("give a project or a group, not both", "group")
         if "before" in data and "after" in data:
             raise ValidationError("give one page bound, not two", "after")
-        since, until = _instant(data.get("since")), _instant(data.get("until"))
+        since, until = data.get("since"), data.get("until")
         if since is not None and until is not None and since >= until:
             raise ValidationError("must be later than From", "until")
 
@@ -172,8 +164,8 @@ def _log_selection(params: dict[str, Any]) -> tuple[AuditLogFilter | None, dict[
         namespace_kind=namespace_kind,
         namespace_id=namespace_id,
         actor_username=params.get("actor_username"),
-        since=_instant(params.get("since")),
-        until=_instant(params.get("until")),
+        since=params.get("since"),
+        until=params.get("until"),
     )
     return AuditLogFilter(rows, params.get("event_type")), {}
 
@@ -262,16 +254,6 @@ class TokenPageSchema(Schema):
     days = fields.Integer(load_default=30, validate=validate.OneOf(CHART_DAYS))
 
 
-def _status(token: TokenRecord, now: datetime) -> str:
-    if token.deleted:
-        return "Deleted"
-    if token.revoked:
-        return "Revoked"
-    if token.is_expired(now):
-        return "Expired"
-    return "Active"
-
-
 def _holder_path(token: TokenRecord) -> str | None:
     read = runtime().read
     if token.holder_kind == "project":
@@ -301,7 +283,7 @@ def audit_token(token_id: int) -> ResponseReturnValue:
     html = render_template(
         "ui/audit_token.html",
         token=token,
-        status=_status(token, now),
+        status=token.state(now).capitalize(),
         expiry=expiry_of(token, now),
         holder_path=_holder_path(token),
         last=last_use(rt.db, token_id),
@@ -326,7 +308,7 @@ def audit_token(token_id: int) -> ResponseReturnValue:
 
 
 class _AtSchema(Schema):
-    at = GitLabDateTime(required=True, error_messages={"required": "can't be blank"})
+    at = UtcInstant(required=True, error_messages={"required": "can't be blank"})
 
     @validates_schema
     def _at_given(self, data: dict[str, Any], **_: Any) -> None:
@@ -388,7 +370,7 @@ def audit_point_in_time() -> ResponseReturnValue:
     except ValidationError as error:
         context["errors"] = _messages(error)
         return render_template("ui/audit_point_in_time.html", **context), 400
-    at = _instant(params["at"])
+    at = params["at"]
     assert at is not None
     context["at"] = at
     store = runtime().store

@@ -222,11 +222,12 @@ def _holder(kind: HolderKind, full_path: str) -> Holder:
 
 
 def _managed(kind: HolderKind, full_path: str) -> tuple[Principal, Holder]:
-    """The rules live in the token service: it alone says who may manage a holder's tokens (404 when the holder
-    is hidden from the user, 403 when the role is too low). The UI asks it and never decides by itself."""
+    """The rules live in the token service: it alone says who may see a holder's tokens page (404 when the
+    holder is hidden from the user, 403 when the role is too low) and who may change them (each command checks
+    again). The UI asks it and never decides by itself."""
     principal = require_principal()
     holder = _holder(kind, full_path)
-    runtime().tokens.check_token_manager(principal.actor, holder.kind, holder.id)
+    runtime().tokens.check_token_page(principal.actor, holder.kind, holder.id)
     return principal, holder
 
 

@@ -16,7 +16,7 @@ from ..conftest import World
 from .conftest import Credentials
 
 URL = "/api/v4/admin/audit_events/streaming/destinations"
-GOOD = {"name": "siem", "destination_url": "https://siem.example.com/intake?source=deploy-tokens"}
+GOOD = {"name": "siem", "destination_url": "https://siem.example.com/intake"}
 BASE58_24 = re.compile(r"\A[1-9A-HJ-NP-Za-km-z]{24}\Z")
 
 
@@ -122,6 +122,11 @@ BAD_INPUT: list[tuple[dict[str, Any], str, str]] = [
     ({"destination_url": "http://siem.example.com:99999/"}, "destination_url", "URI is invalid"),
     ({"destination_url": "http://siem.example.com:0/"}, "destination_url", "URI is invalid"),
     ({"destination_url": "http://[::1/"}, "destination_url", "URI is invalid"),
+    ({"destination_url": "https://siem.example.com/in?api_key=s3cret"}, "destination_url", "Query strings"),
+    ({"destination_url": "http://siem.example.com/in"}, "destination_url", "Only allowed schemes are https"),
+    ({"destination_url": "https://169.254.169.254/latest/meta-data"}, "destination_url", "local network"),
+    ({"destination_url": "https://localhost:5432/"}, "destination_url", "local network"),
+    ({"destination_url": "https://[v1.x]/"}, "destination_url", "URI is invalid"),
     ({"destination_url": "https://siem.example.com/#x"}, "destination_url", "URI is invalid"),
     ({"destination_url": "https://alice:pw@siem.example.com/"}, "destination_url", "Username and password"),
     ({"destination_url": "https://siem.example.com/a b"}, "destination_url", "visible ASCII"),

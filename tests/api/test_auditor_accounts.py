@@ -24,6 +24,7 @@ from api.openapi import build_spec
 from cli.main import build_parser
 from deploy_tokens.runtime import Runtime
 from domain.clock import FixedClock
+from domain.errors import NotFound, PermissionDenied
 
 from ..conftest import T0, World, make_settings
 from .conftest import Credentials
@@ -385,3 +386,36 @@ def test_the_cli_creates_an_auditor(runtime: Runtime, capsys: pytest.CaptureFixt
     assert listing.handler(runtime, listing) == 0
     rows = {row["username"]: row["is_auditor"] for row in json.loads(capsys.readouterr().out)}
     assert rows == {"ann": True}
+
+
+def test_the_services_refuse_an_auditors_commands_whatever_the_entry_point(
+    world: World, auditor: dict[str, str], token_id: int, group_token_id: int
+):
+    """Reading everything never turns into writing: the services decide commands by role alone, so a command
+    sent by an auditor's actor (not through the API's write check) is refused as for any non-member."""
+    runtime = world.runtime
+    actor = runtime.access.authenticate(auditor["PRIVATE-TOKEN"]).actor
+    project, group = world.sibling_project, world.sibling
+    runtime.tokens.check_token_reader(actor, "project", project)  # reads: yes
+    runtime.tokens.check_token_reader(actor, "group", group)
+    head = runtime.store.head()
+    commands = [
+        lambda: runtime.tokens.create_token(actor, "project", project, name="x", scopes=["read_repository"]),
+        lambda: runtime.tokens.create_token(actor, "group", group, name="x", scopes=["read_repository"]),
+        lambda: runtime.tokens.revoke_token(actor, "project", project, token_id),
+        lambda: runtime.tokens.revoke_token(actor, "group", group, group_token_id),
+        lambda: runtime.tokens.rotate_token(actor, "project", project, token_id),
+        lambda: runtime.tokens.delete_token(actor, "project", project, token_id),
+        lambda: runtime.members.set_member(actor, "project", project, world.users["guest"].user_id, 30),
+        lambda: runtime.members.remove_member(actor, "group", group, world.users["guest"].user_id),
+        lambda: runtime.directory.set_dependency_proxy(actor, group, False),
+        lambda: runtime.directory.change_project_features(actor, project, container_registry_enabled=False),
+        lambda: runtime.lifecycle.update_project(actor, project, name="Renamed"),
+        lambda: runtime.lifecycle.delete_group(actor, group),
+        lambda: runtime.directory.set_feature(actor, "project_deploy_token_expiring_notifications", False),
+        lambda: runtime.directory.update_user(actor, world.users["guest"].user_id, is_auditor=True),
+    ]
+    for command in commands:
+        with pytest.raises((NotFound, PermissionDenied)):
+            command()
+    assert runtime.store.head() == head

@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,14 +29,22 @@ from api.audit import AuditEventSchema
 from cli.serve import embedded_threads
 from deploy_tokens.audit_streaming import AuditStreamer, stream_figures
 from deploy_tokens.runtime import Runtime
-from infrastructure.audit_delivery import DeliveryPolicy
+from infrastructure.audit_delivery import Attempt, DeliveryPolicy, _owner_died, new_owner, post_event
 from infrastructure.settings import ConfigurationError, Settings
 from projections.audit_queries import AuditQuery, audit_events
 
 from ..conftest import World
 
+
 # Short bounds, so that failures, hangs and retries take a fraction of a second.
-POLICY = DeliveryPolicy(timeout=0.4, first_retry=0.02, max_retry=0.1)
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The receivers here are plain HTTP on this machine: what ``DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE``
+    allows (tests/unit holds the refusals without it, and ``test_delivery_refuses_local_addresses`` below)."""
+    return replace(settings, audit_stream=replace(settings.audit_stream, allow_insecure=True))
+
+
+POLICY = DeliveryPolicy(timeout=0.4, first_retry=0.02, max_retry=0.1, allow_insecure=True)
 POLL = 0.02
 
 
@@ -70,7 +81,7 @@ class Receiver:
     @property
     def url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/intake?source=test"
+        return f"http://127.0.0.1:{self.server.server_address[1]}/intake"
 
     def acknowledged(self) -> list[Delivery]:
         with self.lock:
@@ -236,7 +247,7 @@ def test_failures_and_hangs_are_retried_until_acknowledged_in_order(runtime: Run
 
 
 def test_a_hanging_destination_delays_no_other(runtime: Runtime, world: World):
-    slow_policy = DeliveryPolicy(timeout=5.0, first_retry=0.02, max_retry=0.1)
+    slow_policy = DeliveryPolicy(timeout=5.0, first_retry=0.02, max_retry=0.1, allow_insecure=True)
     with receiving(lambda delivery: None) as hanging, receiving() as healthy:
         add_destination(world, hanging.url, name="stuck")
         add_destination(world, healthy.url, name="fine")
@@ -359,3 +370,30 @@ def test_streaming_settings_are_read(tmp_path: Path):
     assert Settings.from_env({"DEPLOY_TOKENS_DATA_DIR": str(tmp_path)}).audit_stream == DeliveryPolicy()
     with pytest.raises(ConfigurationError, match="RETRY_MAX must not be less"):
         Settings.from_env({**env, "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MAX": "0.1"})
+
+
+def test_delivery_refuses_local_addresses_and_plain_http_unless_allowed():
+    """Checked where the name is resolved, at every attempt: a public-looking name that resolves to this
+    machine (or a DNS answer that changed since the destination was created) reaches nothing."""
+    with receiving() as receiver:
+        port = receiver.url.split(":")[2].split("/")[0]
+        for url in (f"https://localhost:{port}/intake", f"https://127.0.0.1:{port}/intake"):
+            attempt = post_event(url, b"{}", {}, timeout=2)
+            assert attempt == Attempt(False, error="refused: the host resolves to a local or private address")
+        assert post_event(receiver.url, b"{}", {}, timeout=2) == Attempt(False, error="refused: not https")
+        assert receiver.all() == []
+        assert post_event(receiver.url, b"{}", {}, timeout=2, allow_insecure=True).acknowledged
+        assert len(receiver.all()) == 1
+
+
+def test_a_dead_lease_holder_is_recognised_only_in_its_own_process_space():
+    """Containers may share a host name: a process id names a process only in the same boot and PID
+    namespace, so only there is a lease taken over at once (elsewhere it runs out)."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead = int(finished.stdout)
+    here = new_owner().split(":")
+    assert _owner_died(f"{here[0]}:{dead}:00000000:{here[3]}")
+    assert not _owner_died(f"{here[0]}:{os.getpid()}:00000000:{here[3]}")  # alive: this very process
+    assert not _owner_died(f"{here[0]}:{dead}:00000000:another-boot/4026531836")
+    assert not _owner_died(f"{here[0]}:{dead}:00000000")  # an owner named before process spaces were
+    assert not _owner_died(f"elsewhere:{dead}:00000000:{here[3]}")

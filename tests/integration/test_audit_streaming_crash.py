@@ -26,7 +26,9 @@ from deploy_tokens.runtime import Runtime
 from infrastructure.settings import Settings
 
 from ..conftest import POSTGRES_ONLY, TEST_SECRET, World
-from .test_audit_streaming import Delivery, add_destination, all_audit_positions, receiving
+from .test_audit_streaming import Delivery, add_destination, all_audit_positions, receiving, settings
+
+__all__ = ["settings"]  # the fixture: plain HTTP receivers on this machine
 
 pytestmark = [pytest.mark.slow, POSTGRES_ONLY]
 
@@ -46,6 +48,7 @@ def _streamer_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
             "DEPLOY_TOKENS_AUDIT_STREAM_TIMEOUT": "30",
             "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MIN": "0.05",
             "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MAX": "0.2",
+            "DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE": "true",  # the receiver is plain HTTP on this machine
             "DEPLOY_TOKENS_LOG_LEVEL": "WARNING",
         }
     )

@@ -111,12 +111,13 @@ def test_an_existing_data_folder_is_tightened_only_when_it_is_the_services_own(t
 
 
 def _locks_held_on(path: Path) -> list[str]:
-    """This process's POSIX locks on ``path``, as the kernel lists them."""
+    """This process's POSIX locks on ``path``, as the kernel lists them (without the line's ordinal, which
+    moves as other processes take and drop locks)."""
     inode = f":{path.stat().st_ino}"
     return [
-        line
-        for line in Path("/proc/locks").read_text().splitlines()
-        if line.split()[4] == str(os.getpid()) and line.split()[5].endswith(inode)
+        " ".join(fields[1:])
+        for fields in map(str.split, Path("/proc/locks").read_text().splitlines())
+        if fields[4] == str(os.getpid()) and fields[5].endswith(inode)
     ]
 
 

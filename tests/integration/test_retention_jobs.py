@@ -180,6 +180,8 @@ def test_the_command_archives_as_of_now_and_the_log_still_verifies(
         "9" * 5000,
         "yesterday",
         "2026-03-01T06:30:15+99:00",
+        "9999-12-31T23:59:59-01:00",  # no such instant in UTC
+        "0001-01-01T00:00:00+01:00",
     ],
 )
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -257,7 +259,9 @@ def test_a_run_killed_while_deleting_is_finished_by_the_next(settings: Settings,
     with Runtime.open(replace(settings, activity_retention_days=30), clock=clock) as runtime:
         assert _activity_ids(runtime) == recent | set(sorted(old)[3:])  # one batch went before the kill
         report = runtime.activity_retention().apply(ACTOR, now=NOW)  # the killed run's lock is gone
-        assert report.resumed and report.deleted["token_activity"] == len(old) - 3
+        assert report.resumed and report.deleted["token_activity"] == len(old) - 3  # by this run
+        # The record counts every archived row gone, those the killed run deleted too.
+        assert _recorded(runtime)[-1].deleted == {"token_activity": len(old), "token_activity_rejected": 1}
         assert _activity_ids(runtime) == recent
         assert _archived_ids(runtime.settings.activity_archive_dir, _archives(runtime)[0]) == old
         assert _chain_ok(runtime)
@@ -298,3 +302,18 @@ def test_an_old_row_inserted_but_not_committed_is_archived_not_lost(
         usage = _archives(runtime)[0]
         assert _archived_ids(runtime.settings.activity_archive_dir, usage) == {before, a_id, b_id}
         assert len(_activity_ids(runtime)) == len(RECENT)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_now_too_early_for_the_window_is_refused_and_changes_nothing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Runtime.open(settings) as runtime:
+        _record(runtime, OLD)
+        head = runtime.store.head()
+    for name, value in _environment(settings).items():
+        monkeypatch.setenv(name, value)
+    assert main(["retention", "apply", "--now", "0001-01-02T00:00:00Z"]) == 1
+    assert "Now is too early for a window of" in capsys.readouterr().err
+    with Runtime.open(settings) as runtime:
+        assert len(_activity_ids(runtime)) == len(OLD) and runtime.store.head() == head

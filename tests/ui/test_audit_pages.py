@@ -321,6 +321,27 @@ def test_nul_and_undecodable_parameters_are_400(signed_in: SignIn, world: World)
             assert web.get(f"{url}?{raw}").status_code == 400, (url, raw)
 
 
+def test_instants_that_do_not_exist_in_utc_are_400(signed_in: SignIn, world: World):
+    web = signed_in("admin")
+    for instant in ("9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"):
+        for url, name in (
+            (LOG, "since"),
+            (LOG, "until"),
+            (f"{LOG}/export.csv", "since"),
+        ):
+            assert web.get(url, query_string={name: instant}).status_code == 400, (url, name, instant)
+        for question in (
+            {"question": "who_could", "project": "acme/api", "action": "git_read", "at": instant},
+            {"question": "token_state", "token_id": "1", "at": instant},
+        ):
+            assert web.get(POINT_IN_TIME, query_string=question).status_code == 400, question
+        for path in ("/api/v4/audit_events", "/api/v4/audit/exports/lifecycle.csv"):
+            response = web.get(
+                path, query_string={"since": instant}, headers={"PRIVATE-TOKEN": world.admin_token}
+            )
+            assert response.status_code == 400, (path, instant)
+
+
 # A token's page -----------------------------------------------------------------------------------------
 
 

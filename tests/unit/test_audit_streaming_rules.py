@@ -84,16 +84,37 @@ def test_several_field_errors_are_reported_together():
 @pytest.mark.parametrize(
     "url",
     [
-        "http://siem.example.com",
-        "https://siem.example.com:8443/intake?a=b&c=d",
-        "http://127.0.0.1:9000/",
-        "http://[::1]:9000/x",
+        "https://siem.example.com",
+        "https://siem.example.com:8443/intake",
         "https://siem.example.com./",
         "https://xn--sem-sna.example.com/",
+        "https://8.8.8.8/in",
+        "https://[2001:4860:4860::8888]/in",
     ],
 )
 def test_good_urls(url: str):
     assert check_destination_url(url) == url
+    assert check_destination_url(url, allow_insecure=True) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://siem.example.com", "Only allowed schemes are https"),  # the token would travel in clear
+        ("https://localhost/", "Requests to the local network are not allowed"),
+        ("https://intake.localhost./", "Requests to the local network are not allowed"),
+        ("https://127.0.0.1:9000/", "Requests to the local network are not allowed"),
+        ("https://169.254.169.254/latest/meta-data", "Requests to the local network are not allowed"),
+        ("https://10.1.2.3/", "Requests to the local network are not allowed"),
+        ("https://[::1]:9000/x", "Requests to the local network are not allowed"),
+        ("https://[::ffff:127.0.0.1]/", "Requests to the local network are not allowed"),
+    ],
+)
+def test_insecure_urls_only_where_the_instance_allows_them(url: str, why: str):
+    with pytest.raises(ValidationError) as refused:
+        check_destination_url(url)
+    assert refused.value.errors == {"destination_url": [f"is blocked: {why}"]}
+    assert check_destination_url(url, allow_insecure=True) == url
 
 
 @pytest.mark.parametrize(
@@ -101,19 +122,24 @@ def test_good_urls(url: str):
     [
         "http://[::1",
         "http://[fe80::1%25eth0]/",
+        "http://[v1.x]/",
+        "http://[example.com]/",
         "http://-bad-.example.com/",
         "http://a..b/",
         "http://" + "a" * 64 + ".example.com/",
         "http://host:65536/",
+        "https://siem.example.com/intake?token=s3cret",  # a secret in the URL would be kept in clear
+        "https://siem.example.com/intake?",
         "file:///etc/passwd",
         "gopher://host/",
         "//host/path",
     ],
 )
 def test_bad_urls(url: str):
-    with pytest.raises(ValidationError) as refused:
-        check_destination_url(url)
-    assert list(refused.value.errors) == ["destination_url"]
+    for allow_insecure in (False, True):
+        with pytest.raises(ValidationError) as refused:
+            check_destination_url(url, allow_insecure=allow_insecure)
+        assert list(refused.value.errors) == ["destination_url"]
 
 
 def test_generated_tokens_are_24_base58_characters_and_valid():
