@@ -407,7 +407,9 @@ class AuditTrail(BatchedEventProjection[AuditBatch]):
                 target_type TEXT NOT NULL, target_id BIGINT, target_name TEXT NOT NULL,
                 namespace_kind TEXT NOT NULL, namespace_id BIGINT, message TEXT NOT NULL,
                 details TEXT NOT NULL, stream_id TEXT NOT NULL, version BIGINT NOT NULL)""",
-            "CREATE UNIQUE INDEX IF NOT EXISTS audit_events_stream ON audit_events (stream_id, version)",
+            # Not UNIQUE: the log itself keeps (stream, version) unique and ``position`` is the key here, so a
+            # rebuild builds this index once at the end instead of maintaining it row by row.
+            "CREATE INDEX IF NOT EXISTS audit_events_stream ON audit_events (stream_id, version)",
             "CREATE INDEX IF NOT EXISTS audit_events_target ON audit_events (target_type, target_id, position)",
             "CREATE INDEX IF NOT EXISTS audit_events_namespace ON audit_events "
             "(namespace_kind, namespace_id, position)",
