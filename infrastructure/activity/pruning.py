@@ -77,7 +77,13 @@ def _table(table: str) -> ActivityTable:
 
 
 def frozen_bound(db: Database, table: str) -> int:
-    """The highest id of ``table`` such that no row at or below it can still be added (0: the table is empty)."""
+    """The highest id of ``table`` such that no row at or below it can still be added, and whose row may go
+    (0: none may).
+
+    SQLite gives a new row the id max(id) + 1: were the newest row deleted, the next row would take its id
+    again (an empty table starts over at 1), and a reader paging by id (``after_id``, an export's ``upto``)
+    would never see it. So on SQLite the newest row always stays, until a newer one exists; PostgreSQL's ids
+    come from a sequence and are never reused."""
     name = _table(table)
     with db.transaction() as cursor:
         if db.dialect == "postgresql":
@@ -85,7 +91,8 @@ def frozen_bound(db: Database, table: str) -> int:
             # length of one indexed MAX: the writer queues for milliseconds.
             cursor.execute(f"LOCK TABLE {name} IN SHARE MODE")
         row = cursor.execute(f"SELECT MAX(id) FROM {name}").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+    highest = int(row[0]) if row and row[0] is not None else 0
+    return highest if db.dialect == "postgresql" else max(highest - 1, 0)
 
 
 def archive_range(db: Database, table: str, cutoff: datetime, upto: int) -> ArchiveRange | None:

@@ -110,7 +110,8 @@ def insert_statement(rows: int) -> str:
 
 _ID_COLUMN: Final = {
     # The rowid alias: new ids are max(id) + 1, so they grow with insertion while old rows are pruned from the
-    # oldest end (AUTOINCREMENT would add a sqlite_sequence update to every insert for no gain here).
+    # oldest end, the newest always kept (``pruning.frozen_bound``); AUTOINCREMENT would add a sqlite_sequence
+    # update to every insert for no gain here.
     "sqlite": "id INTEGER PRIMARY KEY",
     "postgresql": "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
 }

@@ -148,7 +148,8 @@ def do_everything(world: World, clock: FixedClock) -> dict[str, Any]:
     )
     streaming.delete_destination(admin, destination.id)
     # Activity retention: one old row archived, recorded, deleted.
-    runtime.activity.record(_old_activity(clock.now() - timedelta(days=3)))
+    runtime.activity.record(_activity_at(clock.now() - timedelta(days=3)))
+    runtime.activity.record(_activity_at(clock.now()))  # a newer row: SQLite keeps the newest
     runtime.activity.flush()
     retained = replace(runtime.settings, activity_retention_days=1)
     ActivityRetentionService(runtime.uow, runtime.db, retained, runtime.keys.chain_key, clock).apply(admin)
@@ -156,7 +157,7 @@ def do_everything(world: World, clock: FixedClock) -> dict[str, Any]:
     return {"values": values, "token_ids": [project_id, group_id]}
 
 
-def _old_activity(at: datetime) -> ActivityEvent:
+def _activity_at(at: datetime) -> ActivityEvent:
     return ActivityEvent(
         occurred_at=at,
         token_id=1,

@@ -293,6 +293,8 @@ def test_rows_written_after_the_archive_are_never_deleted_unarchived(opened: Cal
         runtime.activity_retention(step=crash_at("recorded")).apply(ACTOR, now=NOW)
     _record(runtime, [CUTOFF - timedelta(days=2)])
     (late,) = _activity_ids(runtime) - old - recent
+    _record(runtime, [NOW - timedelta(seconds=5)])  # and a newer one (SQLite keeps the newest row)
+    recent = _activity_ids(runtime) - old - {late}
 
     rerun = opened()
     report = rerun.activity_retention().apply(ACTOR, now=NOW)
@@ -369,3 +371,20 @@ def test_runs_take_turns(opened: Callable[[], Runtime]) -> None:
         assert runtime.activity_retention().apply(ACTOR, now=NOW).status == "busy"
         assert Counter(type(e).__name__ for e in _recorded(runtime)) == Counter()
     assert runtime.activity_retention().apply(ACTOR, now=NOW).status == "archived"
+
+
+def test_the_newest_row_stays_so_that_no_id_is_ever_given_again(opened: Callable[[], Runtime]) -> None:
+    """Every row older than the window: on SQLite (ids are max(id) + 1) the newest stays until a newer one
+    exists, so the next row's id is above every id a reader has seen; PostgreSQL's ids are never reused."""
+    runtime = opened()
+    _record(runtime, OLD)
+    ids = _activity_ids(runtime)
+    runtime.activity_retention().apply(ACTOR, now=NOW)
+    kept = _activity_ids(runtime)
+    assert kept == ({max(ids)} if runtime.db.dialect == "sqlite" else set())
+    _record(runtime, [NOW])
+    (new,) = _activity_ids(runtime) - kept
+    assert new > max(ids)
+    if runtime.db.dialect == "sqlite":  # the next run, with a newer row there, archives the one kept
+        runtime.activity_retention().apply(ACTOR, now=NOW + timedelta(days=1))
+        assert _activity_ids(runtime) == {new}
