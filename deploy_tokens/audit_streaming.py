@@ -35,6 +35,7 @@ from domain.audit_streaming import (
     AuditStreaming,
     check_verification_token,
     generate_verification_token,
+    is_public_address,
 )
 from domain.clock import Clock
 from domain.errors import NotFound
@@ -362,7 +363,7 @@ class DestinationWorker(threading.Thread):
                 body,
                 headers,
                 timeout=self.policy.timeout,
-                allow_insecure=self.policy.allow_insecure,
+                allowed=None if self.policy.allow_insecure else is_public_address,
             )
             if attempt.acknowledged:
                 renewed_at = time.monotonic()

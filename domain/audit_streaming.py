@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -69,6 +69,30 @@ def _valid_host(host: str, *, bracketed: bool) -> bool:
     return all(_HOST_LABEL.match(label) for label in host.removesuffix(".").split("."))
 
 
+_NAT64: Final = (ip_network("64:ff9b::/96"), ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE: Final = ip_network("::/96")
+
+
+def is_public_address(address: IPv4Address | IPv6Address) -> bool:
+    """Whether connecting to ``address`` reaches the public internet and nothing else: globally routable, not
+    multicast, and, for the IPv6 forms that carry an IPv4 address (mapped, compatible, 6to4, Teredo, NAT64),
+    the IPv4 address they carry public too (a NAT64 gateway turns ``64:ff9b::a00:1`` into 10.0.0.1)."""
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, IPv6Address):
+        embedded: list[IPv4Address] = []
+        if address.ipv4_mapped is not None:
+            embedded.append(address.ipv4_mapped)
+        if address.sixtofour is not None:
+            embedded.append(address.sixtofour)
+        if address.teredo is not None:
+            embedded += list(address.teredo)
+        if any(address in network for network in _NAT64) or address in _IPV4_COMPATIBLE:
+            embedded.append(IPv4Address(int(address) & 0xFFFFFFFF))
+        return all(is_public_address(inner) for inner in embedded)
+    return True
+
+
 def is_local_host(host: str) -> bool:
     """Whether ``host`` (a URL's host, brackets removed) names this machine or a private network by itself:
     ``localhost`` and its subdomains, or an IP literal that is not globally routable. A name that resolves to
@@ -77,7 +101,7 @@ def is_local_host(host: str) -> bool:
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        return not ip_address(name).is_global
+        return not is_public_address(ip_address(name))
     except ValueError:
         return False
 

@@ -25,6 +25,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -100,18 +101,38 @@ class _PinnedConnection(http.client.HTTPSConnection):
         super().__init__(host, port, timeout=timeout, context=self._tls_context)
         self._address = address
         self._secure = secure
+        self.default_port = 443 if secure else 80  # the Host header names a port only when it is not this
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
         self.sock = self._tls_context.wrap_socket(sock, server_hostname=self.host) if self._secure else sock
 
 
-def _resolved(host: str, port: int, allow_insecure: bool) -> str:
-    """The address to connect to: the first the name resolves to, which must be public unless insecure
-    destinations are allowed. Raises ``RefusedAddress``."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    address = str(infos[0][4][0])
-    if not allow_insecure and not ipaddress.ip_address(address.split("%", 1)[0]).is_global:
+AddressRule = Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]
+
+
+def _resolved(host: str, port: int, allowed: AddressRule | None, seconds: float) -> str:
+    """The address to connect to: the first the name resolves to, within ``seconds`` (``TimeoutError``), which
+    ``allowed`` must accept (``RefusedAddress``). The resolver has no timeout of its own, so it runs in a
+    thread of its own, left behind if it takes too long."""
+    found: list[str] = []
+    failed: list[OSError] = []
+
+    def resolve() -> None:
+        try:
+            found.append(str(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]))
+        except OSError as error:
+            failed.append(error)
+
+    resolver = threading.Thread(target=resolve, name="audit-delivery-resolve", daemon=True)
+    resolver.start()
+    resolver.join(max(seconds, 0.0))
+    if failed:
+        raise failed[0]
+    if not found:
+        raise TimeoutError
+    address = found[0]
+    if allowed is not None and not allowed(ipaddress.ip_address(address.split("%", 1)[0])):
         raise RefusedAddress(address)
     return address
 
@@ -126,25 +147,26 @@ def post_event(
     headers: dict[str, str],
     *,
     timeout: float,
-    allow_insecure: bool = False,
+    allowed: AddressRule | None,
     tls: ssl.SSLContext | None = None,
 ) -> Attempt:
     """POST ``body`` to ``url`` within ``timeout`` seconds in all, name resolution included.
 
-    Unless ``allow_insecure``: only ``https``, and only to a public address (checked after resolution, and
-    connected to as checked), so that a destination can never reach this machine or its private network."""
+    With an address rule ``allowed``: only ``https``, and only to an address the rule accepts (checked after
+    resolution, and connected to as checked, so that no second look-up can lead elsewhere). None: any scheme
+    and address (an instance that allows insecure destinations)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     deadline = time.monotonic() + timeout
-    if not secure and not allow_insecure:
+    if not secure and allowed is not None:
         return Attempt(False, error="refused: not https")
     watchdog: threading.Timer | None = None
     connection: _PinnedConnection | None = None
     try:
-        address = _resolved(host, port, allow_insecure)
+        address = _resolved(host, port, allowed, deadline - time.monotonic())
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return Attempt(False, error=f"timed out after {timeout:g} s")

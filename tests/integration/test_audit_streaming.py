@@ -29,6 +29,7 @@ from api.audit import AuditEventSchema
 from cli.serve import embedded_threads
 from deploy_tokens.audit_streaming import AuditStreamer, stream_figures
 from deploy_tokens.runtime import Runtime
+from domain.audit_streaming import is_public_address
 from infrastructure.audit_delivery import Attempt, DeliveryPolicy, _owner_died, new_owner, post_event
 from infrastructure.settings import ConfigurationError, Settings
 from projections.audit_queries import AuditQuery, audit_events
@@ -375,15 +376,34 @@ def test_streaming_settings_are_read(tmp_path: Path):
 def test_delivery_refuses_local_addresses_and_plain_http_unless_allowed():
     """Checked where the name is resolved, at every attempt: a public-looking name that resolves to this
     machine (or a DNS answer that changed since the destination was created) reaches nothing."""
+    public = is_public_address
     with receiving() as receiver:
         port = receiver.url.split(":")[2].split("/")[0]
         for url in (f"https://localhost:{port}/intake", f"https://127.0.0.1:{port}/intake"):
-            attempt = post_event(url, b"{}", {}, timeout=2)
+            attempt = post_event(url, b"{}", {}, timeout=2, allowed=public)
             assert attempt == Attempt(False, error="refused: the host resolves to a local or private address")
-        assert post_event(receiver.url, b"{}", {}, timeout=2) == Attempt(False, error="refused: not https")
+        refused = post_event(receiver.url, b"{}", {}, timeout=2, allowed=public)
+        assert refused == Attempt(False, error="refused: not https")
         assert receiver.all() == []
-        assert post_event(receiver.url, b"{}", {}, timeout=2, allow_insecure=True).acknowledged
-        assert len(receiver.all()) == 1
+        assert post_event(receiver.url, b"{}", {}, timeout=2, allowed=None).acknowledged
+        [delivered] = receiver.all()
+        assert delivered.headers["Host"] == f"127.0.0.1:{port}"  # the URL's host and port, not the address's
+
+
+def test_a_resolver_that_does_not_answer_counts_against_the_deadline(monkeypatch: pytest.MonkeyPatch):
+    """The system resolver has no timeout: one that hangs still ends the attempt when its deadline passes."""
+    released = threading.Event()
+
+    def hanging(*_: Any, **__: Any) -> Any:
+        released.wait(10)
+        raise OSError("released")
+
+    monkeypatch.setattr("infrastructure.audit_delivery.socket.getaddrinfo", hanging)
+    started = time.monotonic()
+    attempt = post_event("https://siem.example.com/in", b"{}", {}, timeout=0.3, allowed=is_public_address)
+    released.set()
+    assert attempt == Attempt(False, error="timed out after 0.3 s")
+    assert time.monotonic() - started < 2
 
 
 def test_a_dead_lease_holder_is_recognised_only_in_its_own_process_space():

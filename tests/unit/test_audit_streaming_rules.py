@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import UTC, datetime
+from ipaddress import ip_address
 
 import pytest
 
@@ -14,6 +15,8 @@ from domain.audit_streaming import (
     check_destination_url,
     check_verification_token,
     generate_verification_token,
+    is_local_host,
+    is_public_address,
 )
 from domain.errors import NotFound, ValidationError
 from infrastructure.audit_delivery import DeliveryPolicy, signature
@@ -161,3 +164,31 @@ def test_signature_is_hmac_sha256_of_the_exact_body():
     expected = hmac.new(b"k" * 24, body, hashlib.sha256).hexdigest()
     assert signature(body, "k" * 24) == f"sha256={expected}"
     assert signature(body + b" ", "k" * 24) != signature(body, "k" * 24)
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2001:4860:4860::8888", True),
+        ("127.0.0.1", False),
+        ("10.0.0.1", False),
+        ("169.254.169.254", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),  # multicast
+        ("ff0e::1", False),
+        ("::1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped
+        ("::ffff:8.8.8.8", True),
+        ("64:ff9b::7f00:1", False),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a00:1", False),  # NAT64 of 10.0.0.1
+        ("64:ff9b:1::a00:1", False),  # local-use NAT64
+        ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
+        ("2002:7f00:1::1", False),  # 6to4 of 127.0.0.1
+        ("2002:a00:1::1", False),  # 6to4 of 10.0.0.1
+        ("::127.0.0.1", False),  # IPv4-compatible
+    ],
+)
+def test_only_public_addresses_are_reachable(address: str, public: bool):
+    assert is_public_address(ip_address(address)) is public
+    assert is_local_host(address) is not public
