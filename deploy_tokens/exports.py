@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from itertools import repeat
 from typing import Any, Final, Literal
 
+from domain.text import has_unstorable_characters
 from infrastructure.activity import ActivityEvent
 from infrastructure.db import Database, as_utc_text
 from projections.audit_log_queries import AuditLogFilter
@@ -134,6 +135,13 @@ class Export:
             raise ValueError("set-aside activity rows can be filtered by time only")
         if request.dataset != "lifecycle" and (request.actor_username or request.event_type):
             raise ValueError("only lifecycle rows can be filtered by actor or event type")
+        for name, text in (("actor", request.actor_username), ("event type", request.event_type)):
+            if text is not None and has_unstorable_characters(
+                text
+            ):  # no stored value has them: a typo or worse
+                raise ValueError(
+                    f"the {name} filter contains characters that are not allowed (control characters)"
+                )
         self.db = db
         self.request = request
         # The auditor pages' filter (projections.audit_log_queries): a page and its download hold the same rows.

@@ -287,7 +287,7 @@ def _audit_stream(env: Mapping[str, str]) -> DeliveryPolicy:
         raise ConfigurationError(
             "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MAX must not be less than DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MIN"
         )
-    insecure = env.get("DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE", "false")
+    insecure = (env.get("DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE") or "").strip() or "false"  # empty: unset
     if insecure not in ("true", "false"):
         raise ConfigurationError("DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE must be true or false")
     return DeliveryPolicy(

@@ -353,6 +353,10 @@ def test_the_embedded_process_streams(runtime: Runtime, world: World):
         ("DEPLOY_TOKENS_AUDIT_STREAM_TIMEOUT", "ten"),
         ("DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MIN", "-1"),
         ("DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MAX", "inf"),
+        ("DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE", "yes"),
+        ("DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE", "TRUE"),
+        ("DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE", "true\x00"),
+        ("DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE", "\udcff"),
     ],
 )
 def test_malformed_streaming_settings_name_the_variable(tmp_path: Path, variable: str, value: str):
@@ -369,6 +373,17 @@ def test_streaming_settings_are_read(tmp_path: Path):
     }
     assert Settings.from_env(env).audit_stream == DeliveryPolicy(timeout=2.5, first_retry=0.5, max_retry=60)
     assert Settings.from_env({"DEPLOY_TOKENS_DATA_DIR": str(tmp_path)}).audit_stream == DeliveryPolicy()
+    insecure = {**env, "DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE": "true"}
+    assert Settings.from_env(insecure).audit_stream.allow_insecure is True
+    assert (
+        Settings.from_env(
+            {**env, "DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE": ""}
+        ).audit_stream.allow_insecure
+        is False
+    )
+    assert Settings.from_env(
+        {**insecure, "DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE": "false"}
+    ).audit_stream == (DeliveryPolicy(timeout=2.5, first_retry=0.5, max_retry=60))
     with pytest.raises(ConfigurationError, match="RETRY_MAX must not be less"):
         Settings.from_env({**env, "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MAX": "0.1"})
 

@@ -4,7 +4,7 @@ GitLab's types and messages, one row per event, filters, rebuild."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,12 +15,12 @@ from domain.actors import Actor
 from domain.clock import FixedClock
 from domain.deploy_token import deploy_token_uuid
 from domain.streams import stream_id
-from infrastructure.activity import ActivityEvent
 from projections.audit import AUDITED_EVENTS, AuditTrail
 from projections.audit_queries import AuditQuery, AuditRecord, audit_events
 from projections.base import Projector
 
 from ..conftest import T0, World
+from .test_retention import _event as activity_event
 
 BOTH_SCOPES = ["read_repository", "read_registry"]
 
@@ -148,30 +148,13 @@ def do_everything(world: World, clock: FixedClock) -> dict[str, Any]:
     )
     streaming.delete_destination(admin, destination.id)
     # Activity retention: one old row archived, recorded, deleted.
-    runtime.activity.record(_activity_at(clock.now() - timedelta(days=3)))
-    runtime.activity.record(_activity_at(clock.now()))  # a newer row: SQLite keeps the newest
+    runtime.activity.record(activity_event(clock.now() - timedelta(days=3), 1))
+    runtime.activity.record(activity_event(clock.now(), 2))  # a newer row: SQLite keeps the newest
     runtime.activity.flush()
     retained = replace(runtime.settings, activity_retention_days=1)
     ActivityRetentionService(runtime.uow, runtime.db, retained, runtime.keys.chain_key, clock).apply(admin)
     runtime.projector.catch_up()
     return {"values": values, "token_ids": [project_id, group_id]}
-
-
-def _activity_at(at: datetime) -> ActivityEvent:
-    return ActivityEvent(
-        occurred_at=at,
-        token_id=1,
-        token_ref=None,
-        endpoint="check",
-        action="git_read",
-        resource_kind="project",
-        resource_ref="acme/api",
-        allowed=True,
-        reason="allowed",
-        status=200,
-        client_addr="192.0.2.7",
-        user_agent="git/2.39",
-    )
 
 
 # GitLab's types and messages ----------------------------------------------------------------------------

@@ -277,6 +277,12 @@ def test_the_cli_exports_the_lifecycle_of_one_actor_and_one_event_type(
     usage = ["export", "--dataset", "usage", "--output", str(tmp_path / "u.jsonl"), "--event-type", "x"]
     assert cmd_export(runtime, build_parser().parse_args(usage)) == 2
     assert not (tmp_path / "u.jsonl").exists()
+    # A lone surrogate or a control character is no stored actor or type: refused, never a traceback.
+    for flag in ("--actor", "--event-type"):
+        for hostile in ("\udcff", "a\x00b", "deploy_token_revoked\n"):
+            argv = ["export", "--dataset", "lifecycle", "--output", str(tmp_path / "h.jsonl"), flag, hostile]
+            assert cmd_export(runtime, build_parser().parse_args(argv)) == 2, (flag, hostile)
+    assert not (tmp_path / "h.jsonl").exists()
 
 
 def test_the_audit_api_csv_export_is_neutralised(runtime: Runtime, world: World):
