@@ -18,6 +18,7 @@ from deploy_tokens.unit_of_work import UnitOfWork
 from domain import auditors
 from domain.actors import Actor
 from domain.clock import Clock
+from domain.deploy_token import HolderKind
 from domain.errors import NotFound, PermissionDenied, Unauthenticated
 from domain.groups import Group
 from domain.membership import AccessLevel
@@ -149,20 +150,34 @@ class AccessService:
             raise NotFound("404 Project")
         return project
 
+    def _group_view(self, group_id: int) -> Group:
+        """``group`` for reading only (``UnitOfWork.views``): never to be changed or saved."""
+        group = self.uow.views.get(Group, stream_id("namespace", group_id), "404 Group")
+        if group.deleted:
+            raise NotFound("404 Group")
+        return group
+
+    def _project_view(self, project_id: int) -> Project:
+        """``project`` for reading only (``UnitOfWork.views``): never to be changed or saved."""
+        project = self.uow.views.get(Project, stream_id("project", project_id), "404 Project")
+        if project.deleted:
+            raise NotFound("404 Project")
+        return project
+
     def user_level(self, source: Group | Project, user_id: int) -> int:
         """A user's effective level on a group or project: direct, inherited from a group above it, or Owner of
         a project in their personal namespace. An administrator flag does not count: it is no membership."""
         if isinstance(source, Group):
-            groups = [source, *(self.group(ancestor) for ancestor in source.ancestor_ids)]
+            groups = [source, *(self._group_view(ancestor) for ancestor in source.ancestor_ids)]
             return max(group.members.get(user_id, 0) for group in groups)
         if source.namespace_kind == "user":
-            namespace = self.uow.get(
+            namespace = self.uow.views.get(
                 UserNamespace, stream_id("namespace", source.namespace_id), "404 Namespace"
             )
             if namespace.user_id == user_id:
                 return AccessLevel.OWNER
         levels = [source.members.get(user_id, 0)]
-        levels += [self.group(group_id).members.get(user_id, 0) for group_id in source.group_ids]
+        levels += [self._group_view(group_id).members.get(user_id, 0) for group_id in source.group_ids]
         return max(levels)
 
     def access_level(self, actor: Actor | None, source: Group | Project) -> int:
@@ -192,11 +207,20 @@ class AccessService:
         self._check(self.access_level(actor, project), needed, "404 Project")
         return project
 
+    def require_level(self, actor: Actor | None, kind: HolderKind, number: int, needed: int) -> None:
+        """``visible_group`` or ``visible_project`` for a command that changes neither (creating a token, for
+        instance): the same answers, decided on read-only views (``UnitOfWork.views``) instead of aggregates
+        loaded in full."""
+        if kind == "group":
+            self._check(self.access_level(actor, self._group_view(number)), needed, "404 Group")
+        else:
+            self._check(self.access_level(actor, self._project_view(number)), needed, "404 Project")
+
     def readable_group(self, actor: Actor | None, group_id: int, needed: int = AccessLevel.GUEST) -> Group:
         """For reading only: as ``visible_group``, and an auditor reads every group whatever their role
         (behaviour [auditors]). Never for a command: a command asks ``visible_group``, so that no path to a
-        write, present or future, opens to an auditor."""
-        group = self.group(group_id)
+        write, present or future, opens to an auditor. The group is a read-only view: never to be changed."""
+        group = self._group_view(group_id)
         level = self.access_level(actor, group)
         if level < needed and self.is_auditor(actor):
             return group
@@ -206,8 +230,8 @@ class AccessService:
     def readable_project(
         self, actor: Actor | None, project_id: int, needed: int = AccessLevel.GUEST
     ) -> Project:
-        """For reading only: as ``readable_group``, for a project."""
-        project = self.project(project_id)
+        """For reading only: as ``readable_group``, for a project (a read-only view)."""
+        project = self._project_view(project_id)
         level = self.access_level(actor, project)
         if level < needed and self.is_auditor(actor):
             return project
@@ -223,11 +247,11 @@ class AccessService:
 
     def sees_group(self, actor: Actor | None, group_id: int) -> bool:
         """By role only: a listing asks ``reads_everything`` once for the whole list instead."""
-        return self.access_level(actor, self.group(group_id)) >= AccessLevel.GUEST
+        return self.access_level(actor, self._group_view(group_id)) >= AccessLevel.GUEST
 
     def sees_project(self, actor: Actor | None, project_id: int) -> bool:
         """By role only: a listing asks ``reads_everything`` once for the whole list instead."""
-        return self.access_level(actor, self.project(project_id)) >= AccessLevel.GUEST
+        return self.access_level(actor, self._project_view(project_id)) >= AccessLevel.GUEST
 
     @staticmethod
     def sees_whole_profile(viewer: Actor | None, user_id: int) -> bool:

@@ -299,7 +299,7 @@ class ExpiryNotifier:
             return []
         if not self.uow.settings().feature_enabled(EXPIRING_NOTIFICATIONS_FLAG):
             return [MailResult(token_id, interval, SendOutcome.FLAG_OFF) for token_id, interval in items]
-        with contextlib.closing(open_session(self.mailer)) as session:
+        with contextlib.closing(open_session(self.mailer)) as session, self.uow.projecting_later():
             batch = _Batch(self, session)
             batch.run(items)
         self.uow.caught_up(batch.recordings)

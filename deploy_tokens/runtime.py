@@ -118,6 +118,7 @@ class Runtime:
             store = EventStore(settings.database)
             projector = Projector(store, db, all_projections(keys), batch_size=settings.projection_batch_size)
             projector.setup()
+            store.run_in_save(projector.project_in_save)  # a command's events and rows commit together
             vault = CiTokenVault(db, keys.vault_key)
             idempotency = IdempotencyRecords(db, keys)
             web_sessions = SessionStore(db, SessionKeys(settings.secret_key), clock)

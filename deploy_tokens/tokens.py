@@ -91,10 +91,8 @@ class TokenService:
 
     def check_token_manager(self, actor: Actor, holder_kind: HolderKind, holder_id: int) -> None:
         """behaviour [manage]: managing a project's tokens needs Maintainer or higher; a group's needs Owner."""
-        if holder_kind == "project":
-            self.access.visible_project(actor, holder_id, AccessLevel.MAINTAINER)
-        else:
-            self.access.visible_group(actor, holder_id, AccessLevel.OWNER)
+        needed = AccessLevel.MAINTAINER if holder_kind == "project" else AccessLevel.OWNER
+        self.access.require_level(actor, holder_kind, holder_id, needed)
 
     def holders_managed_by(self, principal: Principal, *, limit: int) -> list[ManagedHolder]:
         """The projects and groups whose tokens the user may manage, at most ``limit``: among those they are

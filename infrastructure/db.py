@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 import psycopg
 from eventsourcing.persistence import InterfaceError as EventStoreInterfaceError
 from eventsourcing.persistence import OperationalError as EventStoreOperationalError
+from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from infrastructure.settings import DatabaseLocation
@@ -107,6 +108,7 @@ class Cursor(Protocol):
     @property
     def rowcount(self) -> int: ...
     def pipelined(self) -> AbstractContextManager[object]: ...
+    def settle(self) -> None: ...
 
 
 @lru_cache(maxsize=1024)
@@ -116,7 +118,10 @@ def _postgres_sql(sql: str) -> str:
 
 @lru_cache(maxsize=1024)
 def _sqlite_sql(sql: str) -> str:
-    return sql.replace("TIMESTAMPTZ", "TEXT").replace(" FOR UPDATE", "")
+    # SQLite has no row locks: a write transaction holds the whole database, so a lock clause has nothing to add.
+    return (
+        sql.replace("TIMESTAMPTZ", "TEXT").replace(" FOR UPDATE SKIP LOCKED", "").replace(" FOR UPDATE", "")
+    )
 
 
 _COPY_FROM_ROWS = 8
@@ -249,8 +254,28 @@ class _PortableCursor:
         dominate, so they are pipelined. A read inside the block still works (it syncs the pipeline).
         """
         if self._dialect == "postgresql":
-            return cast(AbstractContextManager[object], self._raw.connection.pipeline())
+            connection = self._raw.connection
+            if connection.info.pipeline_status != pq.PipelineStatus.OFF:
+                # Already pipelined (a projection inside the event store's pipeline): a nested block would
+                # sync at its end, one round trip more for nothing; the outer block syncs and reports errors.
+                return nullcontext()
+            return cast(AbstractContextManager[object], connection.pipeline())
         return nullcontext()
+
+    def settle(self) -> None:
+        """Wait for every statement sent so far, raising the first one's error (in a pipeline they are only
+        sent); SQLite runs each as it comes, so there is nothing to wait for."""
+        if self._dialect == "postgresql":
+            connection = self._raw.connection
+            if connection.info.pipeline_status != pq.PipelineStatus.OFF:
+                with connection.pipeline() as pipeline:
+                    pipeline.sync()
+
+
+def portable_cursor(raw: Any, dialect: Dialect) -> Cursor:
+    """The read models' cursor API over a driver cursor of another transaction: the event store's own, so
+    that rows written through it commit with the events (``infrastructure.store.InSave``)."""
+    return _PortableCursor(raw, dialect)
 
 
 # Every wait on PostgreSQL is bounded, so that no caller hangs on a stopped, frozen or unreachable server: a

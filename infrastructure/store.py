@@ -9,16 +9,42 @@ from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, Recording, StoredEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    Notification,
+    OperationalError,
+    Recording,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
 from eventsourcing.utils import Environment, EnvType, retry
 from psycopg import Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 
-from infrastructure.db import POOL_TIMEOUT, POSTGRES_BOUNDS, private_sqlite_file
+from infrastructure.db import POOL_TIMEOUT, POSTGRES_BOUNDS, portable_cursor, private_sqlite_file
+from infrastructure.db import Cursor as PortableCursor
 from infrastructure.idempotency import claim_in_postgres, claim_in_sqlite, pending_slot
 from infrastructure.settings import DatabaseLocation
+
+# Called inside the transaction that stores events, once they have their positions, with a cursor of that
+# transaction and the events as the log will hand them out: what it writes commits with them or not at all.
+# The read models use it to apply a command's events in the command's own transaction (projections.base).
+InSave = Callable[[PortableCursor, Sequence[Notification]], None]
+
+
+def _as_notifications(stored: Sequence[StoredEvent], ids: Sequence[int]) -> list[Notification]:
+    return [
+        Notification(
+            id=number,
+            originator_id=event.originator_id,
+            originator_version=event.originator_version,
+            topic=event.topic,
+            state=event.state,
+        )
+        for number, event in zip(ids, stored, strict=True)
+    ]
 
 
 class EventStore(Application[UUID]):
@@ -30,6 +56,12 @@ class EventStore(Application[UUID]):
         if location.sqlite_path is not None:
             private_sqlite_file(location.sqlite_path)  # before the library's sqlite3 connection creates it
         super().__init__(env=persistence_env(location))
+
+    def run_in_save(self, hook: InSave | None) -> None:
+        """Have ``hook`` called inside every transaction that stores events (see ``InSave``); None: nothing."""
+        recorder = self.recorder
+        assert isinstance(recorder, BoundedPostgresApplicationRecorder | IdempotentSQLiteApplicationRecorder)
+        recorder.in_save = hook
 
     def head(self) -> int:
         """The position of the newest event in the log (0 when empty)."""
@@ -60,6 +92,8 @@ def _retried_once(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class BoundedPostgresApplicationRecorder(PostgresApplicationRecorder):
+    in_save: InSave | None = None
+
     insert_events = _retried_once(PostgresApplicationRecorder.insert_events)
     select_events = _retried_once(PostgresApplicationRecorder.select_events)
     select_notifications = _retried_once(PostgresApplicationRecorder.select_notifications)
@@ -78,6 +112,20 @@ class BoundedPostgresApplicationRecorder(PostgresApplicationRecorder):
             )
         super()._insert_events(curs, stored_events, **kwargs)
 
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        # The last step of the library's insert, still inside its transaction (and its pipeline), once the
+        # events have their positions.
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        if self.in_save is not None and ids:
+            cursor = curs.connection.cursor(row_factory=tuple_row)
+            # The library names its tables with their schema; the read models' statements rely on the path.
+            schema = self.datastore.schema.replace('"', '""')
+            cursor.execute(f'SET LOCAL search_path TO "{schema}"')
+            self.in_save(portable_cursor(cursor, "postgresql"), _as_notifications(stored_events, ids))
+        return ids
+
 
 class BoundedPostgresFactory(PostgresFactory):
     """The library's PostgreSQL infrastructure with every wait bounded (see ``infrastructure.db``)."""
@@ -94,6 +142,8 @@ class BoundedPostgresFactory(PostgresFactory):
 
 
 class IdempotentSQLiteApplicationRecorder(SQLiteApplicationRecorder):
+    in_save: InSave | None = None
+
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
@@ -102,7 +152,11 @@ class IdempotentSQLiteApplicationRecorder(SQLiteApplicationRecorder):
         slot = pending_slot()
         if slot is not None:
             claim_in_sqlite(c, slot)
-        return super()._insert_events(c, stored_events, **kwargs)
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        if self.in_save is not None and ids:
+            cursor = c.sqlite_cursor.connection.cursor()
+            self.in_save(portable_cursor(cursor, "sqlite"), _as_notifications(stored_events, ids))
+        return ids
 
 
 class IdempotentSQLiteFactory(SQLiteFactory):

@@ -8,13 +8,14 @@ actor (the system when it has none), its stream and version.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Final, NamedTuple, Protocol
 
 from domain.membership import AccessLevel
 from domain.streams import stream_id
-from infrastructure.db import Cursor
+from infrastructure.db import Cursor, as_utc_text
 from projections.base import StreamEvent
 
 TARGET_DEPLOY_TOKEN: Final = "DeployToken"
@@ -54,6 +55,7 @@ AUDIT_COLUMNS: Final = (
 _MESSAGE: Final = AUDIT_COLUMNS.index("message")
 _DETAILS: Final = AUDIT_COLUMNS.index("details")
 
+_CHUNK: Final = 500  # streams per statement that names them (SQLite: one parameter each)
 _SYSTEM_ACTOR: Final[dict[str, Any]] = {"kind": "system", "id": None, "username": "system", "address": None}
 
 
@@ -95,6 +97,10 @@ def symbols(scopes: Sequence[str]) -> str:
     return "[:" + ", :".join(scopes) + "]" if scopes else "[]"
 
 
+# Cached: the instants of a log repeat (a token's expiry in its creation and expiry rows, the same "now" for
+# every event of one command or scan page), and formatting costs several times a look-up. Equal instants
+# (the same moment, whatever the offset) give the same UTC text, so the cache cannot mix two up.
+@lru_cache(maxsize=4096)
 def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
@@ -138,7 +144,7 @@ class Subject(NamedTuple):
     @classmethod
     def created_by(
         cls,
-        event: StreamEvent,
+        stream: str,
         position: int,
         *,
         kind: str,
@@ -148,10 +154,10 @@ class Subject(NamedTuple):
         scopes: Sequence[str] = (),
         data: dict[str, Any] | None = None,
     ) -> Subject:
-        """The subject of the stream that ``event`` creates."""
+        """The subject of ``stream`` (its id as text: ``AuditBatch.stream_of``), created at ``position``."""
         namespace_kind, namespace_id = namespace
         return cls(
-            str(event.originator_id),
+            stream,
             kind,
             subject_id,
             name,
@@ -182,6 +188,21 @@ class Subject(NamedTuple):
             self.scopes if scopes is None else tuple(scopes),
             self.created_position,
             self.data if data is None else data,
+            position,
+        )
+
+    def with_scopes(self, position: int, scopes: Sequence[str]) -> Subject:
+        """``changed_by(position, scopes=scopes)``, without keywords: every token is scoped at least once."""
+        return Subject(
+            self.stream_id,
+            self.kind,
+            self.subject_id,
+            self.name,
+            self.namespace_kind,
+            self.namespace_id,
+            tuple(scopes),
+            self.created_position,
+            self.data,
             position,
         )
 
@@ -246,13 +267,25 @@ class AuditBatch:
 
     ``streams`` maps the position of each event the batch applies to its stream's id as text: the text of a
     UUID is worked out once per event, not again by every lookup and row. ``created`` are the streams whose
-    first event the batch applies: none has a subject yet, so none is looked for.
+    first event the batch applies: none has a subject or a member yet, so neither is looked for. ``known``
+    are subjects as they stand in the tables at the batch's start (the previous batch's, ``AuditTrail``):
+    those are not read again.
     """
 
-    def __init__(self, cursor: Cursor, streams: dict[int, str], created: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        cursor: Cursor,
+        streams: dict[int, str],
+        created: Iterable[str] = (),
+        known: Mapping[str, Subject] | None = None,
+    ) -> None:
         self.cursor = cursor
         self._streams = streams
-        self._timestamp = cursor.timestamp
+        # Each row's time as UTC text, formatted once per distinct instant (the events of one command, or of
+        # one page of a scan, share theirs). The text is what SQLite's TIMESTAMPTZ (TEXT) columns hold; on
+        # PostgreSQL the server reads the same instant from it, and the driver's COPY writes a str at half
+        # the cost per row of a datetime (which it must first inspect for its time zone).
+        self._times: dict[datetime, str] = {}
         self._subjects: dict[str, Subject | None] = {}
         self._new_subjects: dict[str, None] = {}  # ordered set: subjects to insert
         self._changed_subjects: dict[str, None] = {}  # stored subjects to update
@@ -261,17 +294,26 @@ class AuditBatch:
         self._changed_levels: dict[tuple[str, int], int] = {}  # the position of the last change
         self._paths: list[tuple[str, int, int, str, bool]] = []
         self._rows: dict[int, list[Any]] = {}  # position -> audit_events row, completed in place
+        self._encoded: dict[Hashable, str] = {}  # details shared by many rows, as JSON (``encoded``)
         self._completions: list[tuple[str, str, int]] = []  # rows of earlier batches: message, details
-        self._subjects.update(dict.fromkeys(created))
-        self._load_subjects(
-            [stream for stream in dict.fromkeys(streams.values()) if stream not in self._subjects]
-        )
+        self._created = frozenset(created)
+        self._subjects.update(dict.fromkeys(self._created))
+        unknown = []
+        for stream in dict.fromkeys(streams.values()):
+            if stream in self._subjects:
+                continue
+            subject = known.get(stream) if known else None
+            if subject is None:
+                unknown.append(stream)
+            else:
+                self._remember(subject)
+        self._load_subjects(unknown)
 
     # Subjects
 
-    def _load_subjects(self, streams: Sequence[str], chunk: int = 500) -> None:
-        for offset in range(0, len(streams), chunk):
-            part = streams[offset : offset + chunk]
+    def _load_subjects(self, streams: Sequence[str]) -> None:
+        for offset in range(0, len(streams), _CHUNK):
+            part = streams[offset : offset + _CHUNK]
             condition, params = self.cursor.any_of("stream_id", part)
             rows = self.cursor.execute(
                 f"SELECT {', '.join(SUBJECT_COLUMNS)} FROM audit_subjects WHERE {condition}", params
@@ -279,10 +321,17 @@ class AuditBatch:
             for stream in part:
                 self._subjects[stream] = None
             for row in rows:
-                subject = _subject_from_row(row)
-                self._subjects[subject.stream_id] = subject
-                if subject.kind == "group":
-                    self._group_streams[subject.subject_id] = subject.stream_id
+                self._remember(_subject_from_row(row))
+
+    def _remember(self, subject: Subject) -> None:
+        """A subject as stored."""
+        self._subjects[subject.stream_id] = subject
+        if subject.kind == "group":
+            self._group_streams[subject.subject_id] = subject.stream_id
+
+    def subjects(self) -> Iterator[tuple[str, Subject]]:
+        """Every subject the batch read or wrote, as it leaves them (once ``flush`` has written them)."""
+        return ((stream, subject) for stream, subject in self._subjects.items() if subject is not None)
 
     def find_subject(self, stream: str) -> Subject | None:
         if stream not in self._subjects:
@@ -335,10 +384,13 @@ class AuditBatch:
     def access_level(self, source: Subject, user_id: int) -> int | None:
         key = (source.stream_id, user_id)
         if key not in self._levels:
-            row = self.cursor.execute(
-                "SELECT access_level FROM audit_memberships WHERE stream_id = ? AND user_id = ?", key
-            ).fetchone()
-            self._levels[key] = None if row is None else int(row[0])
+            if source.stream_id in self._created:  # created in this batch: no member stored yet
+                self._levels[key] = None
+            else:
+                row = self.cursor.execute(
+                    "SELECT access_level FROM audit_memberships WHERE stream_id = ? AND user_id = ?", key
+                ).fetchone()
+                self._levels[key] = None if row is None else int(row[0])
         return self._levels[key]
 
     def set_access_level(self, source: Subject, user_id: int, level: int | None, position: int) -> None:
@@ -349,6 +401,17 @@ class AuditBatch:
 
     # Paths and rows
 
+    def encoded(self, key: Hashable, details: dict[str, Any]) -> str:
+        """``details`` as JSON, encoded once per batch for each ``key``, which must determine them wholly.
+
+        For the details many rows share (a revocation's reason and scopes, an interval): encoding costs more
+        than the rest of such a row, and most of a batch's rows repeat a handful of them.
+        """
+        text = self._encoded.get(key)
+        if text is None:
+            text = self._encoded[key] = to_json(details)
+        return text
+
     def remember_path(
         self, kind: str, subject_id: int, full_path: str, position: int, *, deleted: bool = False
     ) -> None:
@@ -358,6 +421,7 @@ class AuditBatch:
         self,
         event: AuditedEvent,
         position: int,
+        stream: str,
         event_type: str,
         target_type: str,
         target_id: int | None,
@@ -365,14 +429,18 @@ class AuditBatch:
         namespace_kind: str,
         namespace_id: int | None,
         message: str,
-        details: dict[str, Any],
+        details: dict[str, Any] | str,
     ) -> None:
-        """The ``audit_events`` row of ``event``; its details are encoded when written (a later event of the
-        batch may complete them)."""
+        """The ``audit_events`` row of ``event``, of ``stream`` (``stream_of``). Its details are encoded when
+        written (a later event of the batch may complete them), unless they already are (``encoded``)."""
         actor = event.actor or _SYSTEM_ACTOR
+        moment = event.timestamp
+        occurred = self._times.get(moment)
+        if occurred is None:
+            occurred = self._times[moment] = as_utc_text(moment)
         self._rows[position] = [
             position,
-            self._timestamp(event.timestamp),
+            occurred,
             event_type,
             actor.get("kind") or "system",
             actor.get("id"),
@@ -385,7 +453,7 @@ class AuditBatch:
             namespace_id,
             message,
             details,
-            self.stream_of(event, position),
+            stream,
             event.originator_version,
         ]
 
@@ -393,7 +461,12 @@ class AuditBatch:
         """Give the row at ``position`` (an earlier event's) another message and more details."""
         row = self._rows.get(position)
         if row is not None:
-            row[_MESSAGE], row[_DETAILS] = message, {**row[_DETAILS], **details}
+            row[_MESSAGE] = message
+            current = row[_DETAILS]
+            if isinstance(current, str):
+                row[_DETAILS] = {**json.loads(current), **details}
+            else:
+                current.update(details)  # the row's own dict, made by its handler
             return
         stored = self.cursor.execute(
             "SELECT details FROM audit_events WHERE position = ?", (position,)
@@ -405,17 +478,20 @@ class AuditBatch:
 
     def flush(self) -> None:
         cursor = self.cursor
+        # A changed subject's row is deleted and inserted whole with the new ones (it was read whole): one
+        # statement and one bulk insert, where an UPDATE per subject was a statement each (on PostgreSQL, a
+        # rebuild's narrowed tokens cost more than all its other subjects).
+        changed = [stream for stream in self._changed_subjects if self._subjects[stream] is not None]
+        for offset in range(0, len(changed), _CHUNK):
+            condition, params = cursor.any_of("stream_id", changed[offset : offset + _CHUNK])
+            cursor.execute(f"DELETE FROM audit_subjects WHERE {condition}", params)
         cursor.insert_many(
             "audit_subjects",
             SUBJECT_COLUMNS,
-            [subject.row() for stream in self._new_subjects if (subject := self._subjects[stream])],
-        )
-        changed = [subject for stream in self._changed_subjects if (subject := self._subjects[stream])]
-        cursor.executemany(
-            "UPDATE audit_subjects SET name = ?, scopes = ?, data = ?, position = ? WHERE stream_id = ?",
             [
-                (s.name, ",".join(s.scopes), to_json(s.data) if s.data else "{}", s.position, s.stream_id)
-                for s in changed
+                subject.row()
+                for stream in (*self._new_subjects, *changed)
+                if (subject := self._subjects[stream]) is not None
             ],
         )
         gone = [key for key, position in self._changed_levels.items() if self._levels[key] is None]
@@ -437,7 +513,8 @@ class AuditBatch:
             "UPDATE audit_events SET message = ?, details = ? WHERE position = ?", self._completions
         )
         for row in self._rows.values():
-            row[_DETAILS] = to_json(row[_DETAILS])
+            if not isinstance(details := row[_DETAILS], str):
+                row[_DETAILS] = to_json(details)
         cursor.insert_many("audit_events", AUDIT_COLUMNS, list(self._rows.values()))
 
 
@@ -453,9 +530,11 @@ def record(
     target: tuple[str, int | None, str],
     namespace: tuple[str, int | None],
     message: str,
-    details: dict[str, Any],
+    details: dict[str, Any] | str,
 ) -> None:
-    trail.add_row(event, position, event_type, *target, *namespace, message, details)
+    trail.add_row(
+        event, position, trail.stream_of(event, position), event_type, *target, *namespace, message, details
+    )
 
 
 def record_for(
@@ -465,12 +544,13 @@ def record_for(
     subject: Subject,
     event_type: str,
     message: str,
-    details: dict[str, Any],
+    details: dict[str, Any] | str,
 ) -> None:
     """A row whose target is the subject of the event's own stream, in the subject's namespace."""
     trail.add_row(
         event,
         position,
+        subject.stream_id,  # the event's own stream
         event_type,
         _TARGET_OF_KIND[subject.kind],
         subject.subject_id,

@@ -37,13 +37,19 @@ def _token_sentence(verb: str, subject: Subject) -> str:
 
 
 def _token_created(trail: AuditBatch, event: DeployToken.Created, position: int) -> None:
-    subject = Subject.created_by(
-        event,
+    # ``Subject.created_by`` without its keywords (they cost more than the rest of the subject): every token
+    # has one. Its scopes come with the ``Scoped`` saved beside it.
+    subject = Subject(
+        trail.stream_of(event, position),
+        "deploy_token",
+        event.token_id,
+        event.name,
+        event.holder_kind,
+        event.holder_id,
+        (),
         position,
-        kind="deploy_token",
-        subject_id=event.token_id,
-        name=event.name,
-        namespace=(event.holder_kind, event.holder_id),
+        {},
+        position,
     )
     record_creation(
         trail,
@@ -66,19 +72,23 @@ def _token_created(trail: AuditBatch, event: DeployToken.Created, position: int)
 def _token_scoped(trail: AuditBatch, event: DeployToken.Scoped, position: int) -> None:
     subject = trail.subject_of(event, position)
     previous = subject.scopes
-    scoped = subject.changed_by(position, scopes=event.scopes)
+    scoped = subject.with_scopes(position, event.scopes)
     trail.update_subject(scoped)
+    words, granted = _token_words(scoped), symbols(scoped.scopes)
     if not previous:
         # The Scoped recorded with Created: complete the creation row's message (see the module docstring).
         trail.complete_row(
-            scoped.created_position, _token_sentence("Created", scoped) + ".", {"scopes": list(scoped.scopes)}
+            scoped.created_position,
+            f"Created {words} with scopes: {granted}.",
+            {"scopes": list(scoped.scopes)},
         )
-        message = _token_sentence("Scoped", scoped) + "."
+        message = f"Scoped {words} with scopes: {granted}."
     else:
-        message = (
-            f"Narrowed scopes of {_token_words(scoped)} from {symbols(previous)} to {symbols(scoped.scopes)}."
-        )
-    details = {"scopes": list(event.scopes), "previous_scopes": list(previous)}
+        message = f"Narrowed scopes of {words} from {symbols(previous)} to {granted}."
+    details = trail.encoded(
+        ("scoped", scoped.scopes, previous),
+        {"scopes": list(scoped.scopes), "previous_scopes": list(previous)},
+    )
     record_for(trail, event, position, scoped, _token_type(scoped, "scoped"), message, details)
 
 
@@ -91,7 +101,10 @@ def _token_revoked(trail: AuditBatch, event: DeployToken.Revoked, position: int)
         subject,
         _token_type(subject, "revoked"),
         _token_sentence("Revoked", subject) + ".",
-        {"reason": event.reason, "scopes": list(subject.scopes)},
+        trail.encoded(
+            ("revoked", event.reason, subject.scopes),
+            {"reason": event.reason, "scopes": list(subject.scopes)},
+        ),
     )
 
 
@@ -104,7 +117,7 @@ def _token_deleted(trail: AuditBatch, event: DeployToken.Deleted, position: int)
         subject,
         _token_type(subject, "destroyed"),
         _token_sentence("Destroyed", subject) + ".",
-        {"scopes": list(subject.scopes)},
+        trail.encoded(("destroyed", subject.scopes), {"scopes": list(subject.scopes)}),
     )
 
 
@@ -122,7 +135,14 @@ def _token_rotated(trail: AuditBatch, event: DeployToken.Rotated, position: int)
         subject,
         _token_type(subject, "rotated"),
         f"{_token_sentence('Rotated', subject)} {grace}.",
-        {"grace_period": until is not None, "previous_valid_until": until, "scopes": list(subject.scopes)},
+        trail.encoded(
+            ("rotated", until, subject.scopes),
+            {
+                "grace_period": until is not None,
+                "previous_valid_until": until,
+                "scopes": list(subject.scopes),
+            },
+        ),
     )
 
 
@@ -136,7 +156,10 @@ def _token_expired(trail: AuditBatch, event: DeployToken.Expired, position: int)
         subject,
         _token_type(subject, "expired"),
         f"{_token_sentence('Expired', subject)} at {expires_at}.",
-        {"expires_at": expires_at, "scopes": list(subject.scopes)},
+        trail.encoded(
+            ("expired", expires_at, subject.scopes),
+            {"expires_at": expires_at, "scopes": list(subject.scopes)},
+        ),
     )
 
 
@@ -157,7 +180,7 @@ def _token_notification_due(trail: AuditBatch, event: DeployToken.NotificationDu
         subject,
         _token_type(subject, "expiry_notification_due"),
         f"The {event.interval}-day expiry notification of {_token_words(subject)} became due.",
-        _interval_details(event.interval),
+        trail.encoded(("due", event.interval), _interval_details(event.interval)),
     )
 
 

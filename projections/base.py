@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS projection_versions (
 """
 
 PROJECTIONS_CHANNEL = "deploy_tokens_projections"
+# The most events a save may hold for its own transaction to project them (``Projector.project_in_save``): a
+# command's few. More (a group's deletion with everything in it) follow the ordinary catch-up, so that no save
+# holds the log's write lock for long and bulk writes stay out of the event store's pipeline.
+IN_SAVE_EVENTS = 8
 # Events per transaction of a rebuild, at least: see ``Projector.rebuild``.
 REBUILD_BATCH_SIZE = 2000
 
@@ -294,6 +298,9 @@ class Projector:
         # A rebuild applies larger batches than following the log does (see ``rebuild``).
         self.rebuild_batch_size = rebuild_batch_size or max(batch_size, REBUILD_BATCH_SIZE)
         self._listeners: list[Callable[[int], None]] = []
+        # Per thread: the last position its latest save projected in its own transaction; whether its saves
+        # leave projection to a catch-up (``deferring``).
+        self._in_save = threading.local()
 
     # Set-up and status -------------------------------------------------------------------------------
 
@@ -369,6 +376,65 @@ class Projector:
             self._announce(last)
         return applied
 
+    def project_in_save(self, cursor: Cursor, written: Sequence[Notification]) -> None:
+        """Apply a save's events to every projection inside the save's own transaction (the event store calls
+        this, ``EventStore.run_in_save``): one commit for the events, the rows and the positions, and
+        ``catch_up_with`` then has nothing left to do but tell the listeners.
+
+        Only when every projection is exactly at the event before the first of ``written``: nothing of another
+        process waits to be applied first (the save holds the log's write lock, so nothing else can commit
+        meanwhile). A projection a catch-up is busy with (its row locked) is not waited for: the save then
+        leaves all of them to ``catch_up_with``, as are saves of more than ``IN_SAVE_EVENTS`` events and those
+        of a ``deferring`` thread. A failure here is the read models' and never costs the command its events:
+        the projection work rolls back to a savepoint, is logged, and the catch-up applies the events again.
+        """
+        self._in_save.through = 0
+        if not written or len(written) > IN_SAVE_EVENTS or getattr(self._in_save, "deferring", False):
+            return
+        first, until = written[0].id, written[-1].id
+        if until - first != len(written) - 1:
+            return
+        names = sorted(self.projections)
+        cursor.execute("SAVEPOINT project_in_save")
+        try:
+            # The event store's transaction is pipelined on PostgreSQL: what follows is sent without waiting,
+            # and ``settle`` raises here whatever the database refused, while the savepoint can undo it.
+            rows = cursor.execute(
+                "SELECT name, position FROM projection_tracking"
+                f" WHERE name IN ({', '.join('?' for _ in names)}) ORDER BY name FOR UPDATE SKIP LOCKED",
+                names,
+            ).fetchall()
+            ready = [str(name) for name, position in rows if int(position) == first - 1]
+            if len(ready) == len(names):
+                decode = _decoding_once(self.store.mapper.to_domain_event)
+                for name in names:
+                    self.projections[name].apply_batch(cursor, written, decode)
+                cursor.executemany(
+                    "UPDATE projection_tracking SET position = ? WHERE name = ?", [(until, n) for n in names]
+                )
+                if self.db.dialect == "postgresql":
+                    cursor.execute(f"NOTIFY {PROJECTIONS_CHANNEL}")  # delivered at commit
+            cursor.settle()
+            cursor.execute("RELEASE SAVEPOINT project_in_save")
+        except Exception:
+            cursor.execute("ROLLBACK TO SAVEPOINT project_in_save")
+            cursor.execute("RELEASE SAVEPOINT project_in_save")
+            log.exception(
+                "projecting events %d-%d with their save failed; the catch-up applies them", first, until
+            )
+            return
+        if len(ready) == len(names):
+            self._in_save.through = until
+
+    @contextmanager
+    def deferring(self) -> Iterator[None]:
+        """This thread's saves leave projection to a later catch-up (many commands in a row)."""
+        self._in_save.deferring = True
+        try:
+            yield
+        finally:
+            self._in_save.deferring = False
+
     def catch_up_with(self, written: Sequence[Notification]) -> int:
         """Read-your-writes after a command: every projection up to the last of ``written`` (the events this
         process has just stored, in log order) in ONE transaction; returns events applied.
@@ -387,6 +453,10 @@ class Projector:
         if not written:
             return 0
         until = written[-1].id
+        if getattr(self._in_save, "through", 0) == until:  # the save's own transaction applied them
+            self._in_save.through = 0
+            self._announce(until)
+            return len(written)
         names = sorted(self.projections)
         decode = _decoding_once(self.store.mapper.to_domain_event)
         applied, incomplete = 0, False

@@ -21,6 +21,8 @@ import sys
 from array import array
 from bisect import bisect_left
 from datetime import datetime
+from itertools import islice
+from operator import le
 from typing import ClassVar, Final
 
 # Why a dead token is refused, in the order ``decide`` checks them: a deleted token that was also revoked is
@@ -142,28 +144,12 @@ class DeadToken:
         return self.reason == EXPIRED
 
 
-# A dead token's answer as the database packs it at load (the same layout as ``_pack``).
+# A dead token's answer as the database packs it at load (the same layout as ``_pack``): the per-token work of a
+# load is done by the database, in C (``projections.credential_load``).
 DEAD_PACKED_SQL: Final = (
     f"token_id * {1 << _TOKEN_SHIFT} + CASE WHEN holder_kind = 'group' THEN {_KIND_GROUP} ELSE 0 END + "
     f"CASE WHEN deleted_at IS NOT NULL THEN {DELETED} WHEN revoked_at IS NOT NULL THEN {REVOKED} ELSE {EXPIRED} END"
 )
-# A page of dead tokens in three values, each the page's 8-byte big-endian numbers end to end: the digests'
-# prefixes, the packed answers and the holder ids. The database does the per-token work (in C), so a load
-# makes no Python object per dead token: half a million of them cost three conversions of a few megabytes.
-# SQLite has no binary aggregate, so it gives fixed-width hex (a digest's first 16 hex digits are its prefix).
-# The three aggregates of one query see the rows in the same order, so the n-th values belong together.
-DEAD_PAGE_SQL: Final = {
-    "sqlite": (
-        "SELECT group_concat(substr(digest, 1, 16), ''), "
-        f"group_concat(printf('%016x', {DEAD_PACKED_SQL}), ''), group_concat(printf('%016x', holder_id), '') "
-        "FROM cred_tokens"
-    ),
-    "postgresql": (
-        "SELECT string_agg(decode(substr(digest, 1, 16), 'hex'), ''::bytea), "
-        f"string_agg(int8send(({DEAD_PACKED_SQL})::bigint), ''::bytea), "
-        "string_agg(int8send(holder_id::bigint), ''::bytea) FROM cred_tokens"
-    ),
-}
 
 
 def _pack(token_id: int, reason: int, holder_kind: str) -> int:
@@ -178,21 +164,22 @@ def unpack_dead(packed: int, holder_id: int) -> DeadToken:
 _unpack = unpack_dead
 
 
-def _numbers(page: str | bytes, typecode: str) -> array[int]:
-    """8-byte big-endian numbers end to end (or their hex), as an array."""
-    numbers = array(typecode)
-    numbers.frombytes(bytes.fromhex(page) if isinstance(page, str) else page)
+def big_endian_numbers(numbers: str | bytes) -> array[int]:
+    """8-byte big-endian unsigned numbers end to end (or their hex: a digest's first 16 hex digits are its
+    ``prefix_of``), as an array."""
+    converted = array("Q")
+    converted.frombytes(bytes.fromhex(numbers) if isinstance(numbers, str) else numbers)
     if sys.byteorder == "little":
-        numbers.byteswap()
-    return numbers
+        converted.byteswap()
+    return converted
 
 
 class DeadDigests:
     """Dead tokens by the first 8 bytes of their digest: 28 bytes each, in arrays.
 
     ``_prefixes`` is sorted, and ``_slots`` gives for each prefix where its answer is in ``_packed`` and
-    ``_holders``, which stay in the order they were loaded: a load sorts the prefixes alone (with their slots)
-    rather than carry two more arrays through the permutation.
+    ``_holders``: where they were loaded (a load gets them sorted, ``from_arrays``), and at the end for the
+    tokens merged since.
 
     64 bits tell a presented value apart from every dead token's with a chance of about one in 2^64 / n per
     guess of being taken for one (it is refused either way; only the recorded reason would differ). Tokens
@@ -273,6 +260,23 @@ class DeadDigests:
         self._prefixes, self._slots = prefixes, slots
         self._recent = {}
 
+    @classmethod
+    def from_arrays(cls, prefixes: array[int], packed: array[int], holders: array[int]) -> DeadDigests:
+        """Dead tokens as a load reads them (``credential_load``): the n-th prefix (``prefix_of``), packed
+        answer and holder id belong together, and the prefixes come in ascending order. The arrays are kept as
+        they are. The order is checked, not trusted: arrays out of order are sorted here, slower, with the same
+        answers."""
+        if not len(prefixes) == len(packed) == len(holders):
+            raise ValueError("dead tokens whose parts differ in length")
+        if not all(map(le, prefixes, islice(prefixes, 1, None))):
+            loader = DeadDigestsLoader()
+            loader.add_records(prefixes, packed, holders)
+            return loader.build()
+        dead = cls()
+        dead._prefixes, dead._packed, dead._holders = prefixes, packed, holders
+        dead._slots = array("I", range(len(prefixes)))
+        return dead
+
     def memory_bytes(self) -> int:
         """The arrays' own size (the recent dict aside): what a dead token costs once merged."""
         parts = (self._prefixes, self._slots, self._packed, self._holders)
@@ -280,20 +284,20 @@ class DeadDigests:
 
 
 class DeadDigestsLoader:
-    """Gathers the dead tokens of a load, a page at a time (``DEAD_PAGE_SQL``), then sorts them once."""
+    """Gathers dead tokens in any order, then sorts them once (a load gets them sorted: ``from_arrays``)."""
 
     def __init__(self) -> None:
         self._prefixes = array("Q")
         self._packed = array("q")
         self._holders = array("q")
 
-    def add_page(self, prefixes: str | bytes, packed: str | bytes, holders: str | bytes) -> None:
-        """One page as ``DEAD_PAGE_SQL`` gives it (bytes, or their hex on SQLite)."""
-        self._prefixes += _numbers(prefixes, "Q")
-        self._packed += _numbers(packed, "q")
-        self._holders += _numbers(holders, "q")
-        if not len(self._prefixes) == len(self._packed) == len(self._holders):
-            raise ValueError("a page of dead tokens whose parts differ in length")
+    def add_records(self, prefixes: array[int], packed: array[int], holders: array[int]) -> None:
+        """Many dead tokens at once: the n-th prefix, packed answer and holder id belong together."""
+        if not len(prefixes) == len(packed) == len(holders):
+            raise ValueError("dead tokens whose parts differ in length")
+        self._prefixes.frombytes(prefixes.tobytes())
+        self._packed.frombytes(packed.tobytes())
+        self._holders.frombytes(holders.tobytes())
 
     def add(self, prefix: int, packed: int, holder_id: int) -> None:
         """One dead token: its digest's prefix (``prefix_of``), its packed answer and its holder id."""

@@ -3,8 +3,8 @@
 Auth checks are the hot path, so they never query the database: a live token is found by its keyed digest in
 a dict (O(1)), dead ones (revoked, deleted, expired) in a compact table of digest prefixes that still gives the
 reason they are refused (``projections.compact_tokens``), and the namespace tree and settings are in memory too.
-A million tokens, half of them dead, take about 135 MB and load in about 2.5 to 3.5 s of CPU
-(benchmarks/index_scale.py).
+A million tokens, half of them dead, take about 135 MB and load in about 2 to 2.5 s (benchmarks/index_scale.py;
+the load itself is ``projections.credential_load``).
 
 The replica follows the projection by position (every row carries the position of the event that last changed
 it), so a refresh reads only what changed; tokens whose expiry (or a rotated-out value's grace) passed since the
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, TypeVar, cast
@@ -33,19 +33,16 @@ from infrastructure.store import EventStore
 from projections.access import Action, AuthRequest, Decision, Reason, TokenFacts, decide
 from projections.base import PROJECTIONS_CHANNEL
 from projections.compact_tokens import (
-    DEAD_PACKED_SQL,
-    DEAD_PAGE_SQL,
     DELETED,
     EXPIRED,
     REVOKED,
     CustomNamedToken,
     DeadDigests,
-    DeadDigestsLoader,
     DeadToken,
     LiveToken,
     token_class,
-    unpack_dead,
 )
+from projections.credential_load import KEY_BYTES, load_tokens
 from projections.credentials import (
     NAMESPACE_COLUMNS,
     PROJECT_COLUMNS,
@@ -98,15 +95,9 @@ def _drop(by_id: dict[int, R], by_path: dict[str, R], number: int, path_of: Call
         del by_path[path_of(previous)]
 
 
-# The index keys tokens by the first 16 bytes of their keyed digest (HMAC-SHA256), not all 32: half a million
-# keys take 8 MB less, and 128 bits still part every token from every other (two of a million tokens share a
-# key with a chance of about 10^-27) and from any value an attacker can try (the digest is keyed, and finding
-# a value for a given 128-bit prefix would take some 2^128 tries even with the key).
-KEY_BYTES: Final = 16
-
-# A token row as the index reads it. The username column is NULL where it is the default one, which the index
+# A token row as a refresh reads it. The username column is NULL where it is the default one, which the index
 # derives from the id rather than keep (``compact_tokens``); ``state`` is why a token is dead (0: live), decided
-# by the database against the index's clock.
+# by the database against the index's clock. (The first load reads packed pages instead: ``credential_load``.)
 _LIVE: Final = 0
 _USERNAME = "CASE WHEN username = 'gitlab+deploy-token-' || token_id THEN NULL ELSE username END"
 _TOKEN_ROW = (
@@ -114,18 +105,6 @@ _TOKEN_ROW = (
     f"THEN {DELETED} WHEN revoked_at IS NOT NULL THEN {REVOKED} WHEN expires_at <= ? THEN {EXPIRED} "
     f"ELSE {_LIVE} END, substr(digest, 1, {2 * KEY_BYTES}), previous_digest, previous_valid_until"
 )
-# The first load reads live and dead tokens apart, each with only what the index keeps of it.
-_LIVE_ROW = (
-    f"{_USERNAME}, holder_kind, holder_id, scopes, expires_at, substr(digest, 1, {2 * KEY_BYTES}), "
-    "previous_digest, previous_valid_until"
-)
-_LIVE_WHERE = "revoked_at IS NULL AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
-_DEAD = "(deleted_at IS NOT NULL OR revoked_at IS NOT NULL OR expires_at <= ?)"
-# Rows per query of the first load: each page's rows are turned into records and dropped before the next is
-# read, so the load never holds the whole table as Python rows.
-LOAD_PAGE: Final = 5_000
-# Rows per page of dead tokens (aggregated by the database into three values of 8 bytes a token).
-DEAD_PAGE_ROWS: Final = 100_000
 # How often, at most, the index asks which tokens expired (and which rotated-out values' grace ended) since it
 # last asked. Only memory waits for it: a token still held is refused at its expiry by ``decide`` itself.
 SWEEP_EVERY_SECONDS: Final = 5.0
@@ -242,67 +221,10 @@ class CredentialIndex:
     # Tokens ------------------------------------------------------------------------------------------
 
     def _load_tokens(self, cursor: Cursor, now: datetime) -> None:
-        """The first refresh: every token row, a page at a time, in the refresh's one snapshot.
-
-        Dead tokens first, straight into flat arrays (the database packs a whole page of them into three byte
-        strings, ``DEAD_PAGE_SQL``), sorted once; then the live ones, as records. Each page's rows are dropped
-        before the next is read, and the dead tokens' sort is done before any record exists, so what the load
-        allocates for a while is not left scattered between the records it keeps. Values that many tokens share
-        (holder ids, scope sets, token classes, expiry instants) are kept once.
-        """
-        dialect = self._db.dialect
-        row = cursor.execute("SELECT MAX(token_id) FROM cred_tokens").fetchone()
-        highest = int(row[0]) if row and row[0] is not None else -1
-        by_id: list[LiveToken | None] = [None] * (highest + 1)
-        holders: dict[int, int] = {}
-        dead = DeadDigestsLoader()
-        for prefixes, packed, holder_ids in _dead_pages(cursor, dialect, now):
-            if prefixes is not None:  # NULL: a page of ids with no dead token among them
-                dead.add_page(prefixes, packed, holder_ids)
-        # The rare dead token whose rotated-out value is still within its grace: that value answers for it.
-        graced: list[tuple[int, str, Any, TokenFacts]] = []
-        for packed, holder_id, previous, until in cursor.execute(
-            f"SELECT {DEAD_PACKED_SQL}, holder_id, previous_digest, previous_valid_until FROM cred_tokens "
-            f"WHERE {_DEAD} AND previous_digest IS NOT NULL AND previous_valid_until > ?",
-            (now, now),
-        ).fetchall():
-            dead_token = unpack_dead(int(packed), int(holder_id))
-            graced.append((dead_token.token_id, previous, until, dead_token))
-        self._dead = dead.build()
-        live = self._live
-        fromhex = bytes.fromhex
-        classes: dict[tuple[str, str, bool], type[LiveToken]] = {}
-        expiries: dict[Any, datetime] = {}
-        for page in _pages(
-            cursor,
-            dialect,
-            f"SELECT token_id, {_LIVE_ROW} FROM cred_tokens WHERE {_LIVE_WHERE}",
-            now,
-            highest,
-        ):
-            for token_id, username, holder_kind, holder_id, scopes, expires, digest, previous, until in page:
-                key = fromhex(digest)
-                token_class_ = classes.get((holder_kind, scopes, username is not None))
-                if token_class_ is None:
-                    token_class_ = classes[holder_kind, scopes, username is not None] = token_class(
-                        holder_kind, _scope_set(scopes), username is not None
-                    )
-                expires_at = expiries.get(expires)
-                if expires_at is None and expires is not None:
-                    expires_at = expiries[expires] = _moment(expires)
-                holder_id = holders.setdefault(holder_id, holder_id)
-                if username is None:
-                    token = token_class_(token_id, holder_id, expires_at, key)
-                else:
-                    token = cast(type[CustomNamedToken], token_class_)(
-                        token_id, holder_id, expires_at, key, username
-                    )
-                live[key] = token
-                by_id[token_id] = token
-                if previous is not None and until is not None:
-                    graced.append((token_id, previous, until, token))
-        self._by_id = by_id
-        for token_id, previous, until, target in graced:
+        """The first refresh: every token row, in the refresh's one snapshot (``credential_load``)."""
+        loaded = load_tokens(cursor, self._db.dialect, now)
+        self._live, self._by_id, self._dead = loaded.live, loaded.by_id, loaded.dead
+        for token_id, previous, until, target in loaded.graced:
             self._keep_grace(token_id, previous, _moment(until), target, now)
         self._swept_until = now
         self._loaded = True
@@ -547,42 +469,6 @@ class CredentialIndex:
     @property
     def grace_values(self) -> int:
         return len(self._grace)
-
-
-def _pages(
-    cursor: Cursor, dialect: str, select: str, now: datetime, highest: int
-) -> Iterator[list[tuple[Any, ...]]]:
-    """The rows of ``select`` (whose only parameter is the clock's now) a page at a time.
-
-    SQLite steps through one query's result as it is fetched. A psycopg cursor receives a whole result at
-    once, so on PostgreSQL each page is a query of its own over a range of token ids (ids are dense), in the
-    caller's snapshot: a range, not a LIMIT, so that the plan reads only that range whatever the planner
-    believes of the filter (a table just filled in bulk has no statistics yet).
-    """
-    if dialect == "sqlite":
-        cursor.execute(select, (now,))
-        while rows := cursor.fetchmany(LOAD_PAGE):
-            yield rows
-        return
-    page = f"{select} AND token_id > ? AND token_id <= ?"
-    ranges = ((page, (now, start, start + LOAD_PAGE)) for start in range(0, highest + 1, LOAD_PAGE))
-    for rows in cursor.read_ahead(ranges):  # the server reads the next page while this one becomes records
-        if rows:
-            yield rows
-
-
-def _dead_pages(cursor: Cursor, dialect: str, now: datetime) -> Iterator[tuple[Any, Any, Any]]:
-    """The dead tokens as ``DEAD_PAGE_SQL`` pages, by ranges of ``DEAD_PAGE_ROWS`` rows in storage order:
-    SQLite's rowid (its primary key on token_id is a separate index), PostgreSQL's token ids (dense). A page
-    of aggregates is a few megabytes at most, so the load never holds the whole result at once."""
-    key = "rowid" if dialect == "sqlite" else "token_id"
-    row = cursor.execute(f"SELECT MAX({key}) FROM cred_tokens").fetchone()
-    highest = int(row[0]) if row and row[0] is not None else 0
-    select = f"{DEAD_PAGE_SQL[dialect]} WHERE {_DEAD} AND {key} > ? AND {key} <= ?"
-    pages = ((select, (now, start, start + DEAD_PAGE_ROWS)) for start in range(0, highest, DEAD_PAGE_ROWS))
-    for rows in cursor.read_ahead(pages):
-        if rows:
-            yield rows[0][0], rows[0][1], rows[0][2]
 
 
 def _scope_set(scopes: str) -> frozenset[str]:

@@ -43,6 +43,13 @@ class KeyedRows:
             part = wanted[offset : offset + chunk]
             self._load(part)
 
+    def none_stored(self, keys: Iterable[Any]) -> None:
+        """The caller knows that ``keys`` have no stored row (their streams begin in this batch): no query."""
+        for key in keys:
+            if key not in self._rows:
+                self._rows[key] = None
+                self._stored[key] = False
+
     def _load(self, keys: Sequence[Any]) -> None:
         condition, params = self._cursor.any_of(self._key, keys)
         rows = self._cursor.execute(

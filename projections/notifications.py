@@ -265,7 +265,12 @@ class ExpiryNotifications(BatchedEventProjection[KeyedRows]):
 
     def open_batch(self, cursor: Cursor, notifications: Sequence[Notification]) -> KeyedRows:
         rows = KeyedRows(cursor, TABLE, "stream_id", _ALL_COLUMNS)
-        rows.prefetch(str(notification.originator_id) for notification in notifications)
+        first_versions: dict[str, int] = {}
+        for notification in notifications:
+            first_versions.setdefault(str(notification.originator_id), notification.originator_version)
+        # A token whose stream begins in this batch has no row yet: a command creating one reads nothing.
+        rows.none_stored(stream for stream, version in first_versions.items() if version == 1)
+        rows.prefetch(stream for stream, version in first_versions.items() if version != 1)
         return rows
 
     def close_batch(self, context: KeyedRows) -> None:

@@ -13,13 +13,13 @@ from deploy_tokens.retention import ActivityRetentionService
 from deploy_tokens.runtime import Runtime
 from domain.actors import Actor
 from domain.clock import FixedClock
-from domain.deploy_token import deploy_token_uuid
+from domain.deploy_token import DeployToken, deploy_token_uuid
 from domain.streams import stream_id
 from projections.audit import AUDITED_EVENTS, AuditTrail
 from projections.audit_queries import AuditQuery, AuditRecord, audit_events
 from projections.base import Projector
 
-from ..conftest import T0, World
+from ..conftest import T0, World, save_unprojected
 from .test_retention import _event as activity_event
 
 BOTH_SCOPES = ["read_repository", "read_registry"]
@@ -227,6 +227,53 @@ def test_a_later_revocation_names_the_narrowed_scopes(world: World, projector: P
         "from [:read_repository, :read_registry] to [:read_registry]."
     )
     assert revoked.message.endswith("with scopes: [:read_registry].")
+
+
+def test_subjects_carried_between_batches_are_dropped_when_another_projector_applied_events_between(
+    world: World, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+):
+    """``AuditTrail`` carries a batch's subjects to the next batch only when that one starts right after it:
+    here the runtime's own projector narrows the token in between, and the revocation must name the narrowed
+    scopes, not those the first projector carried."""
+    monkeypatch.setattr("projections.audit.CARRY_FROM_EVENTS", 1)  # every batch carries its subjects
+    runtime = world.runtime
+    token_id = create(world, "project")
+    first = Projector(runtime.store, runtime.db, [AuditTrail()], batch_size=3, rebuild_batch_size=3)
+    first.setup()
+    first.rebuild("audit_trail")  # carries the token's subject, with both scopes, out of its last batch
+    change_aggregate(
+        runtime,
+        deploy_token_uuid(token_id),
+        lambda t: t.narrow_scopes(["read_registry"], actor=world.admin, now=clock.now()),
+    )
+    runtime.projector.catch_up()  # the narrowing applied by another projector
+    token = runtime.store.repository.get(deploy_token_uuid(token_id))
+    assert isinstance(token, DeployToken)
+    token.revoke(actor=world.admin, now=clock.now())
+    save_unprojected(runtime, token)
+    first.catch_up()
+    revoked = audit_events(runtime.db, AuditQuery(token_id=token_id))[-1]
+    assert revoked.event_type == "deploy_token_revoked"
+    assert revoked.message.endswith("with scopes: [:read_registry].")
+    assert revoked.details["scopes"] == ["read_registry"]
+
+
+def test_small_batches_carrying_subjects_give_the_rows_of_one_batch(
+    world: World, projector: Projector, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+):
+    """Batches of three events, each reading its subjects from the one before (``AuditTrail.apply_batch``),
+    give the rows of a rebuild in one batch."""
+    do_everything(world, clock)
+    runtime = world.runtime
+    whole = Projector(runtime.store, runtime.db, [AuditTrail()], rebuild_batch_size=100_000)
+    whole.setup()
+    assert whole.rebuild("audit_trail") == runtime.store.head()
+    in_one = table_rows(runtime)
+    monkeypatch.setattr("projections.audit.CARRY_FROM_EVENTS", 1)
+    small = Projector(runtime.store, runtime.db, [AuditTrail()], batch_size=3, rebuild_batch_size=3)
+    small.setup()
+    assert small.rebuild("audit_trail") == runtime.store.head()
+    assert table_rows(runtime) == in_one
 
 
 @pytest.mark.parametrize("grace", [timedelta(hours=2), None])

@@ -17,7 +17,7 @@ from domain.token_values import DEPLOY_TOKEN_PREFIX, generate_token
 from projections.access import Action, Decision, Reason
 from projections.credential_index import SWEEP_EVERY_SECONDS, CredentialIndex, Resource, StaleIndex
 
-from ..conftest import T0, World
+from ..conftest import T0, World, save_unprojected
 
 
 def git_check(index: CredentialIndex, world: World, value: str, username: str, project_id: int):
@@ -140,7 +140,7 @@ def test_fails_closed_when_the_projection_stalls_and_recovers_without_restart(wo
     token = runtime.store.repository.get(deploy_token_uuid(issued.token.token_id))
     assert isinstance(token, DeployToken)
     token.revoke(actor=Actor.system("test"), now=runtime.clock.now())
-    runtime.store.save(token)
+    save_unprojected(runtime, token)
 
     ticks.now += 1.0
     assert git_check(index, world, issued.value, issued.token.username, world.project).allowed  # within bound
@@ -369,10 +369,10 @@ def test_a_deleted_tokens_rotated_out_value_is_refused_as_deleted_during_its_gra
 def test_a_fresh_index_answers_every_token_whatever_its_load_pages(
     world: World, monkeypatch: pytest.MonkeyPatch
 ):
-    """The first load takes dead tokens a page of rows at a time, aggregated by the database: pages smaller than
-    the table, some without a dead token, still give every token its own answer (live tokens come in pages too,
-    each page's query sent before the previous page is taken apart); the log's head is read in the refresh's own
-    snapshot."""
+    """The first load takes live tokens a page of rows at a time, aggregated by the database (each page's query
+    sent before the previous page is taken apart), and the dead ones sorted, in chunks: pages and chunks smaller
+    than the table, some pages without a live token, still give every token its own answer; the log's head is
+    read in the refresh's own snapshot."""
     runtime = world.runtime
     issued = [
         runtime.tokens.create_token(
@@ -384,8 +384,8 @@ def test_a_fresh_index_answers_every_token_whatever_its_load_pages(
         runtime.tokens.revoke_token(world.admin, "project", world.project, token.token.token_id)
     for token in issued[10:]:
         runtime.tokens.delete_token(world.admin, "project", world.project, token.token.token_id)
-    monkeypatch.setattr("projections.credential_index.DEAD_PAGE_ROWS", 3)
-    monkeypatch.setattr("projections.credential_index.LOAD_PAGE", 2)  # live ones too (PostgreSQL reads ahead)
+    monkeypatch.setattr("projections.credential_load.DEAD_CHUNK_ROWS", 2)
+    monkeypatch.setattr("projections.credential_load.PAGE_ROWS", 3)
     index = CredentialIndex(runtime.db, runtime.store, runtime.keys, clock=runtime.clock)
     assert index.refresh()
     with runtime.db.read() as cursor:
@@ -399,3 +399,57 @@ def test_a_fresh_index_answers_every_token_whatever_its_load_pages(
         git_check(index, world, generate_token(DEPLOY_TOKEN_PREFIX), "x", world.project).reason
         == Reason.UNKNOWN_TOKEN
     )
+
+
+def _held(index: CredentialIndex) -> tuple[dict[bytes, tuple[object, ...]], dict[bytes, object]]:
+    """What an index holds of its live tokens and rotated-out values, field by field (a test of the load's
+    internals: the decisions built on them are tested above)."""
+    live = {
+        key: (
+            type(token),
+            token.token_id,
+            token.holder_kind,
+            token.holder_id,
+            token.scope_set,
+            token.expires_at,
+            token.digest,
+            token.username,
+        )
+        for key, token in index._live.items()
+    }
+    grace = {key: (target.token_id, until) for key, (target, until) in index._grace.items()}
+    return live, grace
+
+
+def test_a_fresh_index_holds_what_the_index_that_followed_the_writes_holds(world: World):
+    """The first load reads packed pages (``projections.credential_load``); following the log applies rows one
+    by one (``CredentialIndex._apply_tokens``). Both give the same records: holder kinds, scope sets, own and
+    default usernames, expiry instants to the microsecond, rotated-out values in their grace."""
+    runtime = world.runtime
+    soon = runtime.clock.now() + timedelta(days=3, microseconds=123_457)
+
+    def issue(kind: str, holder: int, name: str, scopes: list[str], **extra: object) -> IssuedToken:
+        return runtime.tokens.create_token(world.admin, kind, holder, name=name, scopes=scopes, **extra)
+
+    issued = [
+        issue("project", world.project, "a", ["read_repository"]),
+        issue("project", world.project, "b", ["read_repository", "read_registry"], username="deployer.b"),
+        issue("project", world.deep_project, "c", ["read_package_registry"], expires_at=soon),
+        issue("group", world.top, "d", ["read_registry"], username="group+deployer", expires_at=soon),
+        issue("group", world.sub, "e", ["read_repository", "read_registry", "write_registry"]),
+        issue("project", world.project, "f", ["read_repository"]),
+        issue("project", world.project, "g", ["read_repository"], username="to-revoke"),
+    ]
+    runtime.tokens.rotate_token(
+        world.admin, "project", world.project, issued[0].token.token_id, grace=timedelta(hours=2)
+    )
+    runtime.tokens.rotate_token(
+        world.admin, "group", world.top, issued[3].token.token_id, grace=timedelta(hours=1)
+    )
+    runtime.tokens.revoke_token(world.admin, "project", world.project, issued[6].token.token_id)
+    runtime.tokens.delete_token(world.admin, "project", world.project, issued[5].token.token_id)
+    runtime.index.refresh()
+    fresh = fresh_index(runtime)
+    assert _held(fresh) == _held(runtime.index)
+    assert (len(fresh), fresh.dead_tokens, fresh.grace_values) == (5, 2, 2)
+    assert {token.username for token in fresh._live.values()} >= {"deployer.b", "group+deployer"}

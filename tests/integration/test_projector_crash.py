@@ -19,7 +19,7 @@ from domain.deploy_token import DeployToken
 from infrastructure.db import Database
 from infrastructure.settings import Settings
 
-from ..conftest import TEST_SECRET, World
+from ..conftest import TEST_SECRET, World, save_unprojected
 
 KILLS = 12
 TOKENS = 400
@@ -50,10 +50,10 @@ def _fill_log(runtime: Runtime) -> None:
             token.narrow_scopes(["read_registry"], actor=actor, now=now)
         batch.append(token)
         if len(batch) == 100:
-            runtime.store.save(*batch)
+            save_unprojected(runtime, *batch)
             batch = []
     if batch:
-        runtime.store.save(*batch)
+        save_unprojected(runtime, *batch)
 
 
 def _snapshot(db: Database, runtime: Runtime) -> dict[str, list[tuple[object, ...]]]:

@@ -11,7 +11,7 @@ from domain.actors import Actor
 from domain.deploy_token import DeployToken
 from infrastructure.db import Database
 
-from ..conftest import World
+from ..conftest import World, save_unprojected
 
 
 def _tables(db: Database, runtime: Runtime) -> dict[str, list[tuple[object, ...]]]:
@@ -28,7 +28,8 @@ def _stored_elsewhere(runtime: Runtime, project: int, first_id: int, count: int)
     actor = Actor.system("another-process")
     now = runtime.clock.now()
     for number in range(first_id, first_id + count):
-        runtime.store.save(
+        save_unprojected(
+            runtime,
             DeployToken.issue(
                 token_id=number,
                 name=f"elsewhere-{number}",
@@ -40,7 +41,7 @@ def _stored_elsewhere(runtime: Runtime, project: int, first_id: int, count: int)
                 digest=f"{number:064x}",
                 actor=actor,
                 now=now,
-            )
+            ),
         )
     return list(range(first_id, first_id + count))
 

@@ -4,6 +4,7 @@ read model's records do."""
 from __future__ import annotations
 
 import random
+from array import array
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,6 +18,7 @@ from projections.compact_tokens import (
     CustomNamedToken,
     DeadDigests,
     DeadDigestsLoader,
+    big_endian_numbers,
     prefix_of,
     token_class,
 )
@@ -133,35 +135,45 @@ def test_a_live_record_decides_as_the_read_models_record():
                 assert decide(request, compact, project, external_authorization=False, now=NOW) == expected
 
 
-def test_a_page_of_dead_tokens_as_the_database_aggregates_it_loads_like_one_token_at_a_time():
-    """``DEAD_PAGE_SQL`` gives 8-byte big-endian numbers end to end (bytes, or their hex on SQLite)."""
+def test_dead_tokens_as_a_load_reads_them_answer_like_tokens_added_one_at_a_time():
+    """``DeadDigests.from_arrays``: the columns of the rows a load reads, sorted by prefix (the prefixes as
+    ``big_endian_numbers`` takes them from the database: bytes, or their hex on SQLite); arrays out of order are
+    sorted on arrival rather than trusted."""
     rng = random.Random(9)
     entries = [
         (digest(rng), n, (DELETED, REVOKED, EXPIRED)[n % 3], ("project", "group")[n % 2], 70 + n)
         for n in range(1, 400)
     ]
     one_by_one = loaded(entries)
-    packed = [
-        token_id << 3 | (4 if kind == "group" else 0) | reason for _, token_id, reason, kind, _ in entries
-    ]
-    prefixes = b"".join(key[:8] for key, *_ in entries)
-    packed_bytes = b"".join(value.to_bytes(8, "big") for value in packed)
-    holders = b"".join(holder.to_bytes(8, "big") for *_, holder in entries)
-    for page in ((prefixes, packed_bytes, holders), (prefixes.hex(), packed_bytes.hex(), holders.hex())):
-        loader = DeadDigestsLoader()
-        half = 8 * 200  # two pages, the second one's entries appended to the first's
-        loader.add_page(*(part[:half] if isinstance(part, bytes) else part[: 2 * half] for part in page))
-        loader.add_page(*(part[half:] if isinstance(part, bytes) else part[2 * half :] for part in page))
-        paged = loader.build()
-        assert len(paged) == len(entries)
+
+    def columns(rows: list[tuple[bytes, int, int, str, int]], hexadecimal: bool) -> DeadDigests:
+        joined = b"".join(key[:8] for key, *_ in rows)
+        prefixes = big_endian_numbers(joined.hex() if hexadecimal else joined)
+        packed = array(
+            "q",
+            (token_id << 3 | (4 if kind == "group" else 0) | reason for _, token_id, reason, kind, _ in rows),
+        )
+        holders = array("q", (holder for *_, holder in rows))
+        return DeadDigests.from_arrays(prefixes, packed, holders)
+
+    in_order = sorted(entries, key=lambda entry: entry[0])
+    layouts = {
+        "bytes": columns(in_order, hexadecimal=False),
+        "hex": columns(in_order, hexadecimal=True),
+        "out of order": columns(entries, hexadecimal=False),
+    }
+    for layout, dead in layouts.items():
+        assert len(dead) == len(entries), layout
         for key, *_ in entries:
-            found, expected = paged.get(key), one_by_one.get(key)
+            found, expected = dead.get(key), one_by_one.get(key)
             assert found is not None and expected is not None
             assert (found.token_id, found.reason, found.holder_kind, found.holder_id) == (
                 expected.token_id,
                 expected.reason,
                 expected.holder_kind,
                 expected.holder_id,
-            )
+            ), layout
+        assert dead.get(digest(rng)) is None
+    assert len(DeadDigests.from_arrays(array("Q"), array("q"), array("q"))) == 0
     with pytest.raises(ValueError):
-        DeadDigestsLoader().add_page(prefixes, packed_bytes[8:], holders)
+        DeadDigests.from_arrays(array("Q", [1, 2]), array("q", [1]), array("q", [1, 2]))

@@ -1,0 +1,234 @@
+"""A command's events are projected in the transaction that stores them (``Projector.project_in_save``): the
+events, the read models' rows and their positions commit together, and a failure of the read models never
+costs the command its events."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from eventsourcing.persistence import Notification
+
+from deploy_tokens.runtime import Runtime
+from domain.actors import Actor
+from domain.deploy_token import DeployToken
+from domain.errors import NotFound
+from domain.groups import Group
+from domain.membership import AccessLevel
+from domain.streams import stream_id
+from infrastructure.db import Cursor
+
+from ..conftest import World
+
+
+def _tables(runtime: Runtime) -> dict[str, list[tuple[object, ...]]]:
+    tables = sorted(
+        {table for projection in runtime.projector.projections.values() for table in projection.tables}
+    )
+    with runtime.db.read() as cursor:
+        return {
+            table: sorted(cursor.execute(f"SELECT * FROM {table}").fetchall(), key=repr) for table in tables
+        }
+
+
+def _create(runtime: Runtime, world: World, name: str) -> int:
+    issued = runtime.tokens.create_token(
+        world.users["maintainer"], "project", world.project, name=name, scopes=["read_repository"]
+    )
+    return issued.token.token_id
+
+
+def test_a_command_needs_no_transaction_of_its_own_to_read_its_writes(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+):
+    world = World(runtime)
+
+    def no_transaction(*_: object, **__: object) -> None:
+        raise AssertionError("the read models were written outside the save's transaction")
+
+    monkeypatch.setattr(runtime.db, "transaction", no_transaction)
+    token_id = _create(runtime, world, "in-save")
+    record = runtime.read.token(token_id)
+    assert record is not None and record.name == "in-save"
+    assert runtime.projector.positions() == dict.fromkeys(runtime.projector.projections, runtime.store.head())
+
+
+def test_a_save_that_fails_after_projecting_leaves_neither_events_nor_rows(runtime: Runtime):
+    world = World(runtime)
+    head, positions, tables = runtime.store.head(), runtime.projector.positions(), _tables(runtime)
+
+    def crashing(cursor: Cursor, written: Sequence[Notification]) -> None:
+        runtime.projector.project_in_save(cursor, written)
+        if runtime.db.dialect == "postgresql":
+            # The session ends before its commit, as when the process or its connection dies.
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        raise RuntimeError("the process dies before the commit")
+
+    runtime.store.run_in_save(crashing)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whatever the driver makes of a lost session
+            _create(runtime, world, "never")
+    finally:
+        runtime.store.run_in_save(runtime.projector.project_in_save)
+    assert (runtime.store.head(), runtime.projector.positions(), _tables(runtime)) == (
+        head,
+        positions,
+        tables,
+    )
+
+    token_id = _create(runtime, world, "after")  # the next command projects as ever
+    assert runtime.read.token(token_id) is not None
+    assert runtime.projector.positions() == dict.fromkeys(runtime.projector.projections, runtime.store.head())
+
+
+def test_a_failing_read_model_costs_the_command_nothing(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    world = World(runtime)
+    audit = runtime.projector.projections["audit_trail"]
+    apply_batch = audit.apply_batch
+    failures = []
+
+    def failing_once(cursor: Cursor, notifications: Sequence[Notification], decode: Any) -> None:
+        if not failures:
+            failures.append(notifications[-1].id)
+            cursor.execute("INSERT INTO audit_events (no_such_column) VALUES (1)")  # the database refuses it
+        apply_batch(cursor, notifications, decode)
+
+    monkeypatch.setattr(audit, "apply_batch", failing_once)
+    token_id = _create(runtime, world, "survives")
+    assert failures, "the in-save projection was not tried"
+    assert "the catch-up applies them" in caplog.text
+    # The events were stored, and the catch-up after the command applied them to every read model.
+    assert runtime.read.token(token_id) is not None
+    assert runtime.projector.positions() == dict.fromkeys(runtime.projector.projections, runtime.store.head())
+    kept = _tables(runtime)
+    for name in runtime.projector.projections:
+        runtime.projector.rebuild(name)
+    assert _tables(runtime) == kept
+
+
+@contextmanager
+def _tracking_row_locked(runtime: Runtime, name: str) -> Iterator[None]:
+    """Another session holds ``name``'s tracking row, as a catch-up busy with a batch does."""
+    assert runtime.settings.database.schema
+    with psycopg.connect(runtime.settings.database.conninfo()) as other:
+        other.execute(f'SET search_path TO "{runtime.settings.database.schema}"')
+        other.execute("SELECT position FROM projection_tracking WHERE name = %s FOR UPDATE", (name,))
+        yield
+        other.rollback()
+
+
+def test_a_save_never_waits_for_a_busy_read_model(pg_runtime: Runtime):
+    runtime = pg_runtime
+    world = World(runtime)
+    actor = Actor.system("test")
+    token = DeployToken.issue(
+        token_id=500,
+        name="raw",
+        username=None,
+        holder_kind="project",
+        holder_id=world.project,
+        scopes=["read_repository"],
+        expires_at=None,
+        digest=f"{500:064x}",
+        actor=actor,
+        now=runtime.clock.now(),
+    )
+    positions = runtime.projector.positions()
+    with _tracking_row_locked(runtime, "credential_lookup"):
+        started = time.monotonic()
+        runtime.store.save(token)  # the event store's save alone: no catch-up after it
+        assert time.monotonic() - started < 2.0
+        # Not one read model moved: a save projects all of them or leaves all to the catch-up.
+        assert runtime.projector.positions() == positions
+    runtime.projector.catch_up()
+    assert runtime.read.token(500) is not None
+
+
+def test_permission_views_see_a_change_at_once_and_never_change_in_hand(runtime: Runtime):
+    world = World(runtime)
+    maintainer = world.users["group_maintainer"]
+    assert maintainer.user_id is not None
+    views = runtime.uow.views
+    before = views.get(Group, stream_id("namespace", world.top), "404 Group")
+    assert before.members[maintainer.user_id] == AccessLevel.MAINTAINER
+
+    runtime.members.remove_member(world.admin, "group", world.top, maintainer.user_id)
+    after = views.get(Group, stream_id("namespace", world.top), "404 Group")
+    assert maintainer.user_id not in after.members
+    assert before.members[maintainer.user_id] == AccessLevel.MAINTAINER  # the view handed out earlier
+    with pytest.raises(NotFound, match="404 Project"):
+        runtime.tokens.create_token(
+            maintainer, "project", world.project, name="late", scopes=["read_repository"]
+        )
+
+
+def test_permission_views_answer_from_the_store_once_forgotten(runtime: Runtime):
+    world = World(runtime)
+    views = type(runtime.uow.views)(runtime.store, kept=2)
+    groups = [world.top, world.sub, world.subsub, world.sibling]
+    for _ in range(2):
+        for group_id in groups:
+            view = views.get(Group, stream_id("namespace", group_id), "404 Group")
+            assert view.group_id == group_id
+    runtime.members.set_member(world.admin, "group", world.top, world.users["guest"].user_id or 0, 30)
+    assert (
+        views.get(Group, stream_id("namespace", world.top), "404 Group").members[
+            world.users["guest"].user_id or 0
+        ]
+        == AccessLevel.DEVELOPER
+    )
+
+
+def test_two_processes_writing_at_once_leave_read_models_equal_to_a_rebuild(pg_runtime: Runtime):
+    """Commands of two processes interleave with a third following the log: each save projects in its own
+    transaction, skips a busy read model or leaves a lagging one to the catch-up, and nothing is applied twice
+    or missed."""
+    world = World(pg_runtime)
+    other = Runtime.open(pg_runtime.settings, clock=pg_runtime.clock)
+    follower = Runtime.open(pg_runtime.settings, clock=pg_runtime.clock)
+    stop = threading.Event()
+
+    def follow() -> None:
+        while not stop.is_set():
+            follower.projector.catch_up()
+
+    def create(runtime: Runtime, prefix: str) -> None:
+        for number in range(40):
+            runtime.tokens.create_token(
+                world.admin, "project", world.project, name=f"{prefix}-{number}", scopes=["read_repository"]
+            )
+
+    following = threading.Thread(target=follow)
+    following.start()
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for done in [pool.submit(create, pg_runtime, "a"), pool.submit(create, other, "b")]:
+                done.result()
+    finally:
+        stop.set()
+        following.join()
+        other.close()
+        follower.close()
+    pg_runtime.projector.catch_up()
+    head = pg_runtime.store.head()
+    assert pg_runtime.projector.positions() == dict.fromkeys(pg_runtime.projector.projections, head)
+    listed = pg_runtime.read.tokens(
+        holder_kind="project",
+        holder_id=world.project,
+        active_only=True,
+        now=pg_runtime.clock.now(),
+        per_page=100,
+    )
+    assert listed.total == 80
+    kept = _tables(pg_runtime)
+    for name in pg_runtime.projector.projections:
+        pg_runtime.projector.rebuild(name)
+    assert _tables(pg_runtime) == kept
