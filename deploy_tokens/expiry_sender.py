@@ -377,7 +377,9 @@ class ExpiryNotifier:
             ):
                 return []
             try:
-                return self.uow.store.save(token)
+                # On the records' own thread: like the batch's other saves, left to its one catch-up.
+                with self.uow.projecting_later():
+                    return self.uow.store.save(token)
             except IntegrityError:
                 # Another writer changed the token since its claim (a revocation, say): record on fresh state.
                 token = self.uow.get(DeployToken, deploy_token_uuid(token.token_id), "404 Token")

@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, Final, TypeVar
+
+from eventsourcing.persistence import Notification
 
 from domain.deploy_token import DeployToken, default_username
 from domain.groups import Group
@@ -22,7 +24,15 @@ from domain.instance_settings import KNOWN_FEATURES, InstanceSettings
 from domain.projects import Project
 from domain.users import UserNamespace
 from infrastructure.db import Cursor, to_datetime
-from projections.base import EventHandler, EventHandlers, EventProjection, StreamEvent, StreamEventT, on
+from projections.base import (
+    BatchedEventProjection,
+    Decode,
+    EventHandlers,
+    HandlerEntry,
+    StreamEvent,
+    StreamEventT,
+    on,
+)
 
 
 @dataclass(frozen=True)
@@ -205,34 +215,135 @@ def _join_ids(ids: Sequence[int]) -> str:
     return ",".join(str(number) for number in ids)
 
 
-def _token_created(cursor: Cursor, event: DeployToken.Created, position: int) -> None:
-    cursor.execute(
-        "INSERT INTO cred_tokens (token_id, stream_id, name, username, holder_kind, holder_id, scopes, "
-        "expires_at, digest, created_at, creator_id, position) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?)",
-        (
-            event.token_id,
-            str(event.originator_id),
-            event.name,
-            event.username or default_username(event.token_id),
-            event.holder_kind,
-            event.holder_id,
-            event.expires_at,
-            event.digest,
-            event.timestamp,
-            event.actor.get("id"),
-            position,
-        ),
+# The columns of ``cred_tokens``, in the order its new rows are written.
+_TOKEN_ROW: Final = (
+    "token_id",
+    "stream_id",
+    "name",
+    "username",
+    "holder_kind",
+    "holder_id",
+    "scopes",
+    "expires_at",
+    "revoked_at",
+    "deleted_at",
+    "digest",
+    "previous_digest",
+    "previous_valid_until",
+    "created_at",
+    "creator_id",
+    "position",
+)
+
+
+class _CurrentDigest:
+    """In a token's changes: ``previous_digest`` takes the digest the row holds before the change."""
+
+
+CURRENT_DIGEST: Final = _CurrentDigest()
+# The columns a token event sets on its token's row (besides ``position``), by column.
+TokenChanges = dict[str, Any]
+EventT = TypeVar("EventT")
+
+
+class CredentialBatch:
+    """What the credential lookup's handlers write to, for one batch.
+
+    A token created in the batch is a row in memory until the batch ends, its later events in the batch
+    changing it there, and the new rows are then written in one bulk insert (COPY on PostgreSQL): a rebuild
+    writes each token once instead of an INSERT and an UPDATE per later event, and a command creating a token
+    (``Created`` and ``Scoped``) writes one row. Events of tokens stored before the batch are UPDATEs of their
+    rows as they come. The two touch different rows, so their order does not matter; every other table is
+    written through the cursor as events come.
+    """
+
+    def __init__(self, cursor: Cursor) -> None:
+        self.cursor = cursor
+        self._new_tokens: dict[str, dict[str, Any]] = {}
+
+    def create_token(self, stream: str, row: dict[str, Any]) -> None:
+        self._new_tokens[stream] = row
+
+    def change_token(self, stream: str, changes: TokenChanges, position: int) -> None:
+        row = self._new_tokens.get(stream)
+        if row is not None:
+            if changes.get("previous_digest") is CURRENT_DIGEST:
+                changes = {**changes, "previous_digest": row["digest"]}
+            row.update(changes, position=position)
+            return
+        assignments = ", ".join(
+            f"{column} = digest" if value is CURRENT_DIGEST else f"{column} = ?"
+            for column, value in changes.items()
+        )
+        values = [value for value in changes.values() if value is not CURRENT_DIGEST]
+        self.cursor.execute(
+            f"UPDATE cred_tokens SET {assignments}, position = ? WHERE stream_id = ?",
+            (*values, position, stream),
+        )
+
+    def write(self) -> None:
+        self.cursor.insert_many(
+            "cred_tokens",
+            _TOKEN_ROW,
+            [[row[column] for column in _TOKEN_ROW] for row in self._new_tokens.values()],
+        )
+        self._new_tokens = {}
+
+
+def _token_created(batch: CredentialBatch, event: DeployToken.Created, position: int) -> None:
+    stream = str(event.originator_id)
+    batch.create_token(
+        stream,
+        {
+            "token_id": event.token_id,
+            "stream_id": stream,
+            "name": event.name,
+            "username": event.username or default_username(event.token_id),
+            "holder_kind": event.holder_kind,
+            "holder_id": event.holder_id,
+            "scopes": "",
+            "expires_at": event.expires_at,
+            "revoked_at": None,
+            "deleted_at": None,
+            "digest": event.digest,
+            "previous_digest": None,
+            "previous_valid_until": None,
+            "created_at": event.timestamp,
+            "creator_id": event.actor.get("id"),
+            "position": position,
+        },
     )
 
 
-def _token_rotated(cursor: Cursor, event: DeployToken.Rotated, position: int) -> None:
+def _token_change(
+    event_class: type[StreamEventT], changes: Callable[[StreamEventT], TokenChanges]
+) -> HandlerEntry[CredentialBatch]:
+    """The handler of ``event_class``, which sets ``changes(event)`` on its token's row."""
+
+    def handler(batch: CredentialBatch, event: StreamEventT, position: int) -> None:
+        batch.change_token(str(event.originator_id), changes(event), position)
+
+    return on(event_class, handler)
+
+
+def _rotated(event: DeployToken.Rotated) -> TokenChanges:
     # Without a grace period the old digest stops working at once, so it is not kept.
-    keep_previous = "digest" if event.previous_valid_until is not None else "NULL"
-    cursor.execute(
-        f"UPDATE cred_tokens SET previous_digest = {keep_previous}, previous_valid_until = ?, digest = ?, "
-        "position = ? WHERE stream_id = ?",
-        (event.previous_valid_until, event.digest, position, str(event.originator_id)),
-    )
+    return {
+        "previous_digest": CURRENT_DIGEST if event.previous_valid_until is not None else None,
+        "previous_valid_until": event.previous_valid_until,
+        "digest": event.digest,
+    }
+
+
+def _by_cursor(
+    event_class: type[EventT], handler: Callable[[Cursor, EventT, int], None]
+) -> HandlerEntry[CredentialBatch]:
+    """The entry for a handler that writes its table through the batch's cursor, statement by statement."""
+
+    def apply(batch: CredentialBatch, event: EventT, position: int) -> None:
+        handler(batch.cursor, event, position)
+
+    return on(event_class, apply)
 
 
 def _update(
@@ -240,7 +351,7 @@ def _update(
     table: str,
     assignments: str,
     values: Callable[[StreamEventT], tuple[Any, ...]],
-) -> EventHandler:
+) -> HandlerEntry[CredentialBatch]:
     """The handler of ``event_class`` that sets columns of the row belonging to the event's stream."""
 
     def handler(cursor: Cursor, event: StreamEventT, position: int) -> None:
@@ -249,7 +360,7 @@ def _update(
             (*values(event), position, str(event.originator_id)),
         )
 
-    return on(event_class, handler)
+    return _by_cursor(event_class, handler)
 
 
 def _namespace_group(cursor: Cursor, event: Group.Created, position: int) -> None:
@@ -395,44 +506,62 @@ def _feature(cursor: Cursor, event: InstanceSettings.FeatureChanged, position: i
     _write_settings(cursor, current.external_authorization_enabled, features, position)
 
 
-class CredentialLookup(EventProjection):
+class CredentialLookup(BatchedEventProjection[CredentialBatch]):
     name = "credential_lookup"
     tables = ("cred_tokens", "cred_namespaces", "cred_projects", "cred_settings", "cred_removed")
     handlers = EventHandlers(
         on(DeployToken.Created, _token_created),
-        _update(DeployToken.Scoped, "cred_tokens", "scopes = ?", lambda e: (",".join(e.scopes),)),
-        _update(
+        _token_change(DeployToken.Scoped, lambda e: {"scopes": ",".join(e.scopes)}),
+        _token_change(
             DeployToken.Revoked,
-            "cred_tokens",
-            "revoked_at = ?, previous_digest = NULL, previous_valid_until = NULL",
-            lambda e: (e.timestamp,),
+            lambda e: {"revoked_at": e.timestamp, "previous_digest": None, "previous_valid_until": None},
         ),
-        on(DeployToken.Rotated, _token_rotated),
-        _update(DeployToken.Deleted, "cred_tokens", "deleted_at = ?", lambda e: (e.timestamp,)),
-        on(Group.Created, _namespace_group),
+        _token_change(DeployToken.Rotated, _rotated),
+        _token_change(DeployToken.Deleted, lambda e: {"deleted_at": e.timestamp}),
+        _by_cursor(Group.Created, _namespace_group),
         _update(
             Group.DependencyProxyChanged,
             "cred_namespaces",
             "dependency_proxy_enabled = ?",
             lambda e: (e.enabled,),
         ),
-        on(Group.Moved, _group_moved),
+        _by_cursor(Group.Moved, _group_moved),
         _update(Group.NameChanged, "cred_namespaces", "name = ?", lambda e: (e.name,)),
-        on(Group.Deleted, _removed("namespace", "cred_namespaces", "namespace_id")),
-        on(UserNamespace.Created, _namespace_user),
-        on(Project.Created, _project_created),
-        on(Project.Moved, _project_moved),
+        _by_cursor(Group.Deleted, _removed("namespace", "cred_namespaces", "namespace_id")),
+        _by_cursor(UserNamespace.Created, _namespace_user),
+        _by_cursor(Project.Created, _project_created),
+        _by_cursor(Project.Moved, _project_moved),
         _update(Project.NameChanged, "cred_projects", "name = ?", lambda e: (e.name,)),
-        on(Project.Deleted, _removed("project", "cred_projects", "project_id")),
+        _by_cursor(Project.Deleted, _removed("project", "cred_projects", "project_id")),
         _update(
             Project.FeaturesChanged,
             "cred_projects",
             "repository_enabled = ?, container_registry_enabled = ?",
             lambda e: (e.repository_enabled, e.container_registry_enabled),
         ),
-        on(InstanceSettings.ExternalAuthorizationChanged, _external_authorization),
-        on(InstanceSettings.FeatureChanged, _feature),
+        _by_cursor(InstanceSettings.ExternalAuthorizationChanged, _external_authorization),
+        _by_cursor(InstanceSettings.FeatureChanged, _feature),
     )
+
+    def open_batch(self, cursor: Cursor, notifications: Sequence[Notification]) -> CredentialBatch:
+        return CredentialBatch(cursor)
+
+    def close_batch(self, context: CredentialBatch) -> None:
+        context.write()
+
+    def _apply_handled(
+        self,
+        cursor: Cursor,
+        handled: Sequence[tuple[Callable[[CredentialBatch, Any, int], None], Notification]],
+        decode: Decode,
+    ) -> None:
+        batch = self.open_batch(cursor, [notification for _, notification in handled])
+        # Statement by statement, pipelined on PostgreSQL; the new tokens' bulk insert after the pipeline
+        # (COPY has no pipeline mode).
+        with cursor.pipelined():
+            for handler, notification in handled:
+                handler(batch, decode(notification), notification.id)
+        self.close_batch(batch)
 
     def schema(self) -> Sequence[str]:
         return (

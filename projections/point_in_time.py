@@ -26,7 +26,7 @@ from infrastructure.db import Cursor, Database
 from infrastructure.settings import DatabaseLocation
 from infrastructure.store import EventStore
 from projections.access import Action, AuthRequest, decide
-from projections.base import Decode, EventProjection, Projection, Projector
+from projections.base import BatchedEventProjection, Decode, Projection, Projector
 from projections.credential_queries import CredentialQueries
 from projections.credentials import CredentialLookup, TokenRecord
 from projections.directory import Directory
@@ -116,7 +116,7 @@ class _AsOf(Projection):
 
     name = "as_of"
 
-    def __init__(self, projections: Sequence[EventProjection], at: datetime) -> None:
+    def __init__(self, projections: Sequence[BatchedEventProjection[Any]], at: datetime) -> None:
         self.tables = tuple(table for projection in projections for table in projection.tables)
         self._projections = projections
         self._at = at
@@ -125,19 +125,19 @@ class _AsOf(Projection):
         return [statement for projection in self._projections for statement in projection.schema()]
 
     def apply_stored(self, cursor: Cursor, notification: Notification, decode: Decode) -> None:
-        handlers = [
-            handler
+        handling = [
+            projection
             for projection in self._projections
-            if (handler := projection.handlers.for_topic(notification.topic)) is not None
+            if projection.handlers.for_topic(notification.topic) is not None
         ]
-        if not handlers:
+        if not handling:
             return
         event = decode(notification)
         # Filtered one by one, not cut at the first later one: positions are given at commit, so an event of
         # a slower concurrent command can follow a later-timed one in the log.
         if _timestamp(event) <= self._at:
-            for handler in handlers:
-                handler(cursor, event, notification.id)
+            for projection in handling:
+                projection.apply_batch(cursor, (notification,), lambda _: event)
 
 
 def replay_until(store: EventStore, at: datetime) -> Database:

@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiosmtpd.controller import Controller
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import OperationalError
+from eventsourcing.persistence import Notification, OperationalError
 from redis import Redis
 from rq import Queue, SimpleWorker
 
@@ -31,6 +32,7 @@ from deploy_tokens.expiry_sender import CLAIM_CHUNK, ExpiryNotifier, SendOutcome
 from deploy_tokens.runtime import Runtime
 from domain.clock import FixedClock
 from domain.deploy_token import deploy_token_uuid
+from infrastructure.db import Cursor
 from infrastructure.mail import SmtpMailer
 from infrastructure.scan_runs import ScanRuns
 from infrastructure.stream_batches import load_aggregates
@@ -183,6 +185,50 @@ def test_a_batch_goes_over_one_connection_and_a_dropped_idle_connection_is_reope
     assert set(sink.handler.message_ids().values()) == {1}
     for token_id in tokens:
         assert events(world.runtime, token_id)[2:] == ["NotificationDue", "NotificationClaimed", "Notified"]
+
+
+class StatementCount:
+    """A cursor that counts the statements sent through it."""
+
+    def __init__(self, cursor: Cursor) -> None:
+        self.cursor = cursor
+        self.statements = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cursor, name)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        self.statements += 1
+        return self.cursor.execute(sql, params)
+
+
+def test_a_batchs_saves_on_every_thread_are_left_to_its_one_catch_up(
+    world: World, clock: FixedClock, flaky: list[FlakySink]
+) -> None:
+    """Intents, claims and ``Notified`` records (written on a thread of their own) cost their transactions
+    nothing for the read models, not even a look at where they stand: the read models catch up with all of
+    them once, at the end of the batch."""
+    runtime = world.runtime
+    tokens = due_tokens(world, clock, 5)
+    sink = start_sink(flaky, FlakyHandler())
+    worked_in_save: list[str] = []
+
+    def watching(cursor: Cursor, written: Sequence[Notification]) -> None:
+        counting = StatementCount(cursor)
+        runtime.projector.project_in_save(cast(Cursor, counting), written)
+        if counting.statements:
+            worked_in_save.append(threading.current_thread().name)
+
+    runtime.store.run_in_save(watching)
+    try:
+        assert [outcome for _, _, outcome in scan(runtime, sink.url)] == ["sent"] * 5
+    finally:
+        runtime.store.run_in_save(runtime.projector.project_in_save)
+
+    assert worked_in_save == []
+    assert runtime.projector.positions() == dict.fromkeys(runtime.projector.projections, runtime.store.head())
+    for token_id in tokens:
+        assert events(runtime, token_id)[2:] == ["NotificationDue", "NotificationClaimed", "Notified"]
 
 
 def test_a_connection_cut_during_data_keeps_that_claim_and_the_rest_of_the_batch_goes_on(

@@ -26,6 +26,7 @@ from projections.base import (
     secondary_indexes,
 )
 from projections.chain import EventChain
+from projections.credentials import CredentialLookup
 from projections.directory import Directory
 from projections.keyed_rows import KeyedRows
 from projections.notifications import ExpiryNotifications
@@ -75,8 +76,9 @@ def _fill(world: World, clock: FixedClock) -> None:
                 token.record_notification(
                     interval, message_id=message_id, recipients=["a@example.com"], actor=actor, now=later
                 )
-        if number % 7 == 0:
-            token.rotate(digest=f"{number + TOKENS:064x}", grace_until=None, actor=actor, now=later)
+        if number % 7 == 0:  # those not revoked later keep the old value for a day
+            grace = None if number % 2 else later + timedelta(days=1)
+            token.rotate(digest=f"{number + TOKENS:064x}", grace_until=grace, actor=actor, now=later)
     runtime.store.save(*tokens)
     end = start + timedelta(days=50)
     for number, token in enumerate(tokens):
@@ -95,7 +97,13 @@ def _fill(world: World, clock: FixedClock) -> None:
 
 
 def _projections(runtime: Runtime) -> list[Projection]:
-    return [AuditTrail(), ExpiryNotifications(), EventChain(runtime.keys.chain_key), Directory()]
+    return [
+        AuditTrail(),
+        ExpiryNotifications(),
+        EventChain(runtime.keys.chain_key),
+        Directory(),
+        CredentialLookup(),
+    ]
 
 
 def _rows(db: Database, projections: list[Projection]) -> dict[str, list[tuple[Any, ...]]]:
@@ -122,6 +130,7 @@ def test_the_rows_do_not_depend_on_the_batch_size(world: World, clock: FixedCloc
         rows_by_size[size] = _rows(runtime.db, projections)
     assert rows_by_size[1]["audit_events"], "the log gave no audit rows"
     assert rows_by_size[1]["expiry_notifications"], "the log gave no expiry rows"
+    assert any(row[11] for row in rows_by_size[1]["cred_tokens"]), "no rotated-out value kept"
     assert rows_by_size[7] == rows_by_size[1]
     assert rows_by_size[500] == rows_by_size[1]
 
@@ -132,7 +141,8 @@ def test_following_the_log_gives_the_rows_of_a_rebuild(world: World, clock: Fixe
     _fill(world, clock)
     runtime = world.runtime
     runtime.projector.catch_up()
-    projections = [runtime.projector.projections[name] for name in ("audit_trail", "expiry_notifications")]
+    names = ("audit_trail", "expiry_notifications", "credential_lookup")
+    projections = [runtime.projector.projections[name] for name in names]
     followed = _rows(runtime.db, projections)
     for projection in projections:
         runtime.projector.rebuild(projection.name)
