@@ -21,6 +21,9 @@ from projections.access import Action
 from projections.credential_index import Resource
 
 TOKENS = 200
+# What the service promises: another process denies a revoked token within this, 99 times out of 100, counted
+# from the revoke call (the upper bound of the two measures below).
+TARGET_P99_MS = 100
 
 
 def follower(plan_path: str) -> None:
@@ -122,7 +125,8 @@ def main() -> None:
                 "from_revoke_return_p99_ms": pct(from_return, 0.99),
                 "max_ms": round(from_call[-1], 2),
                 "bound_ms": settings.auth_max_staleness * 1000,
-                "target_p99_ms_at_most": 1000,
+                "target_p99_ms_at_most": TARGET_P99_MS,
+                "meets_target": len(from_call) == len(revoked_at) and pct(from_call, 0.99) <= TARGET_P99_MS,
             }
         )
 
