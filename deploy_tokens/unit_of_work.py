@@ -61,6 +61,8 @@ class AggregateViews:
     def get(self, cls: type[A], stream: UUID, what: str) -> A:
         with self._lock:
             held = self._views.get(stream)
+            if held is not None:
+                self._views.move_to_end(stream)  # the least recently read are forgotten first
         newer = list(self._events.get(stream, gt=held.version if held is not None else None))
         view: Aggregate | None = held
         if newer:
@@ -204,10 +206,11 @@ class UnitOfWork:
         Each command still decides on fresh aggregates from the event store; only the read models wait.
         Scoped to the calling thread, so API requests served meanwhile keep read-your-writes.
         """
+        was_active = getattr(self._deferral, "active", False)
         self._deferral.active = True
         try:
             with self.projecting_later():
                 yield
         finally:
-            self._deferral.active = False
+            self._deferral.active = was_active  # an inner batch leaves the outer one deferring
             self.projector.catch_up()

@@ -22,7 +22,7 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -388,7 +388,7 @@ class Projector:
         of a ``deferring`` thread. A failure here is the read models' and never costs the command its events:
         the projection work rolls back to a savepoint, is logged, and the catch-up applies the events again.
         """
-        self._in_save.through = 0
+        self._in_save.projected = None
         if not written or len(written) > IN_SAVE_EVENTS or getattr(self._in_save, "deferring", False):
             return
         first, until = written[0].id, written[-1].id
@@ -417,6 +417,10 @@ class Projector:
             cursor.settle()
             cursor.execute("RELEASE SAVEPOINT project_in_save")
         except Exception:
+            # PostgreSQL's pipeline refuses everything after an error until it is synchronised (the error came
+            # back through a read, say, before ``settle``): synchronise first, the error being the one at hand.
+            with suppress(Exception):
+                cursor.settle()
             cursor.execute("ROLLBACK TO SAVEPOINT project_in_save")
             cursor.execute("RELEASE SAVEPOINT project_in_save")
             log.exception(
@@ -424,16 +428,19 @@ class Projector:
             )
             return
         if len(ready) == len(names):
-            self._in_save.through = until
+            # Not yet committed: ``catch_up_with`` trusts it only for these very events, which the caller hands
+            # it once their save has returned, so committed.
+            self._in_save.projected = (first, until)
 
     @contextmanager
     def deferring(self) -> Iterator[None]:
         """This thread's saves leave projection to a later catch-up (many commands in a row)."""
+        was_deferring = getattr(self._in_save, "deferring", False)
         self._in_save.deferring = True
         try:
             yield
         finally:
-            self._in_save.deferring = False
+            self._in_save.deferring = was_deferring  # an inner block leaves the outer one deferring
 
     def catch_up_with(self, written: Sequence[Notification]) -> int:
         """Read-your-writes after a command: every projection up to the last of ``written`` (the events this
@@ -452,9 +459,9 @@ class Projector:
         """
         if not written:
             return 0
-        until = written[-1].id
-        if getattr(self._in_save, "through", 0) == until:  # the save's own transaction applied them
-            self._in_save.through = 0
+        first, until = written[0].id, written[-1].id
+        if getattr(self._in_save, "projected", None) == (first, until):  # the save's own transaction did
+            self._in_save.projected = None
             self._announce(until)
             return len(written)
         names = sorted(self.projections)
@@ -468,31 +475,34 @@ class Projector:
             ).fetchall()
             positions = {str(name): int(position) for name, position in rows}
             behind = {name: positions.get(name, 0) for name in names if positions.get(name, 0) < until}
-            if not behind:
-                return 0
-            first = written[0].id
-            lowest = min(behind.values())
-            contiguous = all(notification.id == first + offset for offset, notification in enumerate(written))
-            if contiguous and lowest >= first - 1:
-                source: Sequence[Notification] = written
-            else:
-                source = self.store.recorder.select_notifications(
-                    start=lowest, limit=self.batch_size, stop=until, inclusive_of_start=False
+            if behind:
+                lowest = min(behind.values())
+                contiguous = all(
+                    notification.id == first + offset for offset, notification in enumerate(written)
                 )
-            moved: list[tuple[int, str]] = []
-            # Each projection pipelines its own writes, or sends them in bulk (COPY has no pipeline mode).
-            for name, position in behind.items():
-                projection = self.projections[name]
-                pending = [notification for notification in source if notification.id > position]
-                projection.apply_batch(cursor, pending, decode)
-                if pending:
-                    moved.append((pending[-1].id, name))
-                    applied += len(pending)
-                incomplete = incomplete or not pending or pending[-1].id < until
-            if moved:
-                cursor.executemany("UPDATE projection_tracking SET position = ? WHERE name = ?", moved)
-                if self.db.dialect == "postgresql":
-                    cursor.execute(f"NOTIFY {PROJECTIONS_CHANNEL}")  # delivered at commit
+                if contiguous and lowest >= first - 1:
+                    source: Sequence[Notification] = written
+                else:
+                    source = self.store.recorder.select_notifications(
+                        start=lowest, limit=self.batch_size, stop=until, inclusive_of_start=False
+                    )
+                moved: list[tuple[int, str]] = []
+                # Each projection pipelines its own writes, or sends them in bulk (COPY has no pipeline mode).
+                for name, position in behind.items():
+                    projection = self.projections[name]
+                    pending = [notification for notification in source if notification.id > position]
+                    projection.apply_batch(cursor, pending, decode)
+                    if pending:
+                        moved.append((pending[-1].id, name))
+                        applied += len(pending)
+                    incomplete = incomplete or not pending or pending[-1].id < until
+                if moved:
+                    cursor.executemany("UPDATE projection_tracking SET position = ? WHERE name = ?", moved)
+                    if self.db.dialect == "postgresql":
+                        cursor.execute(f"NOTIFY {PROJECTIONS_CHANNEL}")  # delivered at commit
+        if not behind:  # applied already: by another process's catch-up, or by the save's own transaction
+            self._announce(until)
+            return 0
         if incomplete:  # more than one batch of others' events was waiting: the ordinary loop takes the rest
             return applied + self.catch_up(until)
         if applied:

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import Recording
 
 from deploy_tokens.access import Principal
 from deploy_tokens.runtime import Runtime
@@ -140,13 +141,13 @@ def pg_runtime(tmp_path: Path, postgres_schema: str, clock: FixedClock) -> Itera
         yield opened
 
 
-def save_unprojected(runtime: Runtime, *aggregates: Aggregate) -> None:
+def save_unprojected(runtime: Runtime, *aggregates: Aggregate) -> list[Recording[Any]]:
     """Store events as a save that did not project them in its own transaction: another process's save of
     more events than that takes, a deferring thread's, or one made while a projection was behind. The read
     models do not hold them until a catch-up."""
     runtime.store.run_in_save(None)
     try:
-        runtime.store.save(*aggregates)
+        return runtime.store.save(*aggregates)
     finally:
         runtime.store.run_in_save(runtime.projector.project_in_save)
 

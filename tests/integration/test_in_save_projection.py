@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -24,7 +25,7 @@ from domain.membership import AccessLevel
 from domain.streams import stream_id
 from infrastructure.db import Cursor
 
-from ..conftest import World
+from ..conftest import World, save_unprojected
 
 
 def _tables(runtime: Runtime) -> dict[str, list[tuple[object, ...]]]:
@@ -114,6 +115,61 @@ def test_a_failing_read_model_costs_the_command_nothing(
     assert _tables(runtime) == kept
 
 
+def test_a_read_model_failure_a_later_read_brings_to_light_costs_the_command_nothing(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """In PostgreSQL's pipeline the refused statement's error comes back with the next result anyone waits
+    for, here a read, and the pipeline refuses everything after it until it is synchronised: the rollback to
+    the savepoint must still happen, so that the command's own save commits at its first attempt."""
+    world = World(runtime)
+    credentials = runtime.projector.projections["credential_lookup"]
+    apply_batch = credentials.apply_batch
+    failures = []
+
+    def failing_once(cursor: Cursor, notifications: Sequence[Notification], decode: Any) -> None:
+        if not failures:
+            failures.append(notifications[-1].id)
+            cursor.execute("UPDATE cred_tokens SET no_such_column = 1")  # the database refuses it...
+            cursor.execute("SELECT 1").fetchone()  # ...and says so here
+        apply_batch(cursor, notifications, decode)
+
+    monkeypatch.setattr(credentials, "apply_batch", failing_once)
+    head = runtime.store.head()
+    token_id = _create(runtime, world, "survives")
+    assert failures, "the in-save projection was not tried"
+    assert "the catch-up applies them" in caplog.text
+    # Created and Scoped right after the head: stored by the first attempt, not by a retry after it failed
+    # (a failed insert would have used up its positions on PostgreSQL).
+    assert runtime.store.head() == head + 2
+    assert failures == [head + 2]
+    assert runtime.read.token(token_id) is not None
+    assert runtime.projector.positions() == dict.fromkeys(runtime.projector.projections, runtime.store.head())
+
+
+def test_events_projected_by_another_process_first_are_still_announced_here(runtime: Runtime):
+    """A command's catch-up that finds its events applied already (another process's catch-up was quicker)
+    still tells this process's listeners, the credential index among them, before the command answers."""
+    world = World(runtime)
+    token = DeployToken.issue(
+        token_id=900,
+        name="elsewhere",
+        username=None,
+        holder_kind="project",
+        holder_id=world.project,
+        scopes=["read_repository"],
+        expires_at=None,
+        digest=f"{900:064x}",
+        actor=Actor.system("test"),
+        now=runtime.clock.now(),
+    )
+    recordings = save_unprojected(runtime, token)
+    runtime.projector.catch_up()  # as the projector process would, before this process's own catch-up
+    told: list[int] = []
+    runtime.projector.add_listener(told.append)
+    runtime.uow.caught_up(recordings)
+    assert told == [recordings[-1].notification.id]
+
+
 @contextmanager
 def _tracking_row_locked(runtime: Runtime, name: str) -> Iterator[None]:
     """Another session holds ``name``'s tracking row, as a catch-up busy with a batch does."""
@@ -185,6 +241,29 @@ def test_permission_views_answer_from_the_store_once_forgotten(runtime: Runtime)
         ]
         == AccessLevel.DEVELOPER
     )
+
+
+def test_permission_views_forget_the_least_recently_read_first(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+):
+    world = World(runtime)
+    asked: list[tuple[UUID, int | None]] = []
+    get_events = runtime.store.events.get
+
+    def watched(stream: UUID, gt: int | None = None, **kwargs: Any) -> Any:
+        asked.append((stream, gt))
+        return get_events(stream, gt=gt, **kwargs)
+
+    monkeypatch.setattr(runtime.store.events, "get", watched)
+    views = type(runtime.uow.views)(runtime.store, kept=2)
+    top, sub, sibling = (stream_id("namespace", group) for group in (world.top, world.sub, world.sibling))
+    for stream in (top, sub, top, sibling):  # the top group read again before a third one comes
+        views.get(Group, stream, "404 Group")
+    asked.clear()
+    views.get(Group, top, "404 Group")
+    views.get(Group, sub, "404 Group")
+    assert asked[0][0] == top and asked[0][1] is not None  # kept: only its newer events are asked for
+    assert asked[1] == (sub, None)  # forgotten: read from its first event
 
 
 def test_two_processes_writing_at_once_leave_read_models_equal_to_a_rebuild(pg_runtime: Runtime):
