@@ -5,6 +5,9 @@ Idempotency-Key), by the project's Maintainer: the permission check on the proje
 and its keyed digest, the next free id, the events saved, the read models caught up (read-your-writes) and the
 new token's record. The baseline saves aggregates holding the same events (``Created`` and ``Scoped``, built
 beforehand with fresh digests) one at a time with ``runtime.store.save``: the write every creation must make.
+For reference it also saves the same aggregates with every read model's rows written in the save's
+transaction (``ms_per_save_with_read_models``), which a create that answers with its writes readable must
+also do: docs/performance.md explains why the target cannot be met against the raw save.
 
 Both run in the same process against the same store, in alternating blocks, so that noise on a shared machine
 falls on both alike; the raw saves are projected between blocks, outside the clock, so that the service's
@@ -70,9 +73,11 @@ def create_block(runtime: Runtime, actor: Actor, project: int, first: int, count
     return time.perf_counter() - start
 
 
-def save_block(runtime: Runtime, aggregates: list[DeployToken]) -> float:
-    # The library's save alone, without the read models' work in its transaction.
-    runtime.store.run_in_save(None)
+def save_block(runtime: Runtime, aggregates: list[DeployToken], *, with_read_models: bool = False) -> float:
+    """The library's save alone (the baseline), or ``with_read_models``: the same save with every read
+    model's rows written in its transaction, as a create's save writes them (for reference)."""
+    if not with_read_models:
+        runtime.store.run_in_save(None)
     try:
         start = time.perf_counter()
         for aggregate in aggregates:
@@ -89,19 +94,28 @@ def run(backend: str) -> dict[str, object]:
         actor, project = maintainer_world(runtime)
         create_block(runtime, actor, project, 0, WARM_UP)
         save_block(runtime, raw_aggregates(runtime, actor, project, RAW_IDS_FROM, WARM_UP))
-        service_seconds = raw_seconds = 0.0
+        save_block(
+            runtime,
+            raw_aggregates(runtime, actor, project, RAW_IDS_FROM + WARM_UP, WARM_UP),
+            with_read_models=True,
+        )
+        service_seconds = raw_seconds = projected_seconds = 0.0
         created = saved = 0
+        next_raw_id = RAW_IDS_FROM + 2 * WARM_UP
         while created < TOKENS:
             count = min(BLOCK, TOKENS - created)
             service_seconds += create_block(runtime, actor, project, WARM_UP + created, count)
             created += count
-            aggregates = raw_aggregates(runtime, actor, project, RAW_IDS_FROM + WARM_UP + saved, count)
-            raw_seconds += save_block(runtime, aggregates)
+            raw_seconds += save_block(runtime, raw_aggregates(runtime, actor, project, next_raw_id, count))
+            next_raw_id += count
+            aggregates = raw_aggregates(runtime, actor, project, next_raw_id, count)
+            projected_seconds += save_block(runtime, aggregates, with_read_models=True)
+            next_raw_id += count
             saved += count
         listed = runtime.read.tokens(
             holder_kind="project", holder_id=project, active_only=False, now=runtime.clock.now(), per_page=1
         ).total
-        assert listed == 2 * (WARM_UP + TOKENS), listed  # every token of both paths reached the read model
+        assert listed == 3 * (WARM_UP + TOKENS), listed  # every token of every path reached the read model
         creates_per_s = created / service_seconds
         raw_saves_per_s = saved / raw_seconds
         ratio = creates_per_s / raw_saves_per_s
@@ -116,6 +130,9 @@ def run(backend: str) -> dict[str, object]:
             "ratio": round(ratio, 3),
             "target_ratio_at_least": TARGET,
             "meets_target": ratio >= TARGET,
+            # For reference, not the target's baseline: the save a read-your-writes create cannot do without.
+            "ms_per_save_with_read_models": round(1000 * projected_seconds / saved, 3),
+            "ratio_to_save_with_read_models": round(projected_seconds / service_seconds, 3),
         }
 
 
