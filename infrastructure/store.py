@@ -79,6 +79,18 @@ class EventStore(Application[UUID]):
         assert isinstance(recorder, SQLiteApplicationRecorder)
         return f"SELECT MAX(rowid) FROM {recorder.events_table_name}"
 
+    def position_before_sql(self) -> str:
+        """A query for the position of the last event before a given one (one parameter; NULL when none): on
+        PostgreSQL positions can have gaps (a rolled-back insert uses its sequence numbers up), so the event
+        before position ``n`` is not always ``n - 1``."""
+        recorder = self.recorder
+        if isinstance(recorder, PostgresApplicationRecorder):
+            schema = recorder.datastore.schema.replace('"', '""')
+            table = recorder.events_table_name.replace('"', '""')
+            return f'SELECT MAX(notification_id) FROM "{schema}"."{table}" WHERE notification_id < ?'
+        assert isinstance(recorder, SQLiteApplicationRecorder)
+        return f"SELECT MAX(rowid) FROM {recorder.events_table_name} WHERE rowid < ?"
+
 
 def _retried_once(method: Callable[..., Any]) -> Callable[..., Any]:
     """The library retries every storage call ten times, 0.2 s apart. Under bounded waits one more attempt is

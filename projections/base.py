@@ -404,8 +404,14 @@ class Projector:
                 f" WHERE name IN ({', '.join('?' for _ in names)}) ORDER BY name FOR UPDATE SKIP LOCKED",
                 names,
             ).fetchall()
-            ready = [str(name) for name, position in rows if int(position) == first - 1]
-            if len(ready) == len(names):
+            # Every projection at one position, the last event before this save's: nothing else to apply.
+            positions = {int(position) for _, position in rows}
+            ready = (
+                len(rows) == len(names)
+                and len(positions) == 1
+                and self._just_before(cursor, min(positions), first)
+            )
+            if ready:
                 decode = _decoding_once(self.store.mapper.to_domain_event)
                 for name in names:
                     self.projections[name].apply_batch(cursor, written, decode)
@@ -427,10 +433,20 @@ class Projector:
                 "projecting events %d-%d with their save failed; the catch-up applies them", first, until
             )
             return
-        if len(ready) == len(names):
+        if ready:
             # Not yet committed: ``catch_up_with`` trusts it only for these very events, which the caller hands
             # it once their save has returned, so committed.
             self._in_save.projected = (first, until)
+
+    def _just_before(self, cursor: Cursor, position: int, first: int) -> bool:
+        """Whether ``position`` is the last event of the log before ``first`` (asked only when it is not
+        ``first - 1``: a gap in PostgreSQL's positions, left by an insert that was rolled back)."""
+        if position == first - 1:
+            return True
+        if position >= first:
+            return False
+        row = cursor.execute(self.store.position_before_sql(), (first,)).fetchone()
+        return int(row[0] if row and row[0] is not None else 0) == position
 
     @contextmanager
     def deferring(self) -> Iterator[None]:
