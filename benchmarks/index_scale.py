@@ -49,6 +49,7 @@ from infrastructure.settings import Settings
 from infrastructure.store import EventStore
 from projections.access import Action, Reason
 from projections.credential_index import CredentialIndex, Resource
+from projections.credential_tokens import TOKEN_TABLE_COLUMNS
 from projections.credentials import CredentialLookup
 
 TOKENS = int(os.environ.get("INDEX_SCALE_TOKENS", "1000000"))
@@ -60,24 +61,6 @@ INSERT_BATCH = 20_000
 # Far above the ids the service hands out in the set-up, so the two never meet (ids are dense per source).
 BULK_IDS_FROM = 1000
 
-TOKEN_COLUMNS = (
-    "token_id",
-    "stream_id",
-    "name",
-    "username",
-    "holder_kind",
-    "holder_id",
-    "scopes",
-    "expires_at",
-    "revoked_at",
-    "deleted_at",
-    "digest",
-    "previous_digest",
-    "previous_valid_until",
-    "created_at",
-    "creator_id",
-    "position",
-)
 _SCOPE_SETS = (
     "read_repository",
     "read_repository,read_registry",
@@ -105,7 +88,7 @@ class TokenFacts:
 def token_row(
     facts: TokenFacts, *, created_at: datetime, creator_id: int | None, position: int
 ) -> tuple[Any, ...]:
-    """A ``cred_tokens`` row as ``CredentialLookup``'s handlers leave it for these facts (``TOKEN_COLUMNS``):
+    """A ``cred_tokens`` row as ``CredentialLookup``'s handlers leave it for these facts (``TOKEN_TABLE_COLUMNS``):
     ``Created`` writes the default username when there is no custom one and empty scopes that ``Scoped``
     fills, ``Revoked`` clears a rotated-out value, ``Rotated`` keeps one only with a grace period."""
     return (
@@ -278,7 +261,7 @@ def _insert(db: Database, rows: list[tuple[Any, ...]]) -> None:
     """One batch of rows: PostgreSQL's COPY (an INSERT per row would dominate the run), SQLite's executemany."""
     if not rows:
         return
-    names = ", ".join(TOKEN_COLUMNS)
+    names = ", ".join(TOKEN_TABLE_COLUMNS)
     if db.dialect == "postgresql":
         with psycopg.connect(db.conninfo(), autocommit=True) as connection:
             connection.execute(f'SET search_path TO "{db.location.schema}"')
@@ -288,7 +271,7 @@ def _insert(db: Database, rows: list[tuple[Any, ...]]) -> None:
         return
     with db.transaction() as cursor:
         cursor.executemany(
-            f"INSERT INTO cred_tokens ({names}) VALUES ({', '.join('?' * len(TOKEN_COLUMNS))})", rows
+            f"INSERT INTO cred_tokens ({names}) VALUES ({', '.join('?' * len(TOKEN_TABLE_COLUMNS))})", rows
         )
 
 

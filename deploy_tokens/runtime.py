@@ -46,12 +46,13 @@ from infrastructure.vault import CiTokenVault, DestinationTokenVault
 from infrastructure.web_sessions import SessionKeys, SessionStore
 from projections.audit import AuditTrail
 from projections.audit_destinations import AuditDestinations
-from projections.base import Projection, Projector
+from projections.base import Projector
 from projections.chain import EventChain
 from projections.credential_index import CredentialIndex
 from projections.credentials import CredentialLookup
 from projections.directory import Directory
 from projections.notifications import ExpiryNotifications
+from projections.projection import Projection
 from projections.views import ReadModel
 
 

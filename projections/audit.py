@@ -53,7 +53,7 @@ from projections.audit_rows import (
     symbols,
 )
 from projections.audit_tokens import TOKEN_HANDLERS
-from projections.base import BatchedEventProjection, Decode, EventHandlers, on
+from projections.projection import BatchedEventProjection, Decode, EventHandlers, on
 
 # Users and personal access tokens -----------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from domain.audit_streaming import AuditStreaming
 from infrastructure.db import Cursor, Database, to_datetime
 from projections.audit_queries import AuditRecord, audit_from_row
 from projections.audit_rows import AUDIT_COLUMNS
-from projections.base import EventHandlers, EventProjection, on
+from projections.projection import EventHandlers, EventProjection, on
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from domain.projects import Project
 from domain.users import User
 from infrastructure.db import Database
 from projections.audit_rows import AuditBatch, Subject, record_for
-from projections.base import HandlerEntry, on
+from projections.projection import HandlerEntry, on
 
 AUDIT_PATHS_SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS audit_paths (

@@ -14,7 +14,7 @@ from typing import Any, Final
 from domain.audit_streaming import AuditStreaming
 from domain.retention import ActivityRetention
 from projections.audit_rows import AuditBatch, iso, record
-from projections.base import on
+from projections.projection import on
 
 TARGET_RETENTION: Final = "ActivityRetention"
 TARGET_DESTINATION: Final = "AuditStreamingDestination"

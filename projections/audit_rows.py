@@ -16,7 +16,7 @@ from typing import Any, Final, NamedTuple, Protocol
 from domain.membership import AccessLevel
 from domain.streams import stream_id
 from infrastructure.db import Cursor, as_utc_text
-from projections.base import StreamEvent
+from projections.projection import StreamEvent
 
 TARGET_DEPLOY_TOKEN: Final = "DeployToken"
 TARGET_USER: Final = "User"

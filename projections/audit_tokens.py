@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from domain.deploy_token import INTERVAL_NAMES, DeployToken, default_username
 from projections.audit_rows import AuditBatch, Subject, iso, record_creation, record_for, symbols
-from projections.base import HandlerEntry, on
+from projections.projection import HandlerEntry, on
 
 
 def _token_type(subject: Subject, action: str) -> str:

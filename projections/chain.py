@@ -19,7 +19,7 @@ from typing import Final
 from eventsourcing.persistence import Notification
 
 from infrastructure.db import Cursor
-from projections.base import Decode, Projection
+from projections.projection import Decode, Projection
 
 GENESIS: Final = "0" * 64
 CHECKPOINT_EVERY: Final = 1000

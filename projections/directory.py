@@ -16,7 +16,7 @@ from domain.personal_access_tokens import PersonalAccessToken
 from domain.projects import Project
 from domain.users import User
 from infrastructure.db import Cursor, to_datetime
-from projections.base import EventHandler, EventHandlers, EventProjection, StreamEvent, StreamEventT, on
+from projections.projection import EventHandler, EventHandlers, EventProjection, StreamEvent, StreamEventT, on
 
 
 @dataclass(frozen=True)

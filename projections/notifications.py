@@ -45,8 +45,8 @@ from eventsourcing.persistence import Notification
 from domain.clock import as_utc, start_of_day
 from domain.deploy_token import INTERVALS, DeployToken
 from infrastructure.db import Cursor, to_datetime
-from projections.base import BatchedEventProjection, EventHandlers, HandlerEntry, StreamEvent, on
 from projections.keyed_rows import KeyedRows
+from projections.projection import BatchedEventProjection, EventHandlers, HandlerEntry, StreamEvent, on
 
 TABLE: Final = "expiry_notifications"
 

@@ -26,10 +26,11 @@ from infrastructure.db import Cursor, Database
 from infrastructure.settings import DatabaseLocation
 from infrastructure.store import EventStore
 from projections.access import Action, AuthRequest, decide
-from projections.base import BatchedEventProjection, Decode, Projection, Projector
+from projections.base import Projector
 from projections.credential_queries import CredentialQueries
 from projections.credentials import CredentialLookup, TokenRecord
 from projections.directory import Directory
+from projections.projection import BatchedEventProjection, Decode, Projection
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pytest
 from benchmarks import index_scale
 from deploy_tokens.runtime import Runtime
 from infrastructure.db import to_datetime
+from projections.credential_tokens import TOKEN_TABLE_COLUMNS
 
 from ..conftest import World
 
@@ -24,10 +25,10 @@ BOUND_BYTES_PER_TOKEN = 600
 def _row(runtime: Runtime, token_id: int) -> dict[str, Any]:
     with runtime.db.read() as cursor:
         row = cursor.execute(
-            f"SELECT {', '.join(index_scale.TOKEN_COLUMNS)} FROM cred_tokens WHERE token_id = ?", (token_id,)
+            f"SELECT {', '.join(TOKEN_TABLE_COLUMNS)} FROM cred_tokens WHERE token_id = ?", (token_id,)
         ).fetchone()
     assert row is not None
-    return dict(zip(index_scale.TOKEN_COLUMNS, row, strict=True))
+    return dict(zip(TOKEN_TABLE_COLUMNS, row, strict=True))
 
 
 def _comparable(row: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def test_the_benchmarks_rows_are_the_projectors_rows(world: World):
     for token_id, facts in expected.items():
         built = dict(
             zip(
-                index_scale.TOKEN_COLUMNS,
+                TOKEN_TABLE_COLUMNS,
                 index_scale.token_row(facts, created_at=now, creator_id=None, position=0),
                 strict=True,
             )

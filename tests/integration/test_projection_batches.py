@@ -16,20 +16,13 @@ from domain.clock import FixedClock
 from domain.deploy_token import DeployToken
 from infrastructure.db import Cursor, Database, to_datetime
 from projections.audit import AuditTrail
-from projections.base import (
-    REBUILD_BATCH_SIZE,
-    EventHandlers,
-    EventProjection,
-    Projection,
-    Projector,
-    on,
-    secondary_indexes,
-)
+from projections.base import REBUILD_BATCH_SIZE, Projector
 from projections.chain import EventChain
 from projections.credentials import CredentialLookup
 from projections.directory import Directory
 from projections.keyed_rows import KeyedRows
 from projections.notifications import ExpiryNotifications
+from projections.projection import EventHandlers, EventProjection, Projection, on, secondary_indexes
 
 from ..conftest import World
 

@@ -9,8 +9,8 @@ from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
 from domain.deploy_token import DeployToken
-from projections.base import EventHandlers, on
 from projections.credentials import CredentialLookup
+from projections.projection import EventHandlers, on
 
 
 def _ignore(cursor: Any, event: Any, position: int) -> None:
