@@ -36,9 +36,17 @@ A = TypeVar("A", bound=Aggregate)
 IdempotentResult = dict[str, Any]
 
 _RETRIES = 50
-# Aggregates kept by ``AggregateViews``: the groups, projects and users that permission checks read. A view is
-# a few kilobytes; the ones an instance's busy paths ask for fit many times over.
-VIEWS_KEPT = 4096
+# What ``AggregateViews`` keeps, by weight in units of about 100 bytes: a group's or project's view is about a
+# kilobyte (10 units) plus 40-70 bytes per member (1 unit each, measured with deepcopy and tracemalloc), so
+# the budget holds some 50,000 small views, or fewer with large member lists, in about 50 MB at most.
+VIEWS_BUDGET = 500_000
+_VIEW_BASE_WEIGHT = 10
+
+
+def view_weight(view: Aggregate) -> int:
+    """What a view counts against ``VIEWS_BUDGET``: its own size, and one unit per member it lists."""
+    members = getattr(view, "members", None)
+    return _VIEW_BASE_WEIGHT + (len(members) if isinstance(members, dict) else 0)
 
 
 class AggregateViews:
@@ -52,17 +60,19 @@ class AggregateViews:
     Callers must not change a view; commands load their own aggregates with ``UnitOfWork.get``.
     """
 
-    def __init__(self, store: EventStore, kept: int = VIEWS_KEPT) -> None:
+    def __init__(self, store: EventStore, budget: int = VIEWS_BUDGET) -> None:
         self._events = store.events
-        self._kept = kept
+        self._budget = budget
         self._lock = threading.Lock()
-        self._views: OrderedDict[UUID, Aggregate] = OrderedDict()
+        self._views: OrderedDict[UUID, tuple[Aggregate, int]] = OrderedDict()  # with its weight
+        self._weight = 0
 
     def get(self, cls: type[A], stream: UUID, what: str) -> A:
         with self._lock:
-            held = self._views.get(stream)
-            if held is not None:
+            entry = self._views.get(stream)
+            if entry is not None:
                 self._views.move_to_end(stream)  # the least recently read are forgotten first
+        held = entry[0] if entry is not None else None
         newer = list(self._events.get(stream, gt=held.version if held is not None else None))
         view: Aggregate | None = held
         if newer:
@@ -79,12 +89,15 @@ class AggregateViews:
 
     def _keep(self, stream: UUID, view: Aggregate) -> None:
         with self._lock:
-            held = self._views.get(stream)
-            if held is None or held.version < view.version:  # another reader may have kept a newer one
-                self._views[stream] = view
+            entry = self._views.get(stream)
+            if entry is None or entry[0].version < view.version:  # another reader may have kept a newer one
+                weight = view_weight(view)
+                self._weight += weight - (entry[1] if entry is not None else 0)
+                self._views[stream] = (view, weight)
             self._views.move_to_end(stream)
-            while len(self._views) > self._kept:
-                self._views.popitem(last=False)
+            while self._weight > self._budget and self._views:
+                _, (_, weight) = self._views.popitem(last=False)
+                self._weight -= weight
 
 
 class UnitOfWork:

@@ -18,6 +18,7 @@ from eventsourcing.persistence import Notification
 from eventsourcing.postgres import PostgresApplicationRecorder
 
 from deploy_tokens.runtime import Runtime
+from deploy_tokens.unit_of_work import AggregateViews, view_weight
 from domain.actors import Actor
 from domain.deploy_token import DeployToken
 from domain.errors import NotFound
@@ -257,7 +258,7 @@ def test_permission_views_see_a_change_at_once_and_never_change_in_hand(runtime:
 
 def test_permission_views_answer_from_the_store_once_forgotten(runtime: Runtime):
     world = World(runtime)
-    views = type(runtime.uow.views)(runtime.store, kept=2)
+    views = AggregateViews(runtime.store, budget=1)  # every view weighs more: none is kept
     groups = [world.top, world.sub, world.subsub, world.sibling]
     for _ in range(2):
         for group_id in groups:
@@ -283,9 +284,13 @@ def test_permission_views_forget_the_least_recently_read_first(
         asked.append((stream, gt))
         return get_events(stream, gt=gt, **kwargs)
 
-    monkeypatch.setattr(runtime.store.events, "get", watched)
-    views = type(runtime.uow.views)(runtime.store, kept=2)
     top, sub, sibling = (stream_id("namespace", group) for group in (world.top, world.sub, world.sibling))
+    weights = {
+        stream: view_weight(runtime.uow.views.get(Group, stream, "404 Group"))
+        for stream in (top, sub, sibling)
+    }
+    monkeypatch.setattr(runtime.store.events, "get", watched)
+    views = AggregateViews(runtime.store, budget=weights[top] + max(weights[sub], weights[sibling]))
     for stream in (top, sub, top, sibling):  # the top group read again before a third one comes
         views.get(Group, stream, "404 Group")
     asked.clear()
@@ -293,6 +298,17 @@ def test_permission_views_forget_the_least_recently_read_first(
     views.get(Group, sub, "404 Group")
     assert asked[0][0] == top and asked[0][1] is not None  # kept: only its newer events are asked for
     assert asked[1] == (sub, None)  # forgotten: read from its first event
+
+
+def test_a_permission_view_weighs_its_members(runtime: Runtime):
+    """Views are kept by weight, not number: a group with many members counts for many small ones."""
+    world = World(runtime)
+    top = runtime.uow.views.get(Group, stream_id("namespace", world.top), "404 Group")
+    before = view_weight(top)
+    runtime.members.set_member(world.admin, "group", world.top, world.users["guest"].user_id or 0, 30)
+    runtime.members.set_member(world.admin, "group", world.top, world.users["reporter"].user_id or 0, 30)
+    after = view_weight(runtime.uow.views.get(Group, stream_id("namespace", world.top), "404 Group"))
+    assert after == before + 2 == view_weight(top) + 2  # the view handed out earlier is unchanged
 
 
 def test_two_processes_writing_at_once_leave_read_models_equal_to_a_rebuild(pg_runtime: Runtime):
