@@ -148,15 +148,20 @@ class _PortableCursor:
         """Insert ``rows`` (values in the order of ``columns``) into ``table``, in bulk.
 
         PostgreSQL: one ``COPY``, several times cheaper per row than even a pipelined ``executemany`` of
-        INSERTs (no statement to bind or execute per row). Not inside ``pipelined()``: COPY has no pipeline
-        mode. SQLite: ``executemany`` of one prepared INSERT. ``table`` and ``columns`` are the caller's
+        INSERTs (no statement to bind or execute per row). COPY has no pipeline mode, so inside a pipeline (a
+        command's events projected in the event store's transaction) the rows go as INSERTs, whatever their
+        number. SQLite: ``executemany`` of one prepared INSERT. ``table`` and ``columns`` are the caller's
         identifiers, never data.
         """
         if not rows:
             return
         names = ", ".join(columns)
         # A few rows (a command's own events) go as INSERTs: a COPY costs more round trips to set up.
-        if self._dialect == "postgresql" and len(rows) > _COPY_FROM_ROWS:
+        if (
+            self._dialect == "postgresql"
+            and len(rows) > _COPY_FROM_ROWS
+            and self._raw.connection.info.pipeline_status == pq.PipelineStatus.OFF
+        ):
             with self._raw.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)

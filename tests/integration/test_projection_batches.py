@@ -299,6 +299,19 @@ def test_a_timestamp_bound_by_the_cursor_is_stored_as_the_instant_itself(runtime
     assert to_datetime(stored[1][0]) == moment
 
 
+def test_many_rows_inserted_inside_a_pipeline(runtime: Runtime):
+    """COPY has no pipeline mode: inside one (the event store's transaction on PostgreSQL) the rows go as
+    INSERTs, however many."""
+    with runtime.db.transaction() as cursor:
+        cursor.execute("CREATE TABLE piped_rows (position BIGINT PRIMARY KEY, name TEXT NOT NULL)")
+        with cursor.pipelined():
+            cursor.insert_many("piped_rows", ("position", "name"), [(n, f"row {n}") for n in range(50)])
+            cursor.execute("UPDATE piped_rows SET name = 'last' WHERE position = 49")
+    with runtime.db.read() as cursor:
+        assert cursor.execute("SELECT COUNT(*), MAX(name) FROM piped_rows").fetchone() == (50, "row 9")
+        assert cursor.execute("SELECT name FROM piped_rows WHERE position = 49").fetchone() == ("last",)
+
+
 # KeyedRows ----------------------------------------------------------------------------------------------
 
 
