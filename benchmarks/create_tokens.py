@@ -85,7 +85,13 @@ def save_block(runtime: Runtime, aggregates: list[DeployToken], *, with_read_mod
         seconds = time.perf_counter() - start
     finally:
         runtime.store.run_in_save(runtime.projector.project_in_save)
-    runtime.projector.catch_up()  # outside the clock: the next service block projects only its own events
+    # Outside the clock: the next service block projects and indexes only its own tokens.
+    applied = runtime.projector.catch_up()
+    if with_read_models:
+        assert applied == 0, (
+            f"{applied} events were not projected in their saves"
+        )  # else this timed a raw save
+    runtime.index.refresh()
     return seconds
 
 

@@ -80,14 +80,22 @@ class EventStore(Application[UUID]):
         return f"SELECT MAX(rowid) FROM {recorder.events_table_name}"
 
     def position_before_sql(self) -> str:
-        """A query for the position of the last event before a given one (one parameter; NULL when none): on
-        PostgreSQL positions can have gaps (a rolled-back insert uses its sequence numbers up), so the event
-        before position ``n`` is not always ``n - 1``."""
+        """A query for the position of the last event before a given one (one parameter; NULL when none), for
+        the transaction that is inserting that one: on PostgreSQL positions can have gaps (a rolled-back insert
+        uses its sequence numbers up), so the event before position ``n`` is not always ``n - 1``.
+
+        It answers -1 (no such position) unless the transaction reads committed data afresh for each
+        statement: only then does it see every event committed before the insert took the log's lock. Under
+        REPEATABLE READ or SERIALIZABLE (a database's or role's default) its snapshot may be older.
+        """
         recorder = self.recorder
         if isinstance(recorder, PostgresApplicationRecorder):
             schema = recorder.datastore.schema.replace('"', '""')
             table = recorder.events_table_name.replace('"', '""')
-            return f'SELECT MAX(notification_id) FROM "{schema}"."{table}" WHERE notification_id < ?'
+            return (
+                "SELECT CASE WHEN current_setting('transaction_isolation') = 'read committed' THEN"
+                f' (SELECT MAX(notification_id) FROM "{schema}"."{table}" WHERE notification_id < ?) ELSE -1 END'
+            )
         assert isinstance(recorder, SQLiteApplicationRecorder)
         return f"SELECT MAX(rowid) FROM {recorder.events_table_name} WHERE rowid < ?"
 

@@ -268,8 +268,9 @@ class Projector:
             self._in_save.projected = (first, until)
 
     def _just_before(self, cursor: Cursor, position: int, first: int) -> bool:
-        """Whether ``position`` is the last event of the log before ``first`` (asked only when it is not
-        ``first - 1``: a gap in PostgreSQL's positions, left by an insert that was rolled back)."""
+        """Whether ``position`` is the last event of the log before ``first``. The log is asked only when it is
+        not ``first - 1``: the projections are behind, or PostgreSQL's positions have a gap there (left by an
+        insert that was rolled back); see ``EventStore.position_before_sql``."""
         if position == first - 1:
             return True
         if position >= first:

@@ -90,6 +90,25 @@ def test_a_gap_in_postgresqls_positions_does_not_stop_a_command_projecting_its_o
     assert runtime.projector.positions() == dict.fromkeys(runtime.projector.projections, runtime.store.head())
 
 
+@pytest.mark.parametrize(
+    ("isolation", "trusted"),
+    [(psycopg.IsolationLevel.READ_COMMITTED, True), (psycopg.IsolationLevel.REPEATABLE_READ, False)],
+)
+def test_the_event_before_a_save_is_only_looked_up_in_a_fresh_snapshot(
+    pg_runtime: Runtime, isolation: psycopg.IsolationLevel, trusted: bool
+):
+    """A transaction whose snapshot predates the log's lock (a REPEATABLE READ default, say) could miss
+    events committed just before: its answer is "unknown" then, and the save leaves projection to the
+    catch-up."""
+    runtime = pg_runtime
+    World(runtime)
+    head = runtime.store.head()
+    with psycopg.connect(runtime.settings.database.conninfo()) as other:
+        other.isolation_level = isolation
+        row = other.execute(runtime.store.position_before_sql().replace("?", "%s"), (head + 1,)).fetchone()
+    assert row == ((head,) if trusted else (-1,))
+
+
 def test_a_save_that_fails_after_projecting_leaves_neither_events_nor_rows(runtime: Runtime):
     world = World(runtime)
     head, positions, tables = runtime.store.head(), runtime.projector.positions(), _tables(runtime)
