@@ -47,15 +47,32 @@ def _create(runtime: Runtime, world: World, name: str) -> int:
     return issued.token.token_id
 
 
+def _no_transaction(*_: object, **__: object) -> None:
+    raise AssertionError("the read models were written outside the save's transaction")
+
+
+def _stored_token(runtime: Runtime, world: World, token_id: int, name: str) -> DeployToken:
+    """A token's aggregate as another process would build it, not yet saved."""
+    return DeployToken.issue(
+        token_id=token_id,
+        name=name,
+        username=None,
+        holder_kind="project",
+        holder_id=world.project,
+        scopes=["read_repository"],
+        expires_at=None,
+        digest=f"{token_id:064x}",
+        actor=Actor.system("test"),
+        now=runtime.clock.now(),
+    )
+
+
 def test_a_command_needs_no_transaction_of_its_own_to_read_its_writes(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ):
     world = World(runtime)
 
-    def no_transaction(*_: object, **__: object) -> None:
-        raise AssertionError("the read models were written outside the save's transaction")
-
-    monkeypatch.setattr(runtime.db, "transaction", no_transaction)
+    monkeypatch.setattr(runtime.db, "transaction", _no_transaction)
     token_id = _create(runtime, world, "in-save")
     record = runtime.read.token(token_id)
     assert record is not None and record.name == "in-save"
@@ -78,11 +95,8 @@ def test_a_gap_in_postgresqls_positions_does_not_stop_a_command_projecting_its_o
             (table,),
         )
 
-    def no_transaction(*_: object, **__: object) -> None:
-        raise AssertionError("the read models were written outside the save's transaction")
-
     head = runtime.store.head()
-    monkeypatch.setattr(runtime.db, "transaction", no_transaction)
+    monkeypatch.setattr(runtime.db, "transaction", _no_transaction)
     token_id = _create(runtime, world, "after-a-gap")
     assert runtime.store.head() == head + 5  # three positions skipped, then Created and Scoped
     record = runtime.read.token(token_id)
@@ -199,18 +213,7 @@ def test_events_projected_by_another_process_first_are_still_announced_here(runt
     """A command's catch-up that finds its events applied already (another process's catch-up was quicker)
     still tells this process's listeners, the credential index among them, before the command answers."""
     world = World(runtime)
-    token = DeployToken.issue(
-        token_id=900,
-        name="elsewhere",
-        username=None,
-        holder_kind="project",
-        holder_id=world.project,
-        scopes=["read_repository"],
-        expires_at=None,
-        digest=f"{900:064x}",
-        actor=Actor.system("test"),
-        now=runtime.clock.now(),
-    )
+    token = _stored_token(runtime, world, 900, "elsewhere")
     recordings = save_unprojected(runtime, token)
     runtime.projector.catch_up()  # as the projector process would, before this process's own catch-up
     told: list[int] = []
@@ -233,19 +236,7 @@ def _tracking_row_locked(runtime: Runtime, name: str) -> Iterator[None]:
 def test_a_save_never_waits_for_a_busy_read_model(pg_runtime: Runtime):
     runtime = pg_runtime
     world = World(runtime)
-    actor = Actor.system("test")
-    token = DeployToken.issue(
-        token_id=500,
-        name="raw",
-        username=None,
-        holder_kind="project",
-        holder_id=world.project,
-        scopes=["read_repository"],
-        expires_at=None,
-        digest=f"{500:064x}",
-        actor=actor,
-        now=runtime.clock.now(),
-    )
+    token = _stored_token(runtime, world, 500, "raw")
     positions = runtime.projector.positions()
     with _tracking_row_locked(runtime, "credential_lookup"):
         started = time.monotonic()
