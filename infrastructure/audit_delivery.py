@@ -14,8 +14,6 @@ one held by a process that died on this machine is taken over at once, any other
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import hmac
 import http.client
@@ -23,13 +21,14 @@ import ipaddress
 import os
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
+
+from infrastructure.outbound_http import PinnedConnection, connect_within, deadline_watchdog, resolve_within
 
 if TYPE_CHECKING:  # the settings import this module's policy, and the database module the settings
     from infrastructure.db import Cursor, Database
@@ -39,6 +38,7 @@ TOKEN_HEADER: Final = "X-Gitlab-Event-Streaming-Token"
 EVENT_TYPE_HEADER: Final = "X-Gitlab-Audit-Event-Type"
 EVENT_ID_HEADER: Final = "X-Deploy-Tokens-Audit-Event-Id"
 USER_AGENT: Final = "deploy-tokens-audit-streaming"
+_OWN_HEADERS: Final = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "Connection": "close"}
 _ANSWER_BYTES: Final = 64 * 1024  # of a receiver's answer, read and dropped; the status is what counts
 
 
@@ -78,60 +78,13 @@ class Attempt:
     error: str | None = None
 
 
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it, which closing would not
-
-
-@functools.cache
-def _default_tls() -> ssl.SSLContext:
-    """The system's trusted certificates and host name checks (loaded once: it reads the CA bundle)."""
-    return ssl.create_default_context()
-
-
-class _PinnedConnection(http.client.HTTPSConnection):
-    """HTTP or HTTPS to the one address that was checked, whatever the name resolves to by the time it
-    connects (no second look-up a rebinding DNS server could answer differently). TLS still verifies the
-    certificate against the URL's host name."""
-
-    def __init__(
-        self, host: str, address: str, port: int, *, secure: bool, timeout: float, tls: ssl.SSLContext | None
-    ) -> None:
-        self._tls_context = tls or _default_tls()
-        super().__init__(host, port, timeout=timeout, context=self._tls_context)
-        self._address = address
-        self._secure = secure
-        self.default_port = 443 if secure else 80  # the Host header names a port only when it is not this
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._tls_context.wrap_socket(sock, server_hostname=self.host) if self._secure else sock
-
-
 AddressRule = Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]
 
 
 def _resolved(host: str, port: int, allowed: AddressRule | None, seconds: float) -> str:
     """The address to connect to: the first the name resolves to, within ``seconds`` (``TimeoutError``), which
-    ``allowed`` must accept (``RefusedAddress``). The resolver has no timeout of its own, so it runs in a
-    thread of its own, left behind if it takes too long."""
-    found: list[str] = []
-    failed: list[OSError] = []
-
-    def resolve() -> None:
-        try:
-            found.append(str(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]))
-        except OSError as error:
-            failed.append(error)
-
-    resolver = threading.Thread(target=resolve, name="audit-delivery-resolve", daemon=True)
-    resolver.start()
-    resolver.join(max(seconds, 0.0))
-    if failed:
-        raise failed[0]
-    if not found:
-        raise TimeoutError
-    address = found[0]
+    ``allowed`` must accept (``RefusedAddress``)."""
+    address = resolve_within(host, port, seconds, thread_name="audit-delivery-resolve")
     if allowed is not None and not allowed(ipaddress.ip_address(address.split("%", 1)[0])):
         raise RefusedAddress(address)
     return address
@@ -163,28 +116,15 @@ def post_event(
     deadline = time.monotonic() + timeout
     if not secure and allowed is not None:
         return Attempt(False, error="refused: not https")
-    watchdog: threading.Timer | None = None
-    connection: _PinnedConnection | None = None
+    connection: PinnedConnection | None = None
     try:
         address = _resolved(host, port, allowed, deadline - time.monotonic())
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return Attempt(False, error=f"timed out after {timeout:g} s")
-        connection = _PinnedConnection(host, address, port, secure=secure, timeout=remaining, tls=tls)
-        connection.connect()
-        assert connection.sock is not None
-        watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _shutdown, (connection.sock,))
-        watchdog.daemon = True
-        watchdog.start()
-        connection.request(
-            "POST",
-            target,
-            body,
-            {**headers, "Content-Type": "application/json", "User-Agent": USER_AGENT, "Connection": "close"},
-        )
-        response = connection.getresponse()
-        status = response.status
-        response.read(_ANSWER_BYTES)
+        connection = connect_within(host, address, port, secure=secure, deadline=deadline, tls=tls)
+        with deadline_watchdog(connection.sock, deadline):
+            connection.request("POST", target, body, {**headers, **_OWN_HEADERS})
+            response = connection.getresponse()
+            status = response.status
+            response.read(_ANSWER_BYTES)
     except RefusedAddress:
         return Attempt(False, error="refused: the host resolves to a local or private address")
     except TimeoutError:
@@ -194,8 +134,6 @@ def post_event(
             return Attempt(False, error=f"timed out after {timeout:g} s")
         return Attempt(False, error=_describe(error))
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
         if connection is not None:
             connection.close()
     if time.monotonic() > deadline:  # answered, but only after the deadline cut it short

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import email
 import email.policy
-import ipaddress
 import mailbox
 import socket
-import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,16 +17,13 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from deploy_tokens.expiry_mail import message_id
 from infrastructure.mail import MailDeliveryError, MaildirMailer, SmtpMailer, mailer_from_url, open_session
 
 from ..ports import free_port
-from ..unit.test_expiry_mail import DOMAIN, SENDER, UTC, make_message, make_notice
+from ..tls import LocalCertificate
+from ..unit.test_expiry_mail import DOMAIN, SENDER, make_message, make_notice
 
 # --------------------------------------------------------------------------- SMTP sink
 
@@ -133,56 +127,9 @@ def smtp_server() -> Iterator[StartServer]:
         controller.stop()
 
 
-@dataclass(frozen=True)
-class Cert:
-    certfile: Path
-    keyfile: Path
-
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.certfile, self.keyfile)
-        return context
-
-    def client_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.certfile))
-
-
 @pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    directory = tmp_path_factory.mktemp("tls")
-    certfile = directory / "cert.pem"
-    keyfile = directory / "key.pem"
-    certfile.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Cert(certfile, keyfile)
+def cert(tmp_path_factory: pytest.TempPathFactory) -> LocalCertificate:
+    return LocalCertificate.create(tmp_path_factory.mktemp("tls"))
 
 
 # --------------------------------------------------------------------------- SmtpMailer
@@ -271,7 +218,9 @@ def test_smtp_mailer_reports_success_even_if_quit_times_out(smtp_server: StartSe
     assert len(sink.received) == 1
 
 
-def test_smtp_mailer_starttls_with_trusted_certificate(smtp_server: StartServer, cert: Cert) -> None:
+def test_smtp_mailer_starttls_with_trusted_certificate(
+    smtp_server: StartServer, cert: LocalCertificate
+) -> None:
     sink, port = smtp_server(tls_context=cert.server_context(), require_starttls=True)
     mailer = SmtpMailer(f"smtp+starttls://127.0.0.1:{port}", ssl_context=cert.client_context())
     mailer.send(make_message())
@@ -279,7 +228,7 @@ def test_smtp_mailer_starttls_with_trusted_certificate(smtp_server: StartServer,
     assert sink.received[0].tls
 
 
-def test_smtp_mailer_starttls_query_form(smtp_server: StartServer, cert: Cert) -> None:
+def test_smtp_mailer_starttls_query_form(smtp_server: StartServer, cert: LocalCertificate) -> None:
     sink, port = smtp_server(tls_context=cert.server_context(), require_starttls=True)
     mailer = SmtpMailer(f"smtp://127.0.0.1:{port}?starttls=true", ssl_context=cert.client_context())
     mailer.send(make_message())
@@ -293,14 +242,16 @@ def test_smtp_mailer_never_downgrades_when_starttls_is_missing(smtp_server: Star
     assert sink.data_calls == 0
 
 
-def test_smtp_mailer_verifies_the_server_certificate_by_default(smtp_server: StartServer, cert: Cert) -> None:
+def test_smtp_mailer_verifies_the_server_certificate_by_default(
+    smtp_server: StartServer, cert: LocalCertificate
+) -> None:
     sink, port = smtp_server(tls_context=cert.server_context(), require_starttls=True)
     with pytest.raises(MailDeliveryError, match=r"(?i)certificate"):
         SmtpMailer(f"smtp+starttls://127.0.0.1:{port}").send(make_message())
     assert sink.data_calls == 0
 
 
-def test_smtp_mailer_implicit_tls(smtp_server: StartServer, cert: Cert) -> None:
+def test_smtp_mailer_implicit_tls(smtp_server: StartServer, cert: LocalCertificate) -> None:
     sink, port = smtp_server(ssl_context=cert.server_context())
     SmtpMailer(f"smtps://127.0.0.1:{port}", ssl_context=cert.client_context()).send(make_message())
     assert len(sink.received) == 1
@@ -319,7 +270,7 @@ def _authenticator(logins: list[tuple[bytes, bytes]]) -> Callable[..., AuthResul
 
 
 def test_smtp_mailer_authenticates_with_percent_decoded_credentials(
-    smtp_server: StartServer, cert: Cert
+    smtp_server: StartServer, cert: LocalCertificate
 ) -> None:
     logins: list[tuple[bytes, bytes]] = []
     sink, port = smtp_server(
@@ -335,7 +286,7 @@ def test_smtp_mailer_authenticates_with_percent_decoded_credentials(
 
 
 def test_smtp_mailer_wrong_password_is_a_permanent_failure_without_leaking_it(
-    smtp_server: StartServer, cert: Cert
+    smtp_server: StartServer, cert: LocalCertificate
 ) -> None:
     sink, port = smtp_server(
         tls_context=cert.server_context(),
