@@ -10,8 +10,8 @@ The library's ``ProjectionRunner`` cannot follow a SQLite application (no subscr
 commits once per event; this pull loop works on both backends and batches.
 
 A projection's ``version`` says which rows it derives from the events: when it grows (a new table, a column
-that means something new), start-up empties that projection's tables and replays the log from event 0, so a
-read model never mixes rows of two versions.
+that means something new), start-up drops that projection's tables, creates them as this version declares
+them and replays the log from event 0, so a read model never mixes rows or columns of two versions.
 """
 
 from __future__ import annotations
@@ -134,20 +134,22 @@ class Projector:
     # Set-up and status -------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Create the tables; empty and rewind every projection built by another version (see the module)."""
+        """Create the tables; rebuild from event 0 every projection built by another version (see the module)."""
         with self.db.transaction() as cursor:
             cursor.execute(TRACKING_SCHEMA)
             cursor.execute(VERSIONS_SCHEMA)
             for projection in self.projections.values():
-                for statement in projection.schema():
-                    cursor.execute(statement)
                 cursor.execute(
                     "INSERT INTO projection_tracking (name, position) VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
                     (projection.name,),
                 )
                 self._match_version(cursor, projection)
+                for statement in projection.schema():
+                    cursor.execute(statement)
 
     def _match_version(self, cursor: Cursor, projection: Projection) -> None:
+        """Another version's tables are dropped, not only emptied, before ``schema`` creates them: a version
+        may change a table's columns, which ``CREATE TABLE IF NOT EXISTS`` would leave as they were."""
         row = cursor.execute(
             "SELECT version FROM projection_versions WHERE name = ?", (projection.name,)
         ).fetchone()
@@ -163,7 +165,9 @@ class Projector:
                     built_by,
                     projection.version,
                 )
-                self._rewind(cursor, projection)
+            for table in projection.tables:
+                cursor.execute(f"DROP TABLE IF EXISTS {table}")
+            cursor.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?", (projection.name,))
         cursor.execute(
             "INSERT INTO projection_versions (name, version) VALUES (?, ?)"
             " ON CONFLICT (name) DO UPDATE SET version = excluded.version",
