@@ -21,6 +21,7 @@ from api.input_limits import RoutableEnviron, install
 from api.metrics import metrics
 from api.openapi import build_spec
 from api.resources import EncodedPathMiddleware
+from api.trust_policies import trust_policies
 from api.version import version_api
 from deploy_tokens.runtime import Runtime
 
@@ -41,6 +42,7 @@ def create_app(runtime: Runtime) -> Flask:
     install(app)  # body cap, JSON bounds, parameter checks: before any view or blueprint hook
     app.register_blueprint(health)
     app.register_blueprint(deploy_tokens)
+    app.register_blueprint(trust_policies)  # behaviour [federation]
     app.register_blueprint(audit)
     app.register_blueprint(audit_streaming)  # behaviour [audit-streaming]
     app.register_blueprint(directory)

@@ -4,7 +4,9 @@ Series (all names prefixed ``deploy_tokens_``):
 
 * ``auth_decisions_total{endpoint,action,result,reason}`` counter: every auth decision. ``endpoint`` is
   ``auth_request``, ``jwt`` or ``check``; ``result`` is ``allowed``, ``denied`` or ``unavailable`` (the
-  credential index could not be confirmed current, reason ``stale_index``).
+  credential index could not be confirmed current, reason ``stale_index``). Token exchanges count here too
+  (``endpoint="oauth_token"``, ``action="token_exchange"``), by their refusal's reason code; ``unavailable``
+  is an issuer that could not be reached.
 * ``auth_decision_duration_seconds{endpoint}`` histogram: time spent answering one auth request (parsing,
   every decision it needed, recording), measured inside the view.
 * ``auth_bans_total{endpoint}`` counter and ``auth_banned_addresses`` gauge: failed-credential bans.

@@ -39,6 +39,7 @@ class Operation:
     auth: str = "private_token"  # "private_token", "deploy_token", "none"
     extra_responses: dict[int, str] = field(default_factory=dict)
     error_body: bool = True  # False: errors are bare status codes (nginx reads only the status)
+    body_types: tuple[str, ...] = ("application/json", "application/x-www-form-urlencoded")
 
 
 def operation(summary: str, *, tag: str, **options: Any) -> Callable[[F], F]:
@@ -128,10 +129,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 body_schema = converter.schema2jsonschema(described.body())  # type: ignore[no-untyped-call]
                 entry["requestBody"] = {
                     "required": True,
-                    "content": {
-                        "application/json": {"schema": body_schema},
-                        "application/x-www-form-urlencoded": {"schema": body_schema},
-                    },
+                    "content": {media_type: {"schema": body_schema} for media_type in described.body_types},
                 }
             if described.auth == "private_token":
                 entry["security"] = [{"private_token": []}, {"bearer": []}, {}]

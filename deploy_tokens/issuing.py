@@ -7,7 +7,7 @@ recorded (encrypted) with the events, so a retried request can be answered with 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from eventsourcing.domain import Aggregate
@@ -48,16 +48,19 @@ class CredentialIssuer:
         id_field: str,
         idempotency: IdempotencySlot | None = None,
         before_reading: Callable[[int, str], None] | None = None,
+        along: Callable[[int], Sequence[Aggregate]] | None = None,
     ) -> tuple[int, SecretValue]:
         """Save ``build(id, digest)`` under the next free id; return the id and the value.
 
         ``before_reading(id, value)`` runs after the save and before the read models show the credential:
         whatever must exist as soon as anyone can see it. The key's record is ``{id_field: id, "token": value}``.
+        ``along(id)`` gives aggregates saved in the same transaction (a claim that must never be taken twice:
+        the store refuses the whole save with an ``IntegrityError`` when another process took it first).
         """
         secret = self.new_value(prefix)
         number, recordings = self.uow.save_new(
             ids,
-            lambda number: [build(number, secret.digest)],
+            lambda number: [build(number, secret.digest), *(along(number) if along is not None else ())],
             idempotency=idempotency,
             result=lambda number: {id_field: number, "token": secret.value},
         )

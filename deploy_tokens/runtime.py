@@ -14,6 +14,7 @@ import psycopg
 # Importing the aggregates registers their pinned event topics before any stored event is read.
 import domain.audit_streaming
 import domain.deploy_token
+import domain.federation
 import domain.groups
 import domain.instance_settings
 import domain.path_claims
@@ -27,10 +28,12 @@ from deploy_tokens.directory import DirectoryService
 from deploy_tokens.directory_lifecycle import DirectoryLifecycle
 from deploy_tokens.expiry import ExpiryScan
 from deploy_tokens.expiry_sender import ExpiryNotifier, NoticeContext
+from deploy_tokens.federation import TokenExchange
 from deploy_tokens.issuing import CredentialIssuer
 from deploy_tokens.members import MembersService
 from deploy_tokens.retention import ActivityRetentionService
 from deploy_tokens.tokens import TokenService
+from deploy_tokens.trust_policies import TrustPolicyService
 from deploy_tokens.unit_of_work import UnitOfWork
 from domain.clock import Clock, SystemClock
 from infrastructure.activity import ActivityRecorder, create_activity_table
@@ -40,6 +43,7 @@ from infrastructure.db import CONNECT_TIMEOUT, Database, DatabaseProbe
 from infrastructure.idempotency import IdempotencyRecords
 from infrastructure.keys import Keyring
 from infrastructure.mail import Mailer, mailer_from_url
+from infrastructure.oidc import IdTokenVerifier
 from infrastructure.settings import DatabaseLocation, Settings
 from infrastructure.store import EventStore
 from infrastructure.vault import CiTokenVault, DestinationTokenVault
@@ -53,6 +57,7 @@ from projections.credentials import CredentialLookup
 from projections.directory import Directory
 from projections.notifications import ExpiryNotifications
 from projections.projection import Projection
+from projections.trust_policies import TrustPolicies
 from projections.views import ReadModel
 
 
@@ -64,6 +69,7 @@ def all_projections(keys: Keyring) -> list[Projection]:
         ExpiryNotifications(),
         EventChain(keys.chain_key),
         AuditDestinations(),
+        TrustPolicies(),
     ]
 
 
@@ -107,6 +113,8 @@ class Runtime:
     bans: AddressBans
     idempotency: IdempotencyRecords
     web_sessions: SessionStore
+    trust_policies: TrustPolicyService
+    token_exchange: TokenExchange
     # Readiness and metrics ask the database through it: never longer than its deadline, whatever the server.
     probe: DatabaseProbe = field(default_factory=DatabaseProbe)
 
@@ -141,6 +149,12 @@ class Runtime:
         members = MembersService(uow, access, directory, read, clock)
         lifecycle = DirectoryLifecycle(uow, access, read, vault, clock)
         expiry_scan = ExpiryScan(tokens, uow, db, idempotency, clock)
+        trust = TrustPolicyService(
+            uow, access, tokens, db, clock, allow_insecure=settings.oidc_allow_insecure
+        )
+        # One verifier per process: its cache of each issuer's keys serves every request.
+        verifier = IdTokenVerifier(clock=clock, allow_insecure=settings.oidc_allow_insecure)
+        exchange = TokenExchange(uow, read, tokens, verifier, db, clock)
         index = CredentialIndex(db, store, keys, max_staleness=settings.auth_max_staleness, clock=clock)
         projector.add_listener(index.on_projected)
         projector.catch_up()
@@ -167,6 +181,8 @@ class Runtime:
             bans,
             idempotency,
             web_sessions,
+            trust,
+            exchange,
         )
 
     def expiry_notifier(self, mailer: Mailer | None = None) -> ExpiryNotifier:

@@ -4,7 +4,7 @@ commands the automatic expiry process records on them."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -209,6 +209,33 @@ class TokenService:
     ) -> IssuedToken:
         """With ``idempotency``, the key's record (the new id and value) commits with the token's events."""
         self.check_token_manager(actor, holder_kind, holder_id)
+        return self.issue_token(
+            actor,
+            holder_kind,
+            holder_id,
+            name=name,
+            scopes=scopes,
+            expires_at=expires_at,
+            username=username,
+            idempotency=idempotency,
+        )
+
+    def issue_token(
+        self,
+        actor: Actor,
+        holder_kind: HolderKind,
+        holder_id: int,
+        *,
+        name: str,
+        scopes: Iterable[str],
+        expires_at: date | datetime | None = None,
+        username: str | None = None,
+        idempotency: IdempotencySlot | None = None,
+        along: Callable[[int], Sequence[Aggregate]] | None = None,
+    ) -> IssuedToken:
+        """Issue a token for a caller whose right to it is already checked: ``create_token`` checks the actor's
+        role, a token exchange its trust policy (behaviour [federation]). ``along(token_id)``: aggregates saved
+        in the same transaction (``CredentialIssuer.issue``)."""
         scope_list = list(scopes)
         now = self.clock.now()
 
@@ -232,8 +259,9 @@ class TokenService:
             return built[0]
 
         def keep_ci_value(token_id: int, value: str) -> None:
-            # behaviour [ci-token], [expiry]: never kept for a token that is expired from its creation.
-            if name == CI_TOKEN_NAME and built and not built[0].is_expired(now):
+            # behaviour [ci-token], [expiry]: never kept for a token that is expired from its creation, nor for
+            # a federated one (its CI job has it already).
+            if name == CI_TOKEN_NAME and built and not built[0].is_expired(now) and not built[0].federated:
                 self.vault.put(token_id, value)
 
         token_id, secret = self.issuer.issue(
@@ -243,6 +271,7 @@ class TokenService:
             id_field="token_id",
             idempotency=idempotency,
             before_reading=keep_ci_value,  # CI jobs read the value as soon as the token is listed
+            along=along,
         )
         # The record of the aggregate just saved: the read models hold the same row by now (the issuer caught
         # them up), so reading it back would only cost a round trip.

@@ -24,6 +24,7 @@ from eventsourcing.persistence import IntegrityError, Recording
 from domain.clock import Clock
 from domain.deploy_token import deploy_token_uuid
 from domain.errors import Conflict, NotFound, ValidationError
+from domain.federation import trust_policy_uuid
 from domain.instance_settings import InstanceSettings
 from domain.streams import SETTINGS_ID, stream_id
 from infrastructure.idempotency import IdempotencySlot, saving_with
@@ -110,6 +111,7 @@ class UnitOfWork:
         self.namespace_ids = IdAllocator(store, lambda n: stream_id("namespace", n))
         self.project_ids = IdAllocator(store, lambda n: stream_id("project", n))
         self.pat_ids = IdAllocator(store, lambda n: stream_id("pat", n))
+        self.policy_ids = IdAllocator(store, trust_policy_uuid)
         self.views = AggregateViews(store)
         self._deferral = threading.local()
 

@@ -96,6 +96,11 @@ def normalise_expiry(expires_at: date | datetime | None) -> datetime | None:
     return instant
 
 
+def is_federated(creator: dict[str, Any]) -> bool:
+    """Whether a token created by ``creator`` (a ``Created`` event's actor) came from a token exchange."""
+    return creator.get("kind") == "federated"
+
+
 def days_left(expires_at: datetime, today: date) -> int:
     """Whole days from the scan's UTC date to the expiry date, as GitLab's expiring worker counts them."""
     return (expires_at.date() - today).days
@@ -331,6 +336,11 @@ class DeployToken(Aggregate):
         return self.revoked_at is not None
 
     @property
+    def federated(self) -> bool:
+        """Issued in exchange for an ID token (behaviour [federation]): short-lived, and never mailed about."""
+        return is_federated(self.creator)
+
+    @property
     def deleted(self) -> bool:
         return self.deleted_at is not None
 
@@ -343,7 +353,7 @@ class DeployToken(Aggregate):
 
     def interval_due(self, now: datetime) -> int | None:
         """The interval whose email is due now and not yet sent; no back-fill of larger intervals."""
-        if self.expires_at is None or not self.is_active(now):
+        if self.expires_at is None or self.federated or not self.is_active(now):
             return None
         interval = due_interval(self.expires_at, now.date())
         if interval is None or interval in self.notified:
@@ -404,10 +414,11 @@ class DeployToken(Aggregate):
         return True
 
     def mark_notification_due(self, interval: int, *, now: datetime) -> bool:
-        """Record the intent to send ``interval``'s email, once; later scans re-dispatch without new events."""
+        """Record the intent to send ``interval``'s email, once; later scans re-dispatch without new events.
+        Never for a federated token (behaviour [federation]): it is not mailed about."""
         self._ensure_not_deleted()
         _check_interval(interval)
-        if interval in self.notified or interval in self.due_intervals:
+        if self.federated or interval in self.notified or interval in self.due_intervals:
             return False
         self.trigger_event(
             self.NotificationDue,
@@ -420,10 +431,11 @@ class DeployToken(Aggregate):
     def claim_notification(
         self, interval: int, *, message_id: str, lease_until: datetime, actor: Actor, now: datetime
     ) -> bool:
-        """Take the right to send ``interval``'s email. Refused while notified or while another lease runs."""
+        """Take the right to send ``interval``'s email. Refused while notified or while another lease runs, and
+        always for a federated token."""
         self._ensure_not_deleted()
         _check_interval(interval)
-        if interval in self.notified:
+        if self.federated or interval in self.notified:
             return False
         current = self.claims.get(interval)
         if current is not None and now < current:

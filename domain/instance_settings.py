@@ -1,4 +1,5 @@
-"""The instance's settings, changed by administrators: external authorization and feature flags."""
+"""The instance's settings, changed by administrators: external authorization, feature flags and the OIDC
+issuers federation trusts."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from eventsourcing.domain import Aggregate
 
 from domain.actors import Actor
 from domain.errors import ValidationError
+from domain.federation import check_issuer
 from domain.streams import SETTINGS_ID
 
 EXPIRING_NOTIFICATIONS_FLAG: Final = "project_deploy_token_expiring_notifications"
 KNOWN_FEATURES: Final[dict[str, bool]] = {EXPIRING_NOTIFICATIONS_FLAG: True}
+OIDC_ISSUERS_FIELD: Final = "deploy_token_oidc_issuers"
+MAX_OIDC_ISSUERS: Final = 20
 
 
 class InstanceSettings(Aggregate):
@@ -46,9 +50,21 @@ class InstanceSettings(Aggregate):
             assert isinstance(aggregate, InstanceSettings)
             aggregate.features[self.name] = self.enabled
 
+    class OidcIssuersChanged(Aggregate.Event):
+        """The OIDC issuers whose ID tokens may be exchanged for deploy tokens (behaviour [federation])."""
+
+        TOPIC = "deploy_tokens:InstanceSettings.OidcIssuersChanged"
+        issuers: list[str]
+        actor: dict[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, InstanceSettings)
+            aggregate.oidc_issuers = tuple(self.issuers)
+
     def __init__(self) -> None:
         self.external_authorization_enabled = False
         self.features: dict[str, bool] = dict(KNOWN_FEATURES)
+        self.oidc_issuers: tuple[str, ...] = ()
 
     @classmethod
     def initial(cls, now: datetime) -> InstanceSettings:
@@ -72,5 +88,27 @@ class InstanceSettings(Aggregate):
             return False
         self.trigger_event(
             self.FeatureChanged, timestamp=now, name=name, enabled=enabled, actor=actor.as_event_data()
+        )
+        return True
+
+    def set_oidc_issuers(
+        self, issuers: list[str], *, allow_insecure: bool, actor: Actor, now: datetime
+    ) -> bool:
+        """Replace the list of trusted issuers (exact URLs, duplicates collapse, order kept); all errors at once."""
+        chosen = tuple(dict.fromkeys(issuers))
+        errors: list[str] = []
+        if len(chosen) > MAX_OIDC_ISSUERS:
+            errors.append(f"is too long (maximum is {MAX_OIDC_ISSUERS} issuers)")
+        for issuer in chosen:
+            try:
+                check_issuer(issuer, allow_insecure=allow_insecure)
+            except ValidationError as error:
+                errors += [f"{issuer[:255]!r} {message}" for message in error.errors.get("issuer", [])]
+        if errors:
+            raise ValidationError({OIDC_ISSUERS_FIELD: errors})
+        if chosen == self.oidc_issuers:
+            return False
+        self.trigger_event(
+            self.OidcIssuersChanged, timestamp=now, issuers=list(chosen), actor=actor.as_event_data()
         )
         return True

@@ -124,6 +124,8 @@ class Settings:
     archive_dir: Path | None = None
     # Audit event streaming (behaviour [audit-streaming]): one delivery's timeout, the waits between retries.
     audit_stream: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    # Federation (behaviour [federation]): whether trusted OIDC issuers may be ``http`` URLs (a local issuer).
+    oidc_allow_insecure: bool = False
 
     @property
     def activity_archive_dir(self) -> Path:
@@ -218,6 +220,7 @@ class Settings:
             activity_retention_days=_retention_days(env),
             archive_dir=_archive_dir(env),
             audit_stream=_audit_stream(env),
+            oidc_allow_insecure=_true_or_false(env, "DEPLOY_TOKENS_OIDC_ALLOW_INSECURE"),
         )
 
 
@@ -287,12 +290,20 @@ def _audit_stream(env: Mapping[str, str]) -> DeliveryPolicy:
         raise ConfigurationError(
             "DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MAX must not be less than DEPLOY_TOKENS_AUDIT_STREAM_RETRY_MIN"
         )
-    insecure = (env.get("DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE") or "").strip() or "false"  # empty: unset
-    if insecure not in ("true", "false"):
-        raise ConfigurationError("DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE must be true or false")
     return DeliveryPolicy(
-        timeout=timeout, first_retry=first, max_retry=cap, allow_insecure=insecure == "true"
+        timeout=timeout,
+        first_retry=first,
+        max_retry=cap,
+        allow_insecure=_true_or_false(env, "DEPLOY_TOKENS_AUDIT_STREAM_ALLOW_INSECURE"),
     )
+
+
+def _true_or_false(env: Mapping[str, str], name: str) -> bool:
+    """``true`` or ``false``; unset or empty is ``false``."""
+    value = (env.get(name) or "").strip() or "false"
+    if value not in ("true", "false"):
+        raise ConfigurationError(f"{name} must be true or false")
+    return value == "true"
 
 
 def _os_user() -> str:

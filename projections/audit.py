@@ -12,12 +12,14 @@ own record of each stream's name, namespace and scopes. Nothing here ever delete
 ``DeployToken.Deleted`` adds a ``..._destroyed`` row.
 
 No rows for the claims' events (``PathClaim``, ``EmailClaim``), ``UserNamespace.Created``,
-``InstanceSettings.Created``, ``Group.ChildAdded``, ``ActivityRetention.Created`` and
-``AuditStreaming.Created``: they are bookkeeping saved atomically with the event that caused them (the user's,
+``InstanceSettings.Created``, ``Group.ChildAdded``, ``ActivityRetention.Created``, ``AuditStreaming.Created``
+and ``IdTokenUse.Created``: they are bookkeeping saved atomically with the event that caused them (the user's,
 group's or project's creation, move or deletion, the first settings change, the first archive of old
-activity, the first streaming destination), and would only repeat that event's row. Renamed, moved and
-deleted groups and projects have rows of their own (``projections.audit_directory``); the instance's own
-housekeeping has its rows in ``projections.audit_instance``.
+activity, the first streaming destination, the token an ID token was exchanged for), and would only repeat
+that event's row (a federated token's ``..._created`` row names the ID token's issuer, subject, policy and
+``jti``). Renamed, moved and deleted groups and projects have rows of their own
+(``projections.audit_directory``); the instance's own housekeeping has its rows in
+``projections.audit_instance``; trust policies and the trusted OIDC issuers in ``projections.audit_federation``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from domain.streams import stream_id
 from domain.users import User
 from infrastructure.db import Cursor
 from projections.audit_directory import AUDIT_PATHS_SCHEMA, DIRECTORY_LIFECYCLE_HANDLERS
+from projections.audit_federation import FEDERATION_HANDLERS
 from projections.audit_instance import INSTANCE_HANDLERS
 from projections.audit_rows import (
     TARGET_INSTANCE_SETTINGS,
@@ -370,11 +373,12 @@ class AuditTrail(BatchedEventProjection[AuditBatch]):
     tables = ("audit_events", "audit_subjects", "audit_memberships", "audit_paths")
     version = 2  # 2: audit_paths, the path each holder had at each moment (behaviour [history-paths])
     # No rows (see the module docstring): claims, UserNamespace.Created, InstanceSettings.Created,
-    # Group.ChildAdded, ActivityRetention.Created, AuditStreaming.Created.
+    # Group.ChildAdded, ActivityRetention.Created, AuditStreaming.Created, IdTokenUse.Created.
     handlers = EventHandlers(
         *TOKEN_HANDLERS,
         *DIRECTORY_LIFECYCLE_HANDLERS,
         *INSTANCE_HANDLERS,
+        *FEDERATION_HANDLERS,
         on(User.Registered, _user_registered),
         on(User.Blocked, _user_blocked),
         on(User.Unblocked, _user_unblocked),

@@ -7,13 +7,18 @@ One row is completed after it is written: GitLab's creation message names the sc
 event does not carry them; the ``Scoped`` event recorded with it (same save, next position) does. So the
 first ``Scoped`` of a token fills the scopes into its ``..._created`` row, and adds its own row. If the two
 events fall into different projector batches, the ``..._created`` row reads ``with scopes: [].`` in between.
+
+A token a CI job got in exchange for an ID token (behaviour [federation]) is created by a federated actor: the
+row's author is the ID token's subject (it has no user id), and its details add ``federation``: the issuer,
+subject, trust policy, the ID token's ``jti`` and the claims the policy matched, as the actor recorded them.
+The ID token itself is in no event, so in no row.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from domain.deploy_token import INTERVAL_NAMES, DeployToken, default_username
+from domain.deploy_token import INTERVAL_NAMES, DeployToken, default_username, is_federated
 from projections.audit_rows import AuditBatch, Subject, iso, record_creation, record_for, symbols
 from projections.projection import HandlerEntry, on
 
@@ -51,6 +56,16 @@ def _token_created(trail: AuditBatch, event: DeployToken.Created, position: int)
         {},
         position,
     )
+    details: dict[str, Any] = {
+        "name": event.name,
+        "username": event.username or default_username(event.token_id),
+        "holder_kind": event.holder_kind,
+        "holder_id": event.holder_id,
+        "expires_at": iso(event.expires_at),
+        "scopes": [],  # the Scoped event saved with it fills them in
+    }
+    if is_federated(event.actor):
+        details["federation"] = _federation(event.actor)
     record_creation(
         trail,
         event,
@@ -58,15 +73,20 @@ def _token_created(trail: AuditBatch, event: DeployToken.Created, position: int)
         subject,
         _token_type(subject, "created"),
         _token_sentence("Created", subject) + ".",
-        {
-            "name": event.name,
-            "username": event.username or default_username(event.token_id),
-            "holder_kind": event.holder_kind,
-            "holder_id": event.holder_id,
-            "expires_at": iso(event.expires_at),
-            "scopes": [],  # the Scoped event saved with it fills them in
-        },
+        details,
     )
+
+
+def _federation(actor: dict[str, Any]) -> dict[str, Any]:
+    """Who vouched for a federated creator, by name: only what ``FederatedIdentity`` records, never more."""
+    identity = actor.get("federation") or {}
+    return {
+        "issuer": identity.get("issuer"),
+        "subject": identity.get("subject"),
+        "policy_id": identity.get("policy_id"),
+        "jti": identity.get("jti"),
+        "claims": dict(identity.get("claims") or {}),
+    }
 
 
 def _token_scoped(trail: AuditBatch, event: DeployToken.Scoped, position: int) -> None:

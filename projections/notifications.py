@@ -10,16 +10,20 @@ have anything to do for that token. It is a pure function of the row (``next_due
   (smaller) interval has been notified, 00:00 UTC of (the expiry's UTC date - max(pending) days), i.e. the
   opening of the widest window still to come: a token first seen at 6 days gets only the 7-day mail,
   and once the 7-day mail went out the 30/60 ones never will;
-* if nothing is pending, ``expires_at``: only recording ``Expired`` is left.
+* if nothing is pending, ``expires_at``: only recording ``Expired`` is left. Nothing is ever pending for a
+  token whose row says it gets no mails (``mails`` false: one issued in exchange for an ID token, behaviour
+  [federation], which lives minutes and which ``DeployToken.interval_due`` never mails about), so such a
+  token is due at its expiry and only then.
 
 Why the scan is O(due): ``due_tokens`` (``projections.notification_queries``) reads the range ``next_due_at <=
 now`` of a partial B-tree index that holds only rows with a non-NULL ``next_due_at``. Tokens whose next window
 opens later sit beyond ``now`` in that index and are never read; finished tokens (revoked, deleted, expired:
 they pile up forever) are not in the index at all; tokens that never expire have no row. ``next_due_at`` is
 exact both ways. It is never later than the first moment the domain has work for the token (today's window
-lies at or below max(pending), so it opens no earlier than that window; the expiry comes after every window).
-And a row in the range always has work: today's window interval J <= max(pending) cannot have been sent, or J
-would have removed max(pending) from *pending*; or the token has expired and ``Expired`` is missing. So the
+lies at or below max(pending), so it opens no earlier than that window; the expiry comes after every window;
+a token without mails has no window, only its expiry). And a row in the range always has work: today's
+window interval J <= max(pending) cannot have been sent, or J would have removed max(pending) from
+*pending*; or the token has expired and ``Expired`` is missing. So the
 rows read are the tokens with work, plus those whose work was tried and failed (no recipients, SMTP error, a
 lease held elsewhere), which stay due to be retried, just as GitLab leaves ``*_sent_at`` NULL. Tokens the scan
 skips by policy (the feature flag off) also stay due, but only inside their last 60 days and
@@ -30,7 +34,8 @@ until ``Expired`` is recorded, so they too are bounded by the due set, not by th
 Claims (``NotificationClaimed``, released by ``NotificationFailed`` or ended by ``Notified``) do not move
 ``next_due_at``: a claimed token is still due, and the scanner sees the lease in ``DueToken.claims``. Nor
 does the scan's recorded intent (``NotificationDue``): the token stays due until ``Notified``, so a later
-scan dispatches again. ``Scoped`` and ``Rotated`` change nothing here.
+scan dispatches again. ``Scoped`` and ``Rotated`` change nothing here. Whether a token gets mails is fixed by
+its ``Created`` (who created it), so ``mails`` never changes after the row is written.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from typing import Any, Final
 from eventsourcing.persistence import Notification
 
 from domain.clock import as_utc, start_of_day
-from domain.deploy_token import INTERVALS, DeployToken
+from domain.deploy_token import INTERVALS, DeployToken, is_federated
 from infrastructure.db import Cursor, to_datetime
 from projections.keyed_rows import KeyedRows
 from projections.projection import BatchedEventProjection, EventHandlers, HandlerEntry, StreamEvent, on
@@ -70,6 +75,7 @@ _ALL_COLUMNS: Final = (
     "revoked",
     "deleted",
     "expiry_recorded",
+    "mails",
     *(
         f"{prefix}_{i}_{suffix}"
         for i in INTERVALS
@@ -86,7 +92,7 @@ _ALL_COLUMNS: Final = (
 
 DUE_TOKEN_COLUMNS: Final = (
     "token_id, holder_kind, holder_id, name, expires_at, expiry_recorded, revoked, deleted, next_due_at, "
-    f"{_NOTIFIED_COLUMNS}, {_CLAIM_COLUMNS}"
+    f"{_NOTIFIED_COLUMNS}, {_CLAIM_COLUMNS}, mails"
 )
 
 
@@ -97,10 +103,13 @@ def next_due_at(
     revoked: bool = False,
     deleted: bool = False,
     expiry_recorded: bool = False,
+    mails: bool = True,
 ) -> datetime | None:
     """When the expiry scan next has something to do for this token; None when it never will again."""
     if revoked or deleted or expiry_recorded:
         return None
+    if not mails:  # behaviour [federation]: no interval is ever pending, only recording the expiry
+        return as_utc(expires_at)
     pending = [interval for interval in INTERVALS if not any(sent <= interval for sent in notified)]
     if pending:
         return start_of_day(expires_at.astimezone(UTC).date() - timedelta(days=max(pending)))
@@ -123,6 +132,7 @@ class DueToken:
     revoked: bool = False
     deleted: bool = False
     next_due_at: datetime | None = None
+    mails: bool = True  # false: the token is never mailed about (behaviour [federation])
 
 
 def due_token_from_row(row: Sequence[Any]) -> DueToken:
@@ -148,6 +158,7 @@ def due_token_from_row(row: Sequence[Any]) -> DueToken:
         next_due_at=to_datetime(row[8]),
         notified=frozenset(i for i, at in zip(INTERVALS, notified_at, strict=True) if at is not None),
         claims=claims,
+        mails=bool(row[9 + 2 * count]),
     )
 
 
@@ -164,6 +175,7 @@ def _token_created(rows: KeyedRows, event: DeployToken.Created, position: int) -
     if event.expires_at is None:
         return
     expires_at = as_utc(event.expires_at)
+    mails = not is_federated(event.actor)
     rows.insert(
         {
             "token_id": event.token_id,
@@ -175,7 +187,8 @@ def _token_created(rows: KeyedRows, event: DeployToken.Created, position: int) -
             "revoked": False,
             "deleted": False,
             "expiry_recorded": False,
-            "next_due_at": next_due_at(expires_at, ()),
+            "mails": mails,
+            "next_due_at": next_due_at(expires_at, (), mails=mails),
             "position": position,
         }
     )
@@ -228,6 +241,7 @@ def _notified(rows: KeyedRows, event: DeployToken.Notified, position: int) -> No
         revoked=bool(row["revoked"]),
         deleted=bool(row["deleted"]),
         expiry_recorded=bool(row["expiry_recorded"]),
+        mails=bool(row["mails"]),
     )
     # As the aggregate does, a recorded notification ends that interval's claim.
     rows.update(
@@ -253,6 +267,7 @@ class ExpiryNotifications(BatchedEventProjection[KeyedRows]):
 
     name = "expiry_notifications"
     tables = (TABLE,)
+    version = 2  # 2: ``mails``, whether the token is ever mailed about (behaviour [federation])
     handlers = EventHandlers(
         on(DeployToken.Created, _token_created),
         _finished(DeployToken.Revoked, "revoked"),
@@ -282,7 +297,7 @@ class ExpiryNotifications(BatchedEventProjection[KeyedRows]):
                 token_id BIGINT PRIMARY KEY, stream_id TEXT NOT NULL, holder_kind TEXT NOT NULL,
                 holder_id BIGINT NOT NULL, name TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL,
                 revoked BOOLEAN NOT NULL, deleted BOOLEAN NOT NULL, expiry_recorded BOOLEAN NOT NULL,
-                {_PER_INTERVAL_SCHEMA},
+                mails BOOLEAN NOT NULL DEFAULT TRUE, {_PER_INTERVAL_SCHEMA},
                 next_due_at TIMESTAMPTZ, position BIGINT NOT NULL)""",
             f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_stream ON {TABLE} (stream_id)",
             # Partial: finished tokens (NULL) accumulate forever and must not cost the scan anything.

@@ -178,4 +178,5 @@ def settings_fields() -> dict[str, Any]:
     return {
         "id": 1,
         "external_authorization_service_enabled": runtime().read.instance().external_authorization_enabled,
+        "deploy_token_oidc_issuers": list(runtime().trust_policies.trusted_issuers()),
     }

@@ -13,6 +13,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from api.params import PaginationSchema
 from api.schemas import Flag, GitLabDateTime
+from domain.instance_settings import MAX_OIDC_ISSUERS
 from domain.membership import MEMBER_LEVELS
 from domain.personal_access_tokens import PERSONAL_ACCESS_TOKEN_SCOPES
 
@@ -248,12 +249,43 @@ class MemberUpdateSchema(Schema):
     access_level = _access_level()
 
 
+class TextList(fields.List[str]):
+    """A JSON array of strings, repeated ``key[]`` parameters, or one comma-separated string (an empty one: an
+    empty list). Array items are kept whole; what each must be is the domain's to say."""
+
+    default_error_messages = {"invalid": "is invalid"}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.String(), **kwargs)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> list[str | None]:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self.make_error("invalid")
+        return list(value)
+
+
 class ApplicationSettingsUpdateSchema(Schema):
     external_authorization_service_enabled = Flag(load_default=None, allow_none=True)
+    # behaviour [federation]: bounded here (ten times the domain's limit, which it reports after dropping
+    # duplicates), so that a huge list is refused before each item is checked and named in the answer.
+    deploy_token_oidc_issuers = TextList(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(
+            max=10 * MAX_OIDC_ISSUERS, error=f"is too long (maximum is {MAX_OIDC_ISSUERS} issuers)"
+        ),
+        metadata={
+            "description": "the OIDC issuers whose ID tokens may be exchanged for deploy tokens (https URLs)"
+        },
+    )
 
     @validates_schema
     def something_to_change(self, data: dict[str, Any], **kwargs: Any) -> None:
-        _at_least_one(data, ("external_authorization_service_enabled",))
+        _at_least_one(data, ("external_authorization_service_enabled", "deploy_token_oidc_issuers"))
 
 
 class FeatureSetSchema(Schema):
@@ -364,6 +396,7 @@ class MemberSchema(Schema):
 class ApplicationSettingsSchema(Schema):
     id = fields.Integer(dump_only=True)
     external_authorization_service_enabled = fields.Boolean(dump_only=True)
+    deploy_token_oidc_issuers = fields.List(fields.String(), dump_only=True)
 
 
 class FeatureGateSchema(Schema):

@@ -28,7 +28,7 @@ def get_settings() -> ResponseReturnValue:
 
 @directory.put("/application/settings")
 @operation(
-    "Change application settings: external authorization (administrators)",
+    "Change application settings: external authorization, trusted OIDC issuers (administrators)",
     tag="settings",
     body=ApplicationSettingsUpdateSchema,
     response=ApplicationSettingsSchema,
@@ -36,9 +36,13 @@ def get_settings() -> ResponseReturnValue:
 def update_settings() -> ResponseReturnValue:
     principal = require_admin(writes=True)
     params = load(ApplicationSettingsUpdateSchema())
-    runtime().directory.set_external_authorization(
-        principal.actor, params["external_authorization_service_enabled"]
-    )
+    # The issuers first: they are the setting the domain may refuse, and a refused request changes nothing.
+    if params["deploy_token_oidc_issuers"] is not None:
+        runtime().trust_policies.set_trusted_issuers(principal.actor, params["deploy_token_oidc_issuers"])
+    if params["external_authorization_service_enabled"] is not None:
+        runtime().directory.set_external_authorization(
+            principal.actor, params["external_authorization_service_enabled"]
+        )
     return jsonify(ApplicationSettingsSchema().dump(settings_fields()))
 
 

@@ -1,4 +1,5 @@
-"""What the pages show about a token: dates, "in N days", the expiry warning level, scope descriptions."""
+"""What the pages show about a token: dates, "in N days", the expiry warning level, scope descriptions; and
+how long the tokens of a trust policy live."""
 
 from __future__ import annotations
 
@@ -84,3 +85,13 @@ class ScopeChoice:
 
 def scope_choices() -> list[ScopeChoice]:
     return [ScopeChoice(scope, DESCRIPTIONS[scope], scope in VIRTUAL_REGISTRY_SCOPES) for scope in SCOPES]
+
+
+def duration(seconds: int) -> str:
+    """A trust policy's TTL as people say it: "15 minutes", "1 hour", "1 minute 30 seconds"."""
+    parts = []
+    for size, unit in ((3600, "hour"), (60, "minute"), (1, "second")):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count} {unit}" if count == 1 else f"{count} {unit}s")
+    return " ".join(parts) or "0 seconds"

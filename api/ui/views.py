@@ -8,6 +8,8 @@ Permissions are the application's: every page and form asks the token service, a
 ``NotFound``/``PermissionDenied`` become the 404/403 pages, as the API answers. Writes also need the ``api``
 scope on the personal access token that signed in, as in the API. The value of a new token is kept in the
 (encrypted, server-side) session for exactly the one GET that the POST redirects to, then deleted (behaviour [value]).
+The page also lists the holder's trust policies (behaviour [federation]), read-only: they are managed through
+the API.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from api.context import runtime
-from api.ui.presenters import date_time, expiry_of, scope_choices, short_date, status_of
+from api.ui.presenters import date_time, duration, expiry_of, scope_choices, short_date, status_of
 from api.ui.sessions import (
     CSRF_FIELD,
     csrf_token,
@@ -125,6 +127,7 @@ def _template_context() -> dict[str, Any]:
         "principal": g.get("ui_principal"),
         "short_date": short_date,
         "date_time": date_time,
+        "duration": duration,
     }
 
 
@@ -287,6 +290,8 @@ def _render_settings(
     if not isinstance(created, dict) or created.get("holder") != holder.key:
         created = None
     tokens = list(reversed(_tokens(holder)))  # newest first
+    # Whoever sees this page may read the policies: the page needs at least the role that reads tokens.
+    policies = runtime().trust_policies.policies(principal.actor, holder.kind, holder.id)
     html = render_template(
         "ui/settings_repository.html",
         holder=holder,
@@ -296,6 +301,7 @@ def _render_settings(
         active=[_token_row(token, holder) for token in tokens if token.is_active(now)],
         inactive=[_token_row(token, holder) for token in tokens if not token.is_active(now)],
         created=created,
+        policies=policies,
         notice=shown.get("notice"),
         can_write=principal.can_write,
         today=now.date().isoformat(),

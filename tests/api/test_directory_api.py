@@ -663,6 +663,7 @@ def test_application_settings(client: FlaskClient, world: World, creds: Credenti
     assert client.get(url, headers=creds["admin"]).get_json() == {
         "id": 1,
         "external_authorization_service_enabled": False,
+        "deploy_token_oidc_issuers": [],
     }
     body = {"external_authorization_service_enabled": True}
     assert client.put(url, json=body).status_code == 401

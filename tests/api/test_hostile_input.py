@@ -250,6 +250,20 @@ PLAUSIBLE: dict[str, Any] = {
     "at": "2026-01-10T12:00:00Z",
     "token_id": 1,
     "per_page": 5,
+    # Trust policies and the token exchange (behaviour [federation])
+    "issuer": "https://ci.example.com",
+    "audience": "https://deploy-tokens.example",
+    "claims": {"project_path": "acme/api", "ref": "main"},
+    "claim_patterns": {"environment": "prod-*"},
+    "ttl_seconds": 900,
+    "deploy_token_oidc_issuers": ["https://ci.example.com"],
+    # An ID token of an issuer the instance does not trust: refused before any request leaves the machine.
+    "subject_token": (
+        "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJpc3MiOiJodHRwczovL3VudHJ1c3RlZC5leGFtcGxlIiwic3ViIjoieCIsImF1"
+        "ZCI6ImEiLCJleHAiOjEsImlhdCI6MSwianRpIjoiaiJ9.c2ln"
+    ),
+    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+    "resource": "acme/api",
 }
 
 hostile_text = st.one_of(
@@ -681,6 +695,8 @@ def fuzz(app: Flask, client: FlaskClient, world: World, creds: Credentials) -> F
         expires_at=None,
         username=None,
     )
+    # An issuer the instance trusts, so fuzzed trust policies reach the rules beyond "issuer is not trusted".
+    world.runtime.trust_policies.set_trusted_issuers(world.admin, [PLAUSIBLE["issuer"]])
     basic = base64.b64encode(f"{token.token.username}:{token.value}".encode()).decode()
     with app.app_context():
         store = sessions()

@@ -2,6 +2,8 @@
 fcgiwrap + git http-backend, docker-registry (token auth), pypiserver and nginx WebDAV around it.
 
 The directory and the deploy tokens are made through the real python-gitlab client against the live service.
+One local OIDC issuer (``tests/oidc_issuer.py``, plain HTTP on loopback) stands in for a CI system's; the
+service allows ``http`` issuers for it (``oidc_allow_insecure``), as ``DEPLOY_TOKENS_OIDC_ALLOW_INSECURE`` would.
 The service's clock is an :class:`OffsetClock` (real time plus an offset): docker-registry checks JWT
 lifetimes against real time, and an expired token is reached by moving the offset, never by sleeping.
 """
@@ -27,6 +29,7 @@ from deploy_tokens.runtime import Runtime
 from infrastructure.settings import DatabaseLocation
 
 from ..conftest import POSTGRES_URL, make_settings, require_postgres
+from ..oidc_issuer import LocalIssuer
 from .harness import MissingTool, OffsetClock, Stack, check_tools, serve_app
 
 
@@ -65,7 +68,9 @@ def e2e_service(
 ) -> Iterator[tuple[str, Runtime]]:
     """The service (PostgreSQL) on a free loopback port; werkzeug, a thread per request, same process."""
     data = tmp_path_factory.mktemp("service")
-    with Runtime.open(make_settings("postgres", data, e2e_schema), clock=e2e_clock) as runtime:
+    # behaviour [federation]: the local issuer speaks plain http.
+    settings = dataclasses.replace(make_settings("postgres", data, e2e_schema), oidc_allow_insecure=True)
+    with Runtime.open(settings, clock=e2e_clock) as runtime:
         app = create_app(runtime)
         server, thread = serve_app(app)
         url = f"http://127.0.0.1:{server.server_port}"
@@ -82,6 +87,13 @@ def e2e_service(
 def stack(e2e_service: tuple[str, Runtime], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with Stack(e2e_service[0], tmp_path_factory.mktemp("stack")) as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+def local_issuer() -> Iterator[LocalIssuer]:
+    """A CI system's OIDC issuer (discovery and JWKS over HTTP), shared by the session: ``mint`` signs ID tokens."""
+    with LocalIssuer(path="/ci") as issuer:
+        yield issuer
 
 
 @dataclass

@@ -220,7 +220,7 @@ def test_the_procfile_runs_the_production_shape(honcho: Honcho) -> None:
     # The projector keeps every read model at the head of the log.
     def projected() -> bool:
         rows = [line.split() for line in honcho.ok("projections", "status").splitlines()]
-        return len(rows) == 6 and all(row[-1] == "0" for row in rows)
+        return len(rows) == 7 and all(row[-1] == "0" for row in rows)
 
     eventually(projected, 30, "every projection at lag 0", log)
 

@@ -11,9 +11,10 @@ import pytest
 
 from deploy_tokens.retention import ActivityRetentionService
 from deploy_tokens.runtime import Runtime
-from domain.actors import Actor
+from domain.actors import Actor, FederatedIdentity
 from domain.clock import FixedClock
 from domain.deploy_token import DeployToken, deploy_token_uuid
+from domain.federation import ClaimCondition, IdTokenUse
 from domain.streams import stream_id
 from projections.audit import AUDITED_EVENTS, AuditTrail
 from projections.audit_queries import AuditQuery, AuditRecord, audit_events
@@ -147,6 +148,38 @@ def do_everything(world: World, clock: FixedClock) -> dict[str, Any]:
         admin, name="SIEM", destination_url="https://siem.example.com/in"
     )
     streaming.delete_destination(admin, destination.id)
+    # Federation: the trusted issuers, a trust policy changed and deleted, a token exchanged under another.
+    trust = runtime.trust_policies
+    trust.set_trusted_issuers(admin, ["https://gitlab.example.com"])
+    policy_terms: dict[str, Any] = {
+        "issuer": "https://gitlab.example.com",
+        "audience": "https://deploy-tokens.example.com",
+        "conditions": [ClaimCondition("project_path", "acme/api-v2")],
+        "scopes": ["read_repository"],
+    }
+    changed = trust.create_policy(admin, "project", world.project, name="changed", **policy_terms).policy_id
+    trust.change_policy(admin, "project", world.project, changed, ttl_seconds=300)
+    trust.delete_policy(admin, "project", world.project, changed)
+    kept = trust.create_policy(admin, "project", world.project, name="kept", **policy_terms).policy_id
+    identity = FederatedIdentity("https://gitlab.example.com", "project_path:acme/api-v2", kept, "jti-1", ())
+    world.runtime.tokens.issue_token(
+        Actor.federated(identity),
+        "project",
+        world.project,
+        name="federated: kept",
+        scopes=["read_repository"],
+        expires_at=clock.now() + timedelta(minutes=15),
+        along=lambda token_id: [
+            IdTokenUse.record(
+                issuer=identity.issuer,
+                jti=identity.id_token_jti,
+                token_id=token_id,
+                policy_id=kept,
+                id_token_expires_at=clock.now() + timedelta(minutes=5),
+                now=clock.now(),
+            )
+        ],
+    )
     # Activity retention: one old row archived, recorded, deleted.
     runtime.activity.record(activity_event(clock.now() - timedelta(days=3), 1))
     runtime.activity.record(activity_event(clock.now(), 2))  # a newer row: SQLite keeps the newest
@@ -368,6 +401,7 @@ def test_one_row_per_audited_event(world: World, projector: Projector, clock: Fi
         "Group.ChildAdded",
         "ActivityRetention.Created",
         "AuditStreaming.Created",
+        "IdTokenUse.Created",
     }
     audited = [position for position, event in events if type(event) in AUDITED_EVENTS]
     assert len(rows) == len(audited)
