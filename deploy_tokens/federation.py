@@ -38,7 +38,7 @@ from domain.errors import DomainError, NotFound, ValidationError
 from domain.federation import IdTokenUse, TrustPolicy, claim_text, id_token_use_uuid, trust_policy_uuid
 from domain.scopes import canonical_scopes
 from infrastructure.db import Database
-from infrastructure.oidc import IdTokenRefused, IdTokenVerifier, IssuerUnavailable, VerifiedIdToken
+from infrastructure.oidc import IdTokenRefused, IdTokenVerifier, IssuerUnavailable, VerifiedIdToken, shown
 from projections import trust_policies
 from projections.views import ReadModel
 
@@ -108,10 +108,15 @@ class TokenExchange:
         requested = self._requested_scopes(request.scope)
         target = self._target(request.resource)
         verified = self._verify(request.subject_token)
-        if id_token_use_uuid(verified.issuer, verified.token_id) in self.uow.store.repository:
-            raise ExchangeRefused("invalid_request", "replayed", "this ID token was exchanged before")
-        match = self._match(verified, requested, target)
-        return self._issue(verified, match, request.address)
+        try:
+            if id_token_use_uuid(verified.issuer, verified.token_id) in self.uow.store.repository:
+                raise _replayed()
+            match = self._match(verified, requested, target)
+            return self._issue(verified, match, request.address)
+        except ExchangeRefused as refused:
+            # Past verification the record says whose ID token it was: the subject its issuer vouched for.
+            refused.detail = f"{shown(verified.subject)} of {shown(verified.issuer)}: {refused.detail}"
+            raise
 
     # Reading the request -------------------------------------------------------------------------------
 
@@ -272,9 +277,7 @@ class TokenExchange:
             )
         except IntegrityError:
             if id_token_use_uuid(verified.issuer, verified.token_id) in self.uow.store.repository:
-                raise ExchangeRefused(
-                    "invalid_request", "replayed", "this ID token was exchanged before"
-                ) from None
+                raise _replayed() from None
             raise
         except DomainError as error:  # the holder went away between the decision and the save
             raise ExchangeRefused("invalid_request", "no_matching_policy", str(error), NO_POLICY) from None
@@ -285,6 +288,10 @@ class TokenExchange:
             policy.holder_id,
             int(policy.ttl / timedelta(seconds=1)),
         )
+
+
+def _replayed() -> ExchangeRefused:
+    return ExchangeRefused("invalid_request", "replayed", "this ID token was exchanged before")
 
 
 def _matched_claims(policy: TrustPolicy, verified: VerifiedIdToken) -> Iterable[tuple[str, str]]:

@@ -209,7 +209,11 @@ def test_an_id_token_is_exchanged_once(
     again = exchange(client, token)
     assert again.status_code == 400
     assert again.get_json()["error"] == "invalid_request"
-    assert refusal_reasons(world, recorder)[-1] == "replayed: this ID token was exchanged before"
+    reason = refusal_reasons(world, recorder)[-1]
+    assert reason.startswith("replayed: 'project_path:ci/app:") and reason.endswith(
+        ": this ID token was exchanged before"
+    )
+    assert f"of '{trusted.issuer}'" in reason  # whose ID token it was: its subject and issuer
     assert len(holder_tokens(world)) == 1
 
 
