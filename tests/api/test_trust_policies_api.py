@@ -358,38 +358,38 @@ SEVENTEEN = {"project_path": "acme/api", **{f"claim_{n}": "x" for n in range(16)
 IDENTIFYING = "must match one of sub, project_id, project_path, namespace_id, namespace_path, repository, "
 
 
-@pytest.mark.parametrize(
-    ("changes", "field", "message"),
-    [
-        ({"issuer": "https://elsewhere.example.com"}, "issuer", "is not an issuer this instance trusts"),
-        ({"issuer": "http://gitlab.example.com"}, "issuer", "is invalid: the scheme must be https"),
-        ({"issuer": ""}, "issuer", "can't be blank"),
-        ({"audience": "two words"}, "audience", "is invalid: only visible ASCII characters are allowed"),
-        ({"ttl_seconds": 30}, "ttl_seconds", "must be a whole number from 60 to 3600"),
-        ({"ttl_seconds": 4000}, "ttl_seconds", "must be a whole number from 60 to 3600"),
-        ({"claims": SEVENTEEN}, "claims", "is too long (maximum is 16 conditions)"),
-        ({"claims": {"project_path": "acme/api", "aud": "x"}}, "claims", "cannot constrain aud"),
-        ({"claims": {"ref": "main"}, "claim_patterns": None}, "claims", IDENTIFYING),
-        ({"claim_patterns": {"project_path": "acme/*"}, "claims": {"ref": "main"}}, "claims", IDENTIFYING),
-        ({"claim_patterns": {"project_path": "acme/*"}}, "claims", "names project_path more than once"),
-        ({"claims": {"project_path": "acme/\x01api"}}, "claims", "has control characters in the value"),
-        ({"claims": {"project_path": ""}}, "claims", "needs a value for project_path"),
-        ({"claims": {"project_path": "a", "bad name": "x"}}, "claims", "has an invalid claim name"),
-        ({"name": "n" * 256}, "name", "is too long (maximum is 255 characters)"),
-        ({"name": "  "}, "name", "can't be blank"),
-        ({"name": "tab\there"}, "name", "contains characters that are not allowed"),
-    ],
-    ids=lambda value: repr(value)[:40],
-)
+# Each: the body's changes, the field refused and the start of its message.
+MODEL_ERRORS: list[tuple[dict[str, Any], str, str]] = [
+    ({"issuer": "https://elsewhere.example.com"}, "issuer", "is not an issuer this instance trusts"),
+    ({"issuer": "http://gitlab.example.com"}, "issuer", "is invalid: the scheme must be https"),
+    ({"issuer": ""}, "issuer", "can't be blank"),
+    ({"audience": "two words"}, "audience", "is invalid: only visible ASCII characters are allowed"),
+    ({"ttl_seconds": 30}, "ttl_seconds", "must be a whole number from 60 to 3600"),
+    ({"ttl_seconds": 4000}, "ttl_seconds", "must be a whole number from 60 to 3600"),
+    ({"claims": SEVENTEEN}, "claims", "is too long (maximum is 16 conditions)"),
+    ({"claims": {"project_path": "acme/api", "aud": "x"}}, "claims", "cannot constrain aud"),
+    ({"claims": {"ref": "main"}, "claim_patterns": None}, "claims", IDENTIFYING),
+    ({"claim_patterns": {"project_path": "acme/*"}, "claims": {"ref": "main"}}, "claims", IDENTIFYING),
+    ({"claim_patterns": {"project_path": "acme/*"}}, "claims", "names project_path more than once"),
+    ({"claims": {"project_path": "acme/\x01api"}}, "claims", "has control characters in the value"),
+    ({"claims": {"project_path": ""}}, "claims", "needs a value for project_path"),
+    ({"claims": {"project_path": "a", "bad name": "x"}}, "claims", "has an invalid claim name"),
+    ({"name": "n" * 256}, "name", "is too long (maximum is 255 characters)"),
+    ({"name": "  "}, "name", "can't be blank"),
+    ({"name": "tab\there"}, "name", "contains characters that are not allowed"),
+]
+
+
 @BOTH_BACKENDS
 def test_model_errors_are_400_with_field_messages_and_write_nothing(
-    client: FlaskClient, world: World, creds: Credentials, changes: dict[str, Any], field: str, message: str
+    client: FlaskClient, world: World, creds: Credentials
 ):
     head = world.runtime.store.head()
-    response = create(client, creds["maintainer"], "project", world.project, **changes)
-    assert response.status_code == 400
-    errors = response.get_json()["message"]
-    assert any(text.startswith(message) for text in errors[field]), errors
+    for changes, field, message in MODEL_ERRORS:
+        response = create(client, creds["maintainer"], "project", world.project, **changes)
+        assert response.status_code == 400, changes
+        errors = response.get_json()["message"]
+        assert any(text.startswith(message) for text in errors[field]), (changes, errors)
     assert world.runtime.store.head() == head
     assert listed(client, creds, "project", world.project) == []
 
@@ -411,64 +411,60 @@ def test_every_model_error_is_reported_at_once(client: FlaskClient, world: World
     assert set(response.get_json()["message"]) == {"name", "issuer", "audience", "claims", "ttl_seconds"}
 
 
-@pytest.mark.parametrize(
-    ("changes", "error"),
-    [
-        ({"name": None}, "name is missing"),
-        ({"issuer": None}, "issuer is missing"),
-        ({"audience": None}, "audience is missing"),
-        ({"scopes": None}, "scopes is missing"),
-        ({"scopes": ["write_repository"]}, "scopes does not have a valid value"),
-        ({"scopes": []}, "scopes does not have a valid value"),
-        ({"scopes": ""}, "scopes does not have a valid value"),
-        ({"ttl_seconds": True}, "ttl_seconds must be a whole number from 60 to 3600"),
-        ({"ttl_seconds": 900.5}, "ttl_seconds must be a whole number from 60 to 3600"),
-        ({"ttl_seconds": "15m"}, "ttl_seconds must be a whole number from 60 to 3600"),
-        ({"claims": ["project_path", "acme/api"]}, "claims must be an object of claim names to strings"),
-        ({"claims": "project_path=acme/api"}, "claims must be an object of claim names to strings"),
-        ({"claims": {"project_path": {"a": "b"}}}, "claims must be an object of claim names to strings"),
-        ({"claims": {"project_path": None}}, "claims must be an object of claim names to strings"),
-        ({"claims": {"project_path": 1.5}}, "claims must be an object of claim names to strings"),
-        ({"claim_patterns": [["ref", "*"]]}, "claim_patterns must be an object of claim names to strings"),
-        ({"name": 5}, "name is invalid"),
-        ({"name": "n" * 5000}, "name is too long (maximum is 255 characters)"),
-        ({"name": "a\x00b"}, "name contains a NUL character"),
-        ({"audience": "\x00"}, "audience contains a NUL character"),
-        ({"claims": {"project_path": "acme\x00api"}}, "claims.project_path contains a NUL character"),
-    ],
-    ids=lambda value: repr(value)[:40],
-)
+# Each: the body's changes and the error naming the field.
+PARAMETER_ERRORS: list[tuple[dict[str, Any], str]] = [
+    ({"name": None}, "name is missing"),
+    ({"issuer": None}, "issuer is missing"),
+    ({"audience": None}, "audience is missing"),
+    ({"scopes": None}, "scopes is missing"),
+    ({"scopes": ["write_repository"]}, "scopes does not have a valid value"),
+    ({"scopes": []}, "scopes does not have a valid value"),
+    ({"scopes": ""}, "scopes does not have a valid value"),
+    ({"ttl_seconds": True}, "ttl_seconds must be a whole number from 60 to 3600"),
+    ({"ttl_seconds": 900.5}, "ttl_seconds must be a whole number from 60 to 3600"),
+    ({"ttl_seconds": "15m"}, "ttl_seconds must be a whole number from 60 to 3600"),
+    ({"claims": ["project_path", "acme/api"]}, "claims must be an object of claim names to strings"),
+    ({"claims": "project_path=acme/api"}, "claims must be an object of claim names to strings"),
+    ({"claims": {"project_path": {"a": "b"}}}, "claims must be an object of claim names to strings"),
+    ({"claims": {"project_path": None}}, "claims must be an object of claim names to strings"),
+    ({"claims": {"project_path": 1.5}}, "claims must be an object of claim names to strings"),
+    ({"claim_patterns": [["ref", "*"]]}, "claim_patterns must be an object of claim names to strings"),
+    ({"name": 5}, "name is invalid"),
+    ({"name": "n" * 5000}, "name is too long (maximum is 255 characters)"),
+    ({"name": "a\x00b"}, "name contains a NUL character"),
+    ({"audience": "\x00"}, "audience contains a NUL character"),
+    ({"claims": {"project_path": "acme\x00api"}}, "claims.project_path contains a NUL character"),
+]
+
+
 @BOTH_BACKENDS
 def test_parameter_errors_are_400_naming_the_field_and_write_nothing(
-    client: FlaskClient, world: World, creds: Credentials, changes: dict[str, Any], error: str
+    client: FlaskClient, world: World, creds: Credentials
 ):
     head = world.runtime.store.head()
-    response = create(client, creds["maintainer"], "project", world.project, **changes)
-    assert response.status_code == 400
-    assert response.get_json() == {"error": error}
+    for changes, error in PARAMETER_ERRORS:
+        response = create(client, creds["maintainer"], "project", world.project, **changes)
+        assert (response.status_code, response.get_json()) == (400, {"error": error}), changes
     assert world.runtime.store.head() == head
     assert listed(client, creds, "project", world.project) == []
 
 
-@pytest.mark.parametrize(
-    "raw",
-    [
-        json.dumps(body(name="x\ud800y")),  # a lone surrogate, escaped as JSON allows
-        json.dumps(body(claims={"project_path": "\udc80"})),
-        json.dumps(body(claims={"project_path": "a"}))[:-1] + ', "deep": ' + "[" * 5000 + "]" * 5000 + "}",
-        json.dumps(body(claims={"project_path": "a"})).replace('"a"', "[" * 100 + "]" * 100),
-    ],
-    ids=["surrogate-in-name", "surrogate-in-claim", "deep-elsewhere", "deep-claim"],
-)
+UNREADABLE_BODIES: list[str] = [
+    json.dumps(body(name="x\ud800y")),  # a lone surrogate, escaped as JSON allows
+    json.dumps(body(claims={"project_path": "\udc80"})),
+    json.dumps(body(claims={"project_path": "a"}))[:-1] + ', "deep": ' + "[" * 5000 + "]" * 5000 + "}",
+    json.dumps(body(claims={"project_path": "a"})).replace('"a"', "[" * 100 + "]" * 100),
+]
+
+
 @BOTH_BACKENDS
-def test_unreadable_bodies_are_a_400_and_write_nothing(
-    client: FlaskClient, world: World, creds: Credentials, raw: str
-):
+def test_unreadable_bodies_are_a_400_and_write_nothing(client: FlaskClient, world: World, creds: Credentials):
     head = world.runtime.store.head()
     headers = {**creds["maintainer"], "Content-Type": "application/json"}
-    response = client.post(base("project", world.project), data=raw, headers=headers)
-    assert response.status_code == 400
-    assert "error" in response.get_json()
+    for raw in UNREADABLE_BODIES:
+        response = client.post(base("project", world.project), data=raw, headers=headers)
+        assert response.status_code == 400, raw[:80]
+        assert "error" in response.get_json()
     assert world.runtime.store.head() == head
     assert listed(client, creds, "project", world.project) == []
 
