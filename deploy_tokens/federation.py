@@ -28,6 +28,7 @@ from typing import Final
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
+from deploy_tokens.access import AccessService
 from deploy_tokens.tokens import IssuedToken, TokenService
 from deploy_tokens.trust_policies import NOT_FOUND
 from deploy_tokens.unit_of_work import UnitOfWork
@@ -91,6 +92,7 @@ class TokenExchange:
         self,
         uow: UnitOfWork,
         read: ReadModel,
+        access: AccessService,
         tokens: TokenService,
         verifier: IdTokenVerifier,
         db: Database,
@@ -98,6 +100,7 @@ class TokenExchange:
     ) -> None:
         self.uow = uow
         self.read = read
+        self.access = access
         self.db = db
         self.tokens = tokens
         self.verifier = verifier
@@ -233,9 +236,9 @@ class TokenExchange:
     def _holder_exists(self, holder_kind: HolderKind, holder_id: int) -> bool:
         try:
             if holder_kind == "project":
-                self.tokens.access.project(holder_id)
+                self.access.project(holder_id)
             else:
-                self.tokens.access.group(holder_id)
+                self.access.group(holder_id)
         except NotFound:
             return False
         return True

@@ -154,7 +154,7 @@ class Runtime:
         )
         # One verifier per process: its cache of each issuer's keys serves every request.
         verifier = IdTokenVerifier(clock=clock, allow_insecure=settings.oidc_allow_insecure)
-        exchange = TokenExchange(uow, read, tokens, verifier, db, clock)
+        exchange = TokenExchange(uow, read, access, tokens, verifier, db, clock)
         index = CredentialIndex(db, store, keys, max_staleness=settings.auth_max_staleness, clock=clock)
         projector.add_listener(index.on_projected)
         projector.catch_up()

@@ -129,7 +129,7 @@ def exchange_token() -> Response:
         resource = parameters.resource
         exchanged = wiring.runtime.token_exchange.exchange(parameters)
     except ExchangeRefused as refused:
-        _record(app, client, None, resource, refused.status, f"{refused.reason}: {refused.detail}")
+        _record(app, client, None, resource, refused.status, refused.reason, refused.detail)
         return _oauth_error(refused)
     _record(app, client, exchanged, resource, 200, "allowed")
     token = exchanged.issued.token
@@ -160,13 +160,15 @@ def _record(
     exchanged: Exchanged | None,
     resource: str | None,
     status: int,
-    reason: str,
+    code: str,
+    detail: str | None = None,
 ) -> None:
-    """Count the attempt (by its reason code) and queue its activity row."""
+    """Count the attempt by its reason code and queue its activity row, whose reason adds the detail."""
     wiring = wiring_of(app)
     allowed = exchanged is not None
     result = "allowed" if allowed else "unavailable" if status == 503 else "denied"
-    wiring.metrics.auth_decisions.inc(ENDPOINT, ACTION, result, reason.partition(":")[0])
+    wiring.metrics.auth_decisions.inc(ENDPOINT, ACTION, result, code)
+    reason = code if detail is None else f"{code}: {detail}"
     recorder = activity_of(app)
     if recorder is None:
         return
